@@ -1,0 +1,612 @@
+"""Gallery: the collections API over shard workers. The gRPC servicer is a thin layer on top of it.
+
+The gateway process owns each collection's manifest and serialises its writes
+(a per-collection lock); searches never take that lock. A query is assigned to
+IVF lists here, once, then fanned out to every worker holding a partition, and
+the workers' top-k are merged exactly.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import logging
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Sequence
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+
+import faiss
+import numpy as np
+import ray
+
+from cluster import manifest as manifests
+from cluster import tuning, vectors
+from cluster.batching import QueryBatcher
+from cluster.calibration import Calibration, impostor_scores
+from cluster.errors import (AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound,
+                            ResourceExhausted, Unavailable)
+from cluster.manifest import CollectionManifest, PartitionManifest, Segment
+from cluster.merge import merge_topk
+from cluster.records import FaceBatch, FaceRecord
+from cluster.store import ObjectStore
+from cluster.training import load_index, train_ivfpq
+
+logger = logging.getLogger(__name__)
+
+MAX_K = 1000
+MAX_QUERIES = 1024
+MAX_FACES_PER_ADD = 10_000
+MAX_IDS_PER_CALL = 4096
+MAX_FACE_ID_LENGTH = 255
+CALIBRATION_SAMPLE = 2000  # faces sampled for gallery calibration: ~2M impostor pairs
+CALIBRATE_FROM = 200  # faces before a raw collection is first calibrated
+
+
+@dataclass(frozen=True)
+class EmbeddingModel:
+    """The face model whose embeddings image requests produce."""
+
+    name: str
+    dimension: int
+    calibration: Calibration | None = None
+
+
+@dataclass
+class Candidate:
+    record: FaceRecord
+    similarity: float
+    false_match_rate: float  # -1 when uncalibrated
+    gallery_false_match_probability: float
+
+
+@dataclass
+class SearchResults:
+    candidates: list[list[Candidate]]
+    gallery_size: int
+    calibration: Calibration | None
+    index_version: int
+
+
+@dataclass
+class _Live:
+    """What a search needs, swapped in one assignment when a new index goes live."""
+
+    version: int = 0
+    quantizer: object = None  # faiss coarse quantizer of the live version
+    trained: object = None  # keeps the index that owns `quantizer` alive
+    nlist: int = 0
+
+
+@dataclass
+class _Collection:
+    manifest: CollectionManifest
+    live: _Live
+    calibration: Calibration | None
+    write_lock: threading.Lock = field(default_factory=threading.Lock)
+    maintenance: threading.Thread | None = None
+    deleted: bool = False
+
+
+def partition_of(face_id: str, num_partitions: int) -> int:
+    """Partition of a face: stable across processes and restarts (unlike hash())."""
+    return zlib.crc32(face_id.encode()) % num_partitions
+
+
+def _train_remote(xt: np.ndarray, nlist: int, pq_m: int) -> bytes:
+    return train_ivfpq(xt, nlist, pq_m)
+
+
+class Gallery:
+    """Collections of faces sharded over `ShardWorker` actors.
+
+    Args:
+        store: the object store holding manifests and data.
+        workers: handles of the ShardWorker actors, in worker-id order.
+        model: the face model, for collections created without a dimension.
+        default_train_threshold: faces before a collection trains IVF-PQ.
+        max_segments: segments a partition accumulates before it is compacted.
+        call_timeout_s: bound on one call to the workers.
+
+    Example:
+        >>> gallery = Gallery(ObjectStore("/tmp/g"), workers)
+        >>> gallery.create_collection("staff", dimension=512)
+        >>> gallery.add("staff", [FaceRecord("alice")], xb[:1])
+        >>> gallery.search("staff", xq, k=5).candidates[0][0].record.face_id
+        'alice'
+    """
+
+    def __init__(self, store: ObjectStore, workers: Sequence, *, model: EmbeddingModel | None = None,
+                 default_train_threshold: int = tuning.DEFAULT_TRAIN_THRESHOLD, max_segments: int = 64,
+                 call_timeout_s: float = 120.0, background_maintenance: bool = True):
+        if not workers:
+            raise ValueError("Gallery needs at least one worker")
+        self.store = store
+        self.workers = list(workers)
+        self.model = model
+        self.default_train_threshold = default_train_threshold
+        self.max_segments = max_segments
+        self.call_timeout_s = call_timeout_s
+        self.background_maintenance = background_maintenance
+        self._collections: dict[str, _Collection] = {}
+        self._lock = threading.Lock()
+        self._batcher = QueryBatcher(self._search_batch)
+        loaded = manifests.load_all(store)
+        self._call([w.open_collection.remote(m.to_json()) for m in loaded for w in self.workers])
+        for m in loaded:
+            self._collections[m.collection_id] = self._open(m)
+        logger.info("gallery opened %d collections from %s", len(loaded), store.uri)
+
+    def close(self) -> None:
+        self._batcher.close()
+        for state in list(self._collections.values()):
+            if state.maintenance is not None:
+                state.maintenance.join()
+
+    # ---- plumbing ----------------------------------------------------------
+
+    def _call(self, refs: list, timeout_s: float | None = None) -> list:
+        """ray.get with errors the caller can act on."""
+        try:
+            return ray.get(refs, timeout=timeout_s or self.call_timeout_s)
+        except ray.exceptions.GetTimeoutError as e:
+            raise DeadlineExceeded("shards did not answer in time") from e
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
+            raise Unavailable(f"a shard is unavailable (restarting?): {e}") from e
+
+    def _open(self, m: CollectionManifest) -> _Collection:
+        live = _Live()
+        if m.index_version:
+            trained = load_index(self.store.get(m.trained_index))
+            live = _Live(m.index_version, _quantizer(trained), trained, m.nlist)
+        calibration = None
+        if m.embedding_model and self.model and self.model.name == m.embedding_model:
+            calibration = self.model.calibration
+        elif m.calibration:
+            calibration = Calibration.from_bytes(self.store.get(m.calibration))
+        return _Collection(m, live, calibration)
+
+    def _get(self, collection_id: str) -> _Collection:
+        state = self._collections.get(collection_id)
+        if state is None or state.deleted:
+            raise NotFound(f"collection {collection_id!r} does not exist")
+        return state
+
+    def _worker_partitions(self, num_partitions: int) -> list[tuple[object, list[int]]]:
+        groups: dict[int, list[int]] = {}
+        for p in range(num_partitions):
+            groups.setdefault(p % len(self.workers), []).append(p)
+        return [(self.workers[w], parts) for w, parts in groups.items()]
+
+    def _by_worker(self, num_partitions: int, face_ids: Sequence[str]) -> dict[int, dict[int, list[str]]]:
+        """face ids grouped worker -> partition -> ids."""
+        out: dict[int, dict[int, list[str]]] = {}
+        for f in face_ids:
+            p = partition_of(f, num_partitions)
+            out.setdefault(p % len(self.workers), {}).setdefault(p, []).append(f)
+        return out
+
+    # ---- collections -------------------------------------------------------
+
+    def create_collection(self, collection_id: str, *, dimension: int = 0, train_threshold: int = 0) -> CollectionManifest:
+        """Creates an empty collection.
+
+        Raises:
+            InvalidArgument: bad id, no dimension and no face model.
+            AlreadyExists: the id is taken.
+        """
+        if not manifests.COLLECTION_ID_PATTERN.match(collection_id or ""):
+            raise InvalidArgument(f"collection_id {collection_id!r}: use 1-255 characters of [a-zA-Z0-9_.-]")
+        model_name = ""
+        if dimension == 0:
+            if self.model is None:
+                raise InvalidArgument("dimension is 0 and this server has no face model: give a dimension")
+            dimension, model_name = self.model.dimension, self.model.name
+        if not 1 <= dimension <= 4096:
+            raise InvalidArgument(f"dimension must be in [1, 4096], got {dimension}")
+        with self._lock:
+            if collection_id in self._collections:
+                raise AlreadyExists(f"collection {collection_id!r} already exists")
+            m = CollectionManifest(collection_id, dimension, len(self.workers),
+                                   train_threshold or self.default_train_threshold, time.time(), model_name,
+                                   partitions=[PartitionManifest() for _ in self.workers])
+            manifests.save(self.store, m)
+            state = self._open(m)
+            self._collections[collection_id] = state
+        self._call([w.open_collection.remote(m.to_json()) for w in self.workers])
+        return m
+
+    def describe(self, collection_id: str) -> tuple[CollectionManifest, _Collection]:
+        state = self._get(collection_id)
+        return state.manifest, state
+
+    def list_collections(self, max_results: int = 100, next_token: str = "") -> tuple[list[str], str]:
+        if not 0 <= max_results <= 1000:
+            raise InvalidArgument(f"max_results must be in [0, 1000], got {max_results}")
+        names = sorted(n for n, s in self._collections.items() if not s.deleted and n > next_token)
+        page = names[:max_results or 100]
+        return page, page[-1] if len(names) > len(page) else ""
+
+    def delete_collection(self, collection_id: str) -> int:
+        state = self._get(collection_id)
+        with state.write_lock:
+            if state.deleted:
+                raise NotFound(f"collection {collection_id!r} does not exist")
+            self.store.delete(manifests.manifest_key(collection_id))  # the commit point
+            state.deleted = True
+            with self._lock:
+                del self._collections[collection_id]
+            self._call([w.drop_collection.remote(collection_id) for w in self.workers])
+            self.store.delete_prefix(manifests.prefix(collection_id))
+            return state.manifest.face_count
+
+    # ---- writes ------------------------------------------------------------
+
+    def add(self, collection_id: str, records: list[FaceRecord], embeddings: np.ndarray, *,
+            skip_existing: bool = False) -> tuple[list[str], list[str]]:
+        """Enrolls faces; all or nothing.
+
+        Args:
+            records: one per face; an empty face_id gets a UUID.
+            embeddings: (n, d) float32, normalised here.
+            skip_existing: skip ids already enrolled (or repeated) instead of failing.
+
+        Returns:
+            (added face ids, skipped face ids).
+
+        Raises:
+            InvalidArgument, ResourceExhausted, AlreadyExists, NotFound, Unavailable.
+        """
+        state = self._get(collection_id)
+        n = len(records)
+        if not 1 <= n <= MAX_FACES_PER_ADD:
+            raise (ResourceExhausted if n else InvalidArgument)(
+                f"faces: {n} given, 1 to {MAX_FACES_PER_ADD} per request")
+        if embeddings.shape != (n, state.manifest.dimension):
+            raise InvalidArgument(f"embeddings: shape {embeddings.shape}, expected ({n}, {state.manifest.dimension})")
+        stored = vectors.to_stored(vectors.normalize(embeddings, what="embeddings"))
+        for r in records:
+            r.face_id = r.face_id or str(uuid.uuid4())
+            if len(r.face_id) > MAX_FACE_ID_LENGTH:
+                raise InvalidArgument(f"face_id {r.face_id[:40]!r}...: at most {MAX_FACE_ID_LENGTH} characters")
+        first = {}
+        for i, r in enumerate(records):
+            first.setdefault(r.face_id, i)
+        skipped = [r.face_id for i, r in enumerate(records) if first[r.face_id] != i]
+        if skipped and not skip_existing:
+            raise AlreadyExists(f"face ids repeated in the request: {sorted(set(skipped))[:5]}")
+        keep = sorted(first.values())
+
+        with state.write_lock:
+            m = state.manifest
+            P = m.num_partitions
+            by_worker = self._by_worker(P, [records[i].face_id for i in keep])
+            existing = set(f for found in self._call(
+                [self.workers[w].existing.remote(collection_id, ids) for w, ids in by_worker.items()]) for f in found)
+            if existing and not skip_existing:
+                raise AlreadyExists(f"face ids already in {collection_id!r}: {sorted(existing)[:5]}")
+            skipped += [records[i].face_id for i in keep if records[i].face_id in existing]
+            keep = [i for i in keep if records[i].face_id not in existing]
+            if not keep:
+                return [], skipped
+            new = copy.deepcopy(m)
+            rows_by_partition: dict[int, list[int]] = {}
+            for i in keep:
+                rows_by_partition.setdefault(partition_of(records[i].face_id, P), []).append(i)
+            batch = FaceBatch(records, stored)
+            keys = {p: new.next_key(f"p{p}/add.parquet") for p in rows_by_partition}
+            segments = {p: Segment(keys[p], "add") for p in rows_by_partition}
+            self._commit(collection_id, state, new, segments, lambda w, txn, parts: w.stage_add.remote(
+                collection_id, txn, {p: batch.take(rows_by_partition[p]) for p in parts}, {p: keys[p] for p in parts}),
+                face_delta=len(keep))
+        self._maintain(collection_id, state)
+        return [records[i].face_id for i in keep], skipped
+
+    def delete_faces(self, collection_id: str, face_ids: list[str]) -> tuple[list[str], list[str]]:
+        """Deletes faces; returns (deleted, unknown) ids."""
+        state = self._get(collection_id)
+        if not 1 <= len(face_ids) <= MAX_IDS_PER_CALL:
+            raise InvalidArgument(f"face_ids: {len(face_ids)} given, 1 to {MAX_IDS_PER_CALL} per request")
+        with state.write_lock:
+            new = copy.deepcopy(state.manifest)
+            P = new.num_partitions
+            by_worker = self._by_worker(P, list(dict.fromkeys(face_ids)))
+            keys = {p: new.next_key(f"p{p}/delete.parquet") for parts in by_worker.values() for p in parts}
+            txn = uuid.uuid4().hex
+            found_by_worker = self._stage(txn, [(self.workers[w], self.workers[w].stage_delete.remote(
+                collection_id, txn, ids, {p: keys[p] for p in ids})) for w, ids in by_worker.items()])
+            found = {p: ids for f in found_by_worker for p, ids in f.items()}
+            deleted = [i for ids in found.values() for i in ids]
+            if deleted:
+                segments = {p: Segment(keys[p], "delete") for p in found}
+                self._finish_commit(collection_id, state, new, segments, txn, -len(deleted))
+            else:
+                self._abort(txn)
+        return deleted, [f for f in dict.fromkeys(face_ids) if f not in set(deleted)]
+
+    def _stage(self, txn: str, calls: list[tuple[object, object]]) -> list:
+        try:
+            return self._call([ref for _, ref in calls])
+        except BaseException:
+            self._abort(txn)
+            raise
+
+    def _abort(self, txn: str) -> None:
+        try:
+            ray.get([w.abort.remote(txn) for w in self.workers], timeout=self.call_timeout_s)
+        except Exception:  # staged objects no manifest names are garbage anyway
+            logger.warning("abort of %s did not reach every worker", txn, exc_info=True)
+
+    def _commit(self, collection_id, state, new, segments, stage_call, face_delta):
+        txn = uuid.uuid4().hex
+        workers = {}
+        for p in segments:
+            workers.setdefault(p % len(self.workers), []).append(p)
+        self._stage(txn, [(self.workers[w], stage_call(self.workers[w], txn, parts)) for w, parts in workers.items()])
+        self._finish_commit(collection_id, state, new, segments, txn, face_delta)
+
+    def _finish_commit(self, collection_id: str, state: _Collection, new: CollectionManifest,
+                       segments: dict[int, Segment], txn: str, face_delta: int) -> None:
+        """Commits staged segments: manifest first, then the workers make them live."""
+        for p, segment in segments.items():
+            new.partitions[p].segments.append(segment)
+        new.face_count += face_delta
+        try:
+            manifests.save(self.store, new)
+        except Exception as e:
+            self._abort(txn)
+            raise Unavailable(f"object store write failed: {e}") from e
+        state.manifest = new
+        by_worker: dict[int, dict[int, Segment]] = {}
+        for p, segment in segments.items():
+            by_worker.setdefault(p % len(self.workers), {})[p] = segment
+        try:
+            self._call([self.workers[w].apply.remote(collection_id, txn, segs) for w, segs in by_worker.items()])
+        except (Unavailable, DeadlineExceeded):  # committed: a restarted worker loads it from the manifest
+            logger.warning("apply of %s deferred to worker recovery", txn, exc_info=True)
+        self._compact_if_needed(collection_id, state)
+
+    def _compact_if_needed(self, collection_id: str, state: _Collection) -> None:
+        m = state.manifest
+        due = [p for p, part in enumerate(m.partitions) if len(part.segments) >= self.max_segments]
+        if not due:
+            return
+        new = copy.deepcopy(m)
+        keys = {p: (new.next_key(f"p{p}/snapshot.parquet"), new.next_key(f"p{p}/index.faiss")) for p in due}
+        by_worker: dict[int, dict] = {}
+        for p in due:
+            by_worker.setdefault(p % len(self.workers), {})[p] = keys[p]
+        for parts in self._call([self.workers[w].compact.remote(collection_id, k) for w, k in by_worker.items()]):
+            for p, part in parts.items():
+                new.partitions[p] = part
+        manifests.save(self.store, new)
+        state.manifest = new
+        self._call([self.workers[w].compacted.remote(collection_id, list(k)) for w, k in by_worker.items()])
+        manifests.gc_collection(self.store, new)
+
+    # ---- search ------------------------------------------------------------
+
+    def search(self, collection_id: str, xq: np.ndarray, k: int, *, nprobe: int = 0,
+               min_similarity: float | None = None, timeout_s: float | None = None) -> SearchResults:
+        """Top-k candidates for each query.
+
+        Args:
+            xq: (nq, d) float32 queries, normalised here.
+            k: candidates per query, 1..MAX_K.
+            nprobe: IVF lists probed, 0 for the default; at most nlist.
+            min_similarity: drop candidates below; None for the collection's calibrated default.
+            timeout_s: the caller's remaining deadline.
+
+        Raises:
+            InvalidArgument, ResourceExhausted, NotFound, FailedPrecondition (empty collection),
+            DeadlineExceeded, Unavailable.
+        """
+        state = self._get(collection_id)
+        m = state.manifest
+        if not 1 <= k <= MAX_K:
+            raise InvalidArgument(f"k must be in [1, {MAX_K}], got {k}")
+        if xq.ndim != 2 or xq.shape[1] != m.dimension:
+            raise InvalidArgument(f"queries: shape {xq.shape}, expected (nq, {m.dimension})")
+        if not 1 <= xq.shape[0] <= MAX_QUERIES:
+            raise (ResourceExhausted if xq.shape[0] else InvalidArgument)(
+                f"queries: {xq.shape[0]} given, 1 to {MAX_QUERIES} per request")
+        if nprobe < 0:
+            raise InvalidArgument(f"nprobe must be >= 0, got {nprobe}")
+        xq = vectors.normalize(xq, what="queries")
+        if m.face_count == 0:
+            raise FailedPrecondition(f"collection {collection_id!r} is empty: enroll faces before searching")
+        future = self._batcher.submit((collection_id, k, nprobe), xq)
+        try:
+            D, I, records = future.result(timeout=timeout_s)
+        except FutureTimeout as e:
+            future.cancel()
+            raise DeadlineExceeded(f"search did not finish within {timeout_s:.3f} s") from e
+        calibration = state.calibration
+        if min_similarity is None:
+            min_similarity = calibration.default_min_similarity if calibration else -1.0
+        gallery_size = m.face_count
+        fmr = calibration.false_match_rate(D) if calibration else np.full(D.shape, -1.0)
+        gfmp = calibration.gallery_false_match_probability(D, gallery_size) if calibration else fmr
+        candidates = [[Candidate(records[int(label)], float(D[q, j]), float(fmr[q, j]), float(gfmp[q, j]))
+                       for j, label in enumerate(I[q]) if label >= 0 and D[q, j] >= min_similarity]
+                      for q in range(I.shape[0])]
+        return SearchResults(candidates, gallery_size, calibration, state.live.version)
+
+    def _search_batch(self, key: tuple[str, int, int], xq: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+        collection_id, k, nprobe = key
+        state = self._get(collection_id)
+        live = state.live
+        Iq = Dq = None
+        rerank_k = k
+        if live.version:
+            nprobe = min(nprobe or tuning.default_nprobe(live.nlist), live.nlist)
+            Dq, Iq = live.quantizer.search(xq, nprobe)
+            rerank_k = tuning.rerank_depth(k)
+        parts = self._worker_partitions(state.manifest.num_partitions)
+        results = self._call([w.search.remote(collection_id, p, xq, k, live.version, Iq, Dq, rerank_k)
+                              for w, p in parts])
+        D, I = merge_topk([(d, i) for d, i, _ in results], k)
+        records = {label: r for _, _, recs in results for label, r in recs.items()}
+        return D, I, records
+
+    # ---- reads -------------------------------------------------------------
+
+    def get_faces(self, collection_id: str, face_ids: list[str], *, include_embeddings: bool = False
+                  ) -> tuple[list[FaceRecord], list[str]]:
+        """Returns (faces found in request order, unknown ids)."""
+        state = self._get(collection_id)
+        if not 1 <= len(face_ids) <= MAX_IDS_PER_CALL:
+            raise InvalidArgument(f"face_ids: {len(face_ids)} given, 1 to {MAX_IDS_PER_CALL} per request")
+        by_worker = self._by_worker(state.manifest.num_partitions, list(dict.fromkeys(face_ids)))
+        found = {r.face_id: r for records in self._call(
+            [self.workers[w].get_faces.remote(collection_id, ids, include_embeddings) for w, ids in by_worker.items()])
+            for r in records}
+        return [found[f] for f in dict.fromkeys(face_ids) if f in found], [f for f in face_ids if f not in found]
+
+    def list_faces(self, collection_id: str, max_results: int = 1000, next_token: str = "", *,
+                   include_embeddings: bool = False) -> tuple[list[FaceRecord], str]:
+        """A page of faces in (partition, slot) order and the token of the next page ("" at the end)."""
+        state = self._get(collection_id)
+        if not 0 <= max_results <= MAX_IDS_PER_CALL:
+            raise InvalidArgument(f"max_results must be in [0, {MAX_IDS_PER_CALL}], got {max_results}")
+        limit = max_results or 1000
+        partition, start = _decode_token(next_token) if next_token else (0, 0)
+        P = state.manifest.num_partitions
+        faces: list[FaceRecord] = []
+        while partition < P and len(faces) < limit:
+            worker = self.workers[partition % len(self.workers)]
+            page, start = self._call([worker.scan.remote(collection_id, partition, start, limit - len(faces),
+                                                         include_embeddings)])[0]
+            faces.extend(page)
+            if start < 0:
+                partition, start = partition + 1, 0
+        return faces, _encode_token(partition, start) if partition < P else ""
+
+    def memory_bytes(self, collection_id: str) -> int:
+        self._get(collection_id)
+        return sum(self._call([w.memory_bytes.remote(collection_id) for w in self.workers]))
+
+    # ---- index maintenance -------------------------------------------------
+
+    def _maintain(self, collection_id: str, state: _Collection) -> None:
+        """Starts training or calibration in the background when the collection has grown enough."""
+        if not self.background_maintenance or (state.maintenance and state.maintenance.is_alive()):
+            return
+        m = state.manifest
+        if self._needs_training(m) or self._needs_calibration(m):
+            state.maintenance = threading.Thread(target=self._maintain_now, args=(collection_id,),
+                                                 name=f"maintain-{collection_id}", daemon=True)
+            state.maintenance.start()
+
+    def _needs_training(self, m: CollectionManifest) -> bool:
+        return tuning.should_train(m.face_count, m.trained_on, m.train_threshold)
+
+    def _needs_calibration(self, m: CollectionManifest) -> bool:
+        return not m.embedding_model and m.face_count >= CALIBRATE_FROM and m.face_count >= 4 * m.calibrated_on
+
+    def _maintain_now(self, collection_id: str) -> None:
+        try:
+            m = self._get(collection_id).manifest
+            if self._needs_training(m):
+                self.train(collection_id)
+            elif self._needs_calibration(m):
+                self.calibrate(collection_id)
+        except Exception:
+            logger.exception("maintenance of %s failed; it is retried after the next write", collection_id)
+
+    def _sample(self, collection_id: str, n: int, seed: int) -> tuple[np.ndarray, list[str]]:
+        state = self._get(collection_id)
+        sizes = {p: s for per_worker in self._call([w.sizes.remote(collection_id) for w in self.workers])
+                 for p, s in per_worker.items()}
+        total = sum(sizes.values())
+        want = {p: int(np.ceil(n * s / total)) for p, s in sizes.items() if s}
+        calls = []
+        for w, parts in self._worker_partitions(state.manifest.num_partitions):
+            mine = {p: want[p] for p in parts if p in want}
+            if mine:
+                calls.append(w.sample.remote(collection_id, mine, seed))
+        samples = self._call(calls)
+        return np.concatenate([x for x, _ in samples]), [pid for _, pids in samples for pid in pids]
+
+    def calibrate(self, collection_id: str) -> Calibration:
+        """Re-estimates a raw collection's impostor distribution from pairs of its own faces."""
+        state = self._get(collection_id)
+        xs, persons = self._sample(collection_id, CALIBRATION_SAMPLE, seed=int(time.time()))
+        calibration = Calibration.from_scores(impostor_scores(xs, persons), source="gallery")
+        with state.write_lock:
+            new = copy.deepcopy(state.manifest)
+            new.calibration = new.next_key("calibration.npz")
+            new.calibrated_on = new.face_count
+            self.store.put(new.calibration, calibration.to_bytes())
+            manifests.save(self.store, new)
+            state.manifest, state.calibration = new, calibration
+            manifests.gc_collection(self.store, new)
+        return calibration
+
+    def train(self, collection_id: str) -> int:
+        """Trains IVF-PQ on a sample and switches every partition to it; searches go on meanwhile.
+
+        Writes to the collection wait while partitions build their indexes.
+
+        Returns:
+            The new index version.
+        """
+        state = self._get(collection_id)
+        m = state.manifest
+        nlist = tuning.nlist_for(m.face_count)
+        pq_m = tuning.pq_m_for(m.dimension)
+        xt, persons = self._sample(collection_id, tuning.training_sample_size(m.face_count, nlist), seed=m.sequence)
+        trained_bytes = ray.get(ray.remote(_train_remote).options(num_cpus=1).remote(xt, nlist, pq_m))
+        calibration = None
+        if not m.embedding_model:
+            keep = slice(0, CALIBRATION_SAMPLE)
+            calibration = Calibration.from_scores(impostor_scores(xt[keep], persons[keep]), source="gallery")
+        with state.write_lock:
+            new = copy.deepcopy(state.manifest)
+            version = new.index_version + 1
+            new.trained_index = new.next_key(f"ivfpq-v{version}.faiss")
+            self.store.put(new.trained_index, trained_bytes)
+            keys = {p: (new.next_key(f"p{p}/snapshot.parquet"), new.next_key(f"p{p}/index.faiss"))
+                    for p in range(new.num_partitions)}
+            groups = self._worker_partitions(new.num_partitions)
+            built = self._call([w.build.remote(collection_id, version, new.trained_index, {p: keys[p] for p in parts})
+                                for w, parts in groups])
+            for parts in built:
+                for p, part in parts.items():
+                    new.partitions[p] = part
+            new.index_version, new.nlist, new.pq_m, new.trained_on = version, nlist, pq_m, new.face_count
+            if calibration is not None:
+                new.calibration = new.next_key("calibration.npz")
+                new.calibrated_on = len(xt)
+                self.store.put(new.calibration, calibration.to_bytes())
+            manifests.save(self.store, new)
+            self._call([w.activate.remote(collection_id, version, parts) for w, parts in groups])
+            trained = load_index(trained_bytes)
+            state.manifest = new
+            state.live = _Live(version, _quantizer(trained), trained, nlist)
+            if calibration is not None:
+                state.calibration = calibration
+            self._call([w.retire_previous.remote(collection_id) for w, _ in groups])
+            manifests.gc_collection(self.store, new)
+        logger.info("%s: IVF%d,PQ%d live as version %d (%d faces)", collection_id, nlist, pq_m, version,
+                    new.face_count)
+        return version
+
+
+def _quantizer(trained: faiss.Index) -> faiss.Index:
+    return faiss.extract_index_ivf(trained).quantizer
+
+
+def _encode_token(partition: int, start: int) -> str:
+    return base64.urlsafe_b64encode(f"{partition}:{start}".encode()).decode()
+
+
+def _decode_token(token: str) -> tuple[int, int]:
+    try:
+        partition, start = base64.urlsafe_b64decode(token.encode()).decode().split(":")
+        return int(partition), int(start)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidArgument(f"next_token {token!r} is not a token this server issued") from e

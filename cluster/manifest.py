@@ -1,0 +1,111 @@
+"""Collection manifests: the one object per collection that says which data objects are live.
+
+A mutation writes its data objects first and the manifest last, so a crash at
+any point leaves the previous manifest pointing at complete objects; objects no
+manifest names are garbage, collected by `gc_collection`. Object keys carry a
+sequence number and are never overwritten.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+
+from cluster.store import ObjectStore
+
+FORMAT_VERSION = 1
+COLLECTION_ID_PATTERN = re.compile(r"^[a-zA-Z0-9_.\-]{1,255}$")
+
+
+@dataclass
+class Segment:
+    """An immutable batch of adds or deletes for one partition."""
+
+    key: str
+    op: str  # "add" or "delete"
+
+
+@dataclass
+class PartitionManifest:
+    snapshot: str | None = None  # Parquet of the partition's faces at some point
+    index: str | None = None  # populated IVF-PQ index matching the snapshot, if trained
+    segments: list[Segment] = field(default_factory=list)  # replayed in order after the snapshot
+
+
+@dataclass
+class CollectionManifest:
+    collection_id: str
+    dimension: int
+    num_partitions: int
+    train_threshold: int
+    created_at: float
+    embedding_model: str = ""
+    face_count: int = 0
+    sequence: int = 0  # last sequence number used in an object key
+    index_version: int = 0  # 0: exact search
+    trained_index: str | None = None  # the empty trained IVF-PQ index (quantizer + codebooks)
+    nlist: int = 0
+    pq_m: int = 0
+    trained_on: int = 0
+    calibration: str | None = None  # key of a Calibration, for raw-embedding collections
+    calibrated_on: int = 0
+    partitions: list[PartitionManifest] = field(default_factory=list)
+
+    def next_key(self, name: str) -> str:
+        """A fresh object key under this collection, e.g. "collections/c/p0/add-000012.parquet"."""
+        self.sequence += 1
+        stem, _, ext = name.rpartition(".")
+        return f"{prefix(self.collection_id)}{stem}-{self.sequence:08d}.{ext}"
+
+    def keys(self) -> set[str]:
+        """Every data object this manifest refers to."""
+        keys = {k for k in (self.trained_index, self.calibration) if k}
+        for part in self.partitions:
+            keys.update(k for k in (part.snapshot, part.index) if k)
+            keys.update(s.key for s in part.segments)
+        return keys
+
+    def to_json(self) -> bytes:
+        return json.dumps({"format": FORMAT_VERSION, **dataclasses.asdict(self)}, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> CollectionManifest:
+        raw = json.loads(data)
+        if raw.pop("format") != FORMAT_VERSION:
+            raise ValueError(f"manifest format {raw.get('format')} unsupported")
+        partitions = [PartitionManifest(p["snapshot"], p["index"], [Segment(**s) for s in p["segments"]])
+                      for p in raw.pop("partitions")]
+        return cls(**raw, partitions=partitions)
+
+
+def prefix(collection_id: str) -> str:
+    return f"collections/{collection_id}/"
+
+
+def manifest_key(collection_id: str) -> str:
+    return f"{prefix(collection_id)}manifest.json"
+
+
+def save(store: ObjectStore, manifest: CollectionManifest) -> None:
+    """Commits a manifest: the single atomic write that makes a mutation durable."""
+    store.put(manifest_key(manifest.collection_id), manifest.to_json())
+
+
+def load(store: ObjectStore, collection_id: str) -> CollectionManifest:
+    return CollectionManifest.from_json(store.get(manifest_key(collection_id)))
+
+
+def load_all(store: ObjectStore) -> list[CollectionManifest]:
+    keys = [k for k in store.list("collections/") if k.endswith("/manifest.json") and k.count("/") == 2]
+    return [CollectionManifest.from_json(store.get(k)) for k in keys]
+
+
+def gc_collection(store: ObjectStore, manifest: CollectionManifest) -> int:
+    """Deletes the collection's objects that its manifest does not name; returns how many."""
+    live = manifest.keys() | {manifest_key(manifest.collection_id)}
+    garbage = [k for k in store.list(prefix(manifest.collection_id)) if k not in live]
+    for key in garbage:
+        store.delete(key)
+    return len(garbage)

@@ -1,0 +1,51 @@
+"""Starting Ray and the shard workers: the only module that decides where things run."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+from cluster.worker import ShardWorker
+
+logger = logging.getLogger(__name__)
+
+NAMESPACE = "gallery"
+
+
+def start_ray(address: str = "local", *, num_cpus: int | None = None) -> None:
+    """Connects to Ray.
+
+    Args:
+        address: "local" starts a private Ray for this process (never attaching to
+            another cluster found on the machine); "auto" or "ray://…"/"host:port"
+            joins an existing cluster. Inside a Ray job or actor, the job's cluster is used.
+        num_cpus: logical CPUs of a local Ray (default: the machine's, at least 4 so
+            that shards, training and the face pool can all be scheduled).
+    """
+    if ray.is_initialized():
+        return
+    kwargs = dict(namespace=NAMESPACE, log_to_driver=True)
+    if address == "local":
+        kwargs.update(num_cpus=num_cpus or max(os.cpu_count() or 1, 4), include_dashboard=False)
+    ray.init(address=address, **kwargs)
+    logger.info("ray: %s", ray.cluster_resources())
+
+
+def start_workers(num_workers: int, store_uri: str, *, s3_endpoint: str | None = None, num_cpus: float = 1,
+                  num_gpus: float = 0, omp_threads: int = 1) -> list:
+    """Starts (or, in a long-lived cluster, finds) the named shard actors.
+
+    Ray restarts a crashed worker, which reloads its partitions from the store.
+    """
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+    actor = ray.remote(ShardWorker)
+    workers = [actor.options(name=f"shard-{i}-of-{num_workers}", namespace=NAMESPACE, get_if_exists=True,
+                             max_restarts=-1, max_task_retries=0, max_concurrency=8,
+                             num_cpus=num_cpus, num_gpus=num_gpus)
+               .remote(i, num_workers, store_uri, s3_endpoint=s3_endpoint, omp_threads=omp_threads)
+               for i in range(num_workers)]
+    ray.get([w.ready.remote() for w in workers])
+    return workers

@@ -1,0 +1,168 @@
+"""gallery.v1.Gallery servicer: translates messages to Gallery calls and domain errors to status codes."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import grpc
+import numpy as np
+
+from cluster import errors, vectors
+from cluster.calibration import Calibration
+from cluster.gallery import Gallery, SearchResults
+from cluster.records import FaceRecord
+from gallery.v1 import gallery_pb2 as pb
+from gallery.v1 import gallery_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+_STATUS = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def _status_errors(method):
+    """Ends the call with the status code of a domain error; anything else is INTERNAL."""
+
+    @functools.wraps(method)
+    def wrapper(self, request, context: grpc.ServicerContext):
+        try:
+            return method(self, request, context)
+        except errors.GalleryError as e:
+            context.abort(next(code for cls, code in _STATUS.items() if isinstance(e, cls)), str(e))
+        except Exception:
+            logger.exception("%s failed", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, f"{method.__name__} failed; see the server log")
+
+    return wrapper
+
+
+def _deadline(context: grpc.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return remaining if remaining is not None and remaining < 1e6 else None
+
+
+def embeddings_array(messages, dimension: int, what: str) -> np.ndarray:
+    """Decodes repeated Embedding messages into an (n, dimension) float32 array."""
+    rows = [vectors.decode(e.values, e.dimension, expected_dimension=dimension, what=f"{what}[{i}]")
+            for i, e in enumerate(messages)]
+    return np.stack(rows) if rows else np.empty((0, dimension), dtype=np.float32)
+
+
+def face_message(record: FaceRecord) -> pb.Face:
+    face = pb.Face(face_id=record.face_id, external_image_id=record.external_image_id, image_uri=record.image_uri,
+                   metadata=record.metadata)
+    if record.detail:
+        face.detail.ParseFromString(record.detail)
+    if record.embedding is not None:
+        face.embedding.CopyFrom(pb.Embedding(values=vectors.encode(record.embedding), dimension=record.embedding.size))
+    return face
+
+
+def calibration_message(calibration: Calibration | None) -> pb.Calibration:
+    if calibration is None:
+        return pb.Calibration(source=pb.CALIBRATION_SOURCE_NONE, default_min_similarity=-1.0)
+    source = {"model": pb.CALIBRATION_SOURCE_MODEL, "gallery": pb.CALIBRATION_SOURCE_GALLERY}[calibration.source]
+    return pb.Calibration(source=source, impostor_pairs=calibration.n_pairs,
+                          default_min_similarity=calibration.default_min_similarity)
+
+
+def candidates_message(results: SearchResults, q: int) -> list[pb.Candidate]:
+    return [pb.Candidate(face=face_message(c.record), similarity=c.similarity, false_match_rate=c.false_match_rate,
+                         gallery_false_match_probability=c.gallery_false_match_probability)
+            for c in results.candidates[q]]
+
+
+class GalleryServicer(gallery_pb2_grpc.GalleryServicer):
+    """The collection and embedding RPCs of gallery.v1 over a `Gallery`."""
+
+    def __init__(self, gallery: Gallery):
+        self.gallery = gallery
+
+    def _describe(self, collection_id: str) -> pb.CollectionDescription:
+        m, state = self.gallery.describe(collection_id)
+        description = pb.CollectionDescription(
+            collection_id=m.collection_id, dimension=m.dimension, face_count=m.face_count,
+            num_partitions=m.num_partitions,
+            index_state=pb.INDEX_STATE_IVF_PQ if m.index_version else pb.INDEX_STATE_EXACT,
+            nlist=m.nlist, pq_m=m.pq_m, trained_on=m.trained_on,
+            training=bool(state.maintenance and state.maintenance.is_alive()),
+            train_threshold=m.train_threshold, embedding_model=m.embedding_model,
+            calibration=calibration_message(state.calibration))
+        description.created_at.FromNanoseconds(int(m.created_at * 1e9))
+        return description
+
+    @_status_errors
+    def CreateCollection(self, request, context):
+        self.gallery.create_collection(request.collection_id, dimension=request.dimension,
+                                       train_threshold=request.train_threshold)
+        return pb.CreateCollectionResponse(collection=self._describe(request.collection_id))
+
+    @_status_errors
+    def DescribeCollection(self, request, context):
+        return self._describe(request.collection_id)
+
+    @_status_errors
+    def ListCollections(self, request, context):
+        names, token = self.gallery.list_collections(request.max_results, request.next_token)
+        described = []
+        for name in names:
+            try:
+                described.append(self._describe(name))
+            except errors.NotFound:  # deleted meanwhile
+                continue
+        return pb.ListCollectionsResponse(collections=described, next_token=token)
+
+    @_status_errors
+    def DeleteCollection(self, request, context):
+        return pb.DeleteCollectionResponse(deleted_face_count=self.gallery.delete_collection(request.collection_id))
+
+    @_status_errors
+    def AddEmbeddings(self, request, context):
+        m, _ = self.gallery.describe(request.collection_id)
+        embeddings = embeddings_array([f.embedding for f in request.faces], m.dimension, "faces.embedding")
+        records = [FaceRecord(f.face_id, f.external_image_id, f.image_uri, dict(f.metadata),
+                              f.detail.SerializeToString() if f.HasField("detail") else b"")
+                   for f in request.faces]
+        added, skipped = self.gallery.add(request.collection_id, records, embeddings,
+                                          skip_existing=request.skip_existing)
+        return pb.AddEmbeddingsResponse(face_ids=added, skipped_face_ids=skipped,
+                                        face_count=self.gallery.describe(request.collection_id)[0].face_count)
+
+    @_status_errors
+    def SearchByEmbedding(self, request, context):
+        m, _ = self.gallery.describe(request.collection_id)
+        xq = embeddings_array(request.queries, m.dimension, "queries")
+        results = self.gallery.search(
+            request.collection_id, xq, request.k, nprobe=request.nprobe,
+            min_similarity=request.min_similarity if request.HasField("min_similarity") else None,
+            timeout_s=_deadline(context))
+        return pb.SearchByEmbeddingResponse(
+            results=[pb.SearchResult(candidates=candidates_message(results, q)) for q in range(xq.shape[0])],
+            gallery_size=results.gallery_size, calibration=calibration_message(results.calibration),
+            index_state=pb.INDEX_STATE_IVF_PQ if results.index_version else pb.INDEX_STATE_EXACT)
+
+    @_status_errors
+    def ListFaces(self, request, context):
+        faces, token = self.gallery.list_faces(request.collection_id, request.max_results, request.next_token,
+                                               include_embeddings=request.include_embeddings)
+        return pb.ListFacesResponse(faces=[face_message(f) for f in faces], next_token=token)
+
+    @_status_errors
+    def GetFaces(self, request, context):
+        faces, unknown = self.gallery.get_faces(request.collection_id, list(request.face_ids),
+                                                include_embeddings=request.include_embeddings)
+        return pb.GetFacesResponse(faces=[face_message(f) for f in faces], unknown_face_ids=unknown)
+
+    @_status_errors
+    def DeleteFaces(self, request, context):
+        deleted, unknown = self.gallery.delete_faces(request.collection_id, list(request.face_ids))
+        return pb.DeleteFacesResponse(deleted_face_ids=deleted, unknown_face_ids=unknown,
+                                      face_count=self.gallery.describe(request.collection_id)[0].face_count)

@@ -1,0 +1,279 @@
+"""One partition of a collection: its faces, their vectors and the FAISS index over them.
+
+Faces live in slots ("positions"); a face's FAISS label is
+``position * num_partitions + partition``, unique across the collection, so
+shards' results merge without translation. Vectors are kept normalised in
+fp16; every score, exact or re-ranked, is computed from those values.
+
+Before training a partition searches exactly (`IndexFlatIP`). Afterwards it
+holds an IVF-PQ index populated from the collection's shared trained index;
+the gateway assigns queries to lists once (`Iq`, `Dq`) and each partition
+scans them with `search_preassigned`, then re-ranks its PQ candidates against
+the fp16 vectors. A deleted face is removed from the index and its slot
+marked dead, and re-ranking drops dead slots, so it cannot come back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import faiss
+import numpy as np
+
+from cluster.records import FaceBatch, FaceRecord
+
+logger = logging.getLogger(__name__)
+
+_RERANK_CHUNK = 64  # queries re-ranked at once: bounds the (chunk, depth, d) float32 temporary
+
+
+class ShardIndex:
+    """Faces of one partition. Thread-safe: a lock serialises searches and mutations.
+
+    Args:
+        dimension: vector dimension.
+        partition: this partition's number, 0 <= partition < num_partitions.
+        num_partitions: partitions of the collection.
+
+    Example:
+        >>> shard = ShardIndex(4, 0, 1)
+        >>> shard.add(FaceBatch([FaceRecord("a")], np.eye(4, dtype=np.float16)[:1]))
+        >>> shard.search(np.eye(4, dtype=np.float32)[:1], 1)[1]
+        array([[0]])
+    """
+
+    def __init__(self, dimension: int, partition: int, num_partitions: int):
+        if not 0 <= partition < num_partitions:
+            raise ValueError(f"partition {partition} not in [0, {num_partitions})")
+        self.d = dimension
+        self.partition = partition
+        self.num_partitions = num_partitions
+        self.version = 0  # 0: exact; otherwise the collection's index version
+        self._vectors = np.empty((0, dimension), dtype=np.float16)
+        self._alive = np.empty(0, dtype=bool)
+        self._records: list[FaceRecord | None] = []
+        self._position_of: dict[str, int] = {}
+        self._index: faiss.Index = self._new_flat()
+        self._built: dict[int, faiss.Index] = {}  # built for a version, awaiting activate()
+        self._previous: tuple[int, faiss.Index] | None = None  # kept until the gateway has switched too
+        self._lock = threading.RLock()
+
+    def _new_flat(self) -> faiss.Index:
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(self.d))
+
+    # ---- reads -------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Faces alive."""
+        return len(self._position_of)
+
+    @property
+    def next_position(self) -> int:
+        return len(self._records)
+
+    def labels(self, positions: np.ndarray) -> np.ndarray:
+        return np.asarray(positions, dtype=np.int64) * self.num_partitions + self.partition
+
+    def _positions(self, labels: np.ndarray) -> np.ndarray:
+        return labels // self.num_partitions
+
+    def contains(self, face_ids: list[str]) -> list[str]:
+        """The given ids that are alive here."""
+        with self._lock:
+            return [f for f in face_ids if f in self._position_of]
+
+    def records(self, labels: np.ndarray, *, include_embeddings: bool = False) -> list[FaceRecord | None]:
+        """Records of the given labels (None for -1 or a dead slot)."""
+        with self._lock:
+            out: list[FaceRecord | None] = []
+            for label in np.asarray(labels).ravel():
+                pos = int(label) // self.num_partitions
+                record = self._records[pos] if label >= 0 and pos < len(self._records) else None
+                if record is not None and include_embeddings:
+                    record = FaceRecord(**{**record.__dict__, "embedding": self._vectors[pos].astype(np.float32)})
+                out.append(record)
+            return out
+
+    def get(self, face_ids: list[str], *, include_embeddings: bool = False) -> list[FaceRecord]:
+        with self._lock:
+            positions = [self._position_of[f] for f in face_ids if f in self._position_of]
+            return [r for r in self.records(self.labels(positions), include_embeddings=include_embeddings) if r]
+
+    def scan(self, start: int, limit: int, *, include_embeddings: bool = False) -> tuple[list[FaceRecord], int]:
+        """Up to `limit` alive records from slot `start` on, and the slot to continue from (-1 at the end)."""
+        with self._lock:
+            positions = np.flatnonzero(self._alive[start:])[:limit] + start
+            records = self.records(self.labels(positions), include_embeddings=include_embeddings)
+            more = positions.size == limit and bool(self._alive[positions[-1] + 1:].any()) if positions.size else False
+            return [r for r in records if r], int(positions[-1]) + 1 if more else -1
+
+    def vectors(self, positions: np.ndarray | None = None) -> np.ndarray:
+        """fp16 vectors of alive slots (or of the given ones)."""
+        with self._lock:
+            return self._vectors[np.flatnonzero(self._alive) if positions is None else positions]
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
+        """Up to n random alive vectors (float32) and their person_id metadata ("" when absent)."""
+        with self._lock:
+            alive = np.flatnonzero(self._alive)
+            chosen = np.sort(rng.choice(alive, size=min(n, alive.size), replace=False))
+            persons = [self._records[p].metadata.get("person_id", "") for p in chosen]
+            return self._vectors[chosen].astype(np.float32), persons
+
+    # ---- search ------------------------------------------------------------
+
+    def search(self, xq: np.ndarray, k: int, *, version: int = 0, Iq: np.ndarray | None = None,
+               Dq: np.ndarray | None = None, rerank_k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product with normalised queries.
+
+        Args:
+            xq: (nq, d) float32, L2-normalised.
+            k: results per query.
+            version: the index version the gateway assigned `Iq` with; 0 for exact search.
+            Iq, Dq: (nq, nprobe) coarse assignment and its scores, for IVF-PQ versions.
+            rerank_k: PQ candidates re-ranked per query (IVF-PQ only).
+
+        Returns:
+            D (nq, k) similarities and I (nq, k) labels, -1 where there are fewer than k faces.
+        """
+        nq, d = xq.shape
+        assert d == self.d, f"query dimension {d} != {self.d}"
+        with self._lock:
+            if version == self.version:
+                index = self._index
+            elif self._previous is not None and self._previous[0] == version:
+                index = self._previous[1]
+            else:
+                raise RuntimeError(f"partition {self.partition} serves index version {self.version}, asked {version}")
+            if version == 0:
+                return index.search(xq, k)
+            index.nprobe = Iq.shape[1]  # search_preassigned scans Iq's columns; the lock makes this safe
+            _, candidates = index.search_preassigned(xq, rerank_k or k, Iq, Dq)
+            return self._rerank(xq, candidates, k)
+
+    def _rerank(self, xq: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        nq = xq.shape[0]
+        D = np.full((nq, k), -np.inf, dtype=np.float32)
+        I = np.full((nq, k), -1, dtype=np.int64)
+        for start in range(0, nq, _RERANK_CHUNK):
+            labels = candidates[start:start + _RERANK_CHUNK]
+            positions = np.where(labels >= 0, self._positions(labels), 0)
+            valid = (labels >= 0) & self._alive[positions]
+            scores = np.einsum("qd,qrd->qr", xq[start:start + _RERANK_CHUNK],
+                               self._vectors[positions].astype(np.float32))
+            scores[~valid] = -np.inf
+            order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+            top = np.take_along_axis(scores, order, axis=1)
+            top_labels = np.where(np.isfinite(top), np.take_along_axis(labels, order, axis=1), -1)
+            D[start:start + len(labels), :top.shape[1]] = top
+            I[start:start + len(labels), :top.shape[1]] = top_labels
+        return D, I
+
+    # ---- mutations ---------------------------------------------------------
+
+    def add(self, batch: FaceBatch) -> None:
+        """Adds faces at batch.positions (or the next free slots). Ids must be new here."""
+        with self._lock:
+            n = len(batch)
+            if batch.positions is None:
+                batch.positions = np.arange(self.next_position, self.next_position + n, dtype=np.int64)
+            end = int(batch.positions.max()) + 1 if n else 0
+            if end > len(self._records):
+                self._grow(end)
+            for record, pos in zip(batch.records, batch.positions):
+                self._records[pos] = record
+                self._position_of[record.face_id] = int(pos)
+            self._vectors[batch.positions] = batch.vectors
+            self._alive[batch.positions] = True
+            if n:
+                self._index.add_with_ids(batch.vectors.astype(np.float32), self.labels(batch.positions))
+
+    def _grow(self, end: int) -> None:
+        capacity = self._vectors.shape[0]
+        if end > capacity:
+            new_capacity = max(end, int(capacity * 1.5), 1024)
+            vectors = np.zeros((new_capacity, self.d), dtype=np.float16)
+            vectors[:capacity] = self._vectors
+            alive = np.zeros(new_capacity, dtype=bool)
+            alive[:capacity] = self._alive
+            self._vectors, self._alive = vectors, alive
+        self._records.extend([None] * (end - len(self._records)))
+
+    def delete(self, face_ids: list[str]) -> list[str]:
+        """Deletes the given ids; returns those that were here."""
+        with self._lock:
+            found = [f for f in dict.fromkeys(face_ids) if f in self._position_of]
+            positions = np.array([self._position_of.pop(f) for f in found], dtype=np.int64)
+            if positions.size:
+                self._alive[positions] = False
+                for pos in positions:
+                    self._records[pos] = None
+                self._index.remove_ids(faiss.IDSelectorBatch(self.labels(positions)))
+            return found
+
+    # ---- index versions ----------------------------------------------------
+
+    def build(self, version: int, trained_index: faiss.Index) -> faiss.Index:
+        """Populates a copy of the collection's trained index with this partition's faces.
+
+        Runs without blocking searches; the gateway holds writes to the collection
+        until `activate`, so the faces do not change meanwhile.
+        """
+        index = faiss.clone_index(trained_index)
+        with self._lock:
+            positions = np.flatnonzero(self._alive)
+        for start in range(0, positions.size, 65_536):
+            chunk = positions[start:start + 65_536]
+            index.add_with_ids(self._vectors[chunk].astype(np.float32), self.labels(chunk))
+        self._built[version] = index
+        return index
+
+    def activate(self, version: int) -> None:
+        """Switches searches to a built version."""
+        with self._lock:
+            if version == self.version:
+                return
+            self._previous = (self.version, self._index)
+            self._index = self._built.pop(version)
+            self.version = version
+            self._built.clear()
+
+    def retire_previous(self) -> None:
+        """Frees the index of the version before the active one, once no query can ask for it."""
+        with self._lock:
+            self._previous = None
+
+    def set_index(self, version: int, index: faiss.Index) -> None:
+        """Installs a populated index (loaded from a snapshot) as the live one."""
+        with self._lock:
+            self._index, self.version = index, version
+
+    def rebuild_exact(self) -> None:
+        """Rebuilds the exact index from the alive slots (after loading a snapshot)."""
+        with self._lock:
+            self._index = self._new_flat()
+            positions = np.flatnonzero(self._alive)
+            if positions.size:
+                self._index.add_with_ids(self._vectors[positions].astype(np.float32), self.labels(positions))
+            self.version = 0
+
+    def snapshot(self) -> FaceBatch:
+        """Every alive face with its slot, for a snapshot object."""
+        with self._lock:
+            positions = np.flatnonzero(self._alive)
+            return FaceBatch([self._records[p] for p in positions], self._vectors[positions].copy(), positions)
+
+    def index_bytes(self) -> bytes:
+        with self._lock:
+            return faiss.serialize_index(self._index).tobytes()
+
+    def memory_bytes(self) -> int:
+        """Bytes held by vectors, codes and ids (Python records excluded)."""
+        with self._lock:
+            vectors = self.size * self.d * 2
+            if self.version == 0:
+                return vectors + self._index.ntotal * (4 * self.d + 8)
+            ivf = faiss.extract_index_ivf(self._index)
+            return vectors + ivf.ntotal * (ivf.code_size + 8)

@@ -1,0 +1,101 @@
+"""The object store: a local folder or an S3 prefix, through pyarrow filesystems.
+
+Every object is written whole or not at all: on a local disk through a
+temporary file and a rename, on S3 because a PUT is atomic. Readers therefore
+never see half an object, which is what makes manifests safe to commit last.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+import uuid
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+logger = logging.getLogger(__name__)
+
+
+class ObjectStore:
+    """Keys ("collections/x/manifest.json") under a root URI.
+
+    Args:
+        uri: a local folder ("./data", "file:///srv/gallery") or "s3://bucket/prefix".
+        s3_endpoint: S3 endpoint ("http://127.0.0.1:8333"); default: AWS_ENDPOINT_URL or AWS.
+
+    Example:
+        >>> store = ObjectStore("/tmp/gallery")
+        >>> store.put("a/b.txt", b"hello"); store.get("a/b.txt")
+        b'hello'
+    """
+
+    def __init__(self, uri: str, *, s3_endpoint: str | None = None):
+        self.uri = uri
+        parsed = urlparse(uri)
+        if parsed.scheme == "s3":
+            endpoint = s3_endpoint or os.environ.get("AWS_ENDPOINT_URL")
+            options = {"region": os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))}
+            if endpoint:
+                endpoint_url = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+                options.update(endpoint_override=endpoint_url.netloc, scheme=endpoint_url.scheme)
+            self.fs: pafs.FileSystem = pafs.S3FileSystem(**options)
+            self.root = f"{parsed.netloc}{parsed.path}".rstrip("/")
+            self.is_local = False
+        elif parsed.scheme in ("", "file"):
+            path = parsed.path if parsed.scheme == "file" else uri
+            self.root = os.path.abspath(os.path.expanduser(path))
+            os.makedirs(self.root, exist_ok=True)
+            self.fs = pafs.LocalFileSystem()
+            self.is_local = True
+        else:
+            raise ValueError(f"store uri: scheme {parsed.scheme!r} unsupported, use a path or s3://bucket/prefix")
+
+    def _path(self, key: str) -> str:
+        return posixpath.join(self.root, key)
+
+    def put(self, key: str, data: bytes) -> None:
+        """Writes one object atomically."""
+        path = self._path(key)
+        if self.is_local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            temporary = f"{path}.tmp-{uuid.uuid4().hex}"
+            try:
+                with open(temporary, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(temporary, path)
+            finally:
+                if os.path.exists(temporary):
+                    os.remove(temporary)
+        else:
+            with self.fs.open_output_stream(path) as f:
+                f.write(data)
+
+    def get(self, key: str) -> bytes:
+        """Reads one object. Raises FileNotFoundError when it does not exist."""
+        with self.fs.open_input_stream(self._path(key)) as f:
+            return f.read()
+
+    def exists(self, key: str) -> bool:
+        return self.fs.get_file_info(self._path(key)).type == pafs.FileType.File
+
+    def list(self, prefix: str) -> list[str]:
+        """Keys of all objects under prefix, sorted."""
+        selector = pafs.FileSelector(self._path(prefix), recursive=True, allow_not_found=True)
+        infos = self.fs.get_file_info(selector)
+        start = len(self.root) + 1
+        return sorted(info.path[start:] for info in infos
+                      if info.type == pafs.FileType.File and ".tmp-" not in info.path)
+
+    def delete(self, key: str) -> None:
+        try:
+            self.fs.delete_file(self._path(key))
+        except FileNotFoundError:
+            pass
+
+    def delete_prefix(self, prefix: str) -> None:
+        for key in self.list(prefix):
+            self.delete(key)

@@ -1,0 +1,31 @@
+"""Training the IVF-PQ index a collection's partitions share."""
+
+import logging
+import time
+
+import faiss
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def train_ivfpq(xt: np.ndarray, nlist: int, pq_m: int) -> bytes:
+    """Trains an empty IVF{nlist},PQ{pq_m}x8 inner-product index on normalised vectors.
+
+    Returns:
+        The serialized trained index (coarse quantizer + PQ codebooks, no vectors).
+    """
+    n, d = xt.shape
+    if d % pq_m:
+        raise ValueError(f"pq_m={pq_m} must divide the dimension {d}")
+    if n < nlist:
+        raise ValueError(f"{n} training vectors for nlist={nlist}: need at least nlist")
+    start = time.perf_counter()
+    index = faiss.index_factory(d, f"IVF{nlist},PQ{pq_m}", faiss.METRIC_INNER_PRODUCT)
+    index.train(np.ascontiguousarray(xt, dtype=np.float32))
+    logger.info("trained IVF%d,PQ%d on %d vectors in %.1f s", nlist, pq_m, n, time.perf_counter() - start)
+    return faiss.serialize_index(index).tobytes()
+
+
+def load_index(data: bytes) -> faiss.Index:
+    return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))

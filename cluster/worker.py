@@ -1,0 +1,244 @@
+"""ShardWorker: the process that holds partitions and persists them. A plain class; Ray makes it an actor.
+
+Partition p of a collection lives on worker p % num_workers. A worker loads
+its partitions from the committed manifests when it starts, so a worker that
+Ray restarts after a crash comes back with every committed face.
+
+Writes are two-phase, driven by the gateway under the collection's write lock:
+`stage` checks and writes a segment object, the gateway commits the manifest,
+then `apply` makes the segment live (reading it back from the store if the
+worker restarted in between). `abort` drops a staged segment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import faiss
+import numpy as np
+
+from cluster import manifest as manifests
+from cluster.manifest import CollectionManifest, PartitionManifest, Segment
+from cluster.merge import merge_topk
+from cluster.records import FaceBatch, FaceRecord, batch_from_parquet, batch_to_parquet, ids_from_parquet, ids_to_parquet
+from cluster.shard import ShardIndex
+from cluster.store import ObjectStore
+from cluster.training import load_index
+
+logger = logging.getLogger(__name__)
+
+
+class ShardWorker:
+    """Holds the partitions p with p % num_workers == worker_id of every collection.
+
+    Args:
+        worker_id: 0 <= worker_id < num_workers.
+        num_workers: workers in the cluster.
+        store_uri: object store root (a folder or s3://bucket/prefix).
+        s3_endpoint: S3 endpoint override.
+        omp_threads: FAISS threads; 0 keeps FAISS's default.
+    """
+
+    def __init__(self, worker_id: int, num_workers: int, store_uri: str, *, s3_endpoint: str | None = None,
+                 omp_threads: int = 0):
+        if omp_threads:
+            faiss.omp_set_num_threads(omp_threads)
+        self.worker_id = worker_id
+        self.num_workers = num_workers
+        self.store = ObjectStore(store_uri, s3_endpoint=s3_endpoint)
+        self._partitions: dict[str, dict[int, ShardIndex]] = {}
+        self._applied: dict[tuple[str, int], set[str]] = {}  # segment keys applied since the snapshot
+        self._staged: dict[str, list[tuple[str, int, Segment, object]]] = {}
+        self._lock = threading.Lock()
+        for manifest in manifests.load_all(self.store):
+            self.open_collection(manifest.to_json())
+
+    def pid(self) -> int:
+        """Process id (tests kill it to simulate a crash)."""
+        return os.getpid()
+
+    def ready(self) -> dict:
+        """Sizes of the partitions held, for health checks."""
+        return {cid: {p: s.size for p, s in parts.items()} for cid, parts in self._partitions.items()}
+
+    def owns(self, partition: int) -> bool:
+        return partition % self.num_workers == self.worker_id
+
+    # ---- collections -------------------------------------------------------
+
+    def open_collection(self, manifest_json: bytes) -> None:
+        """Loads the collection's partitions this worker owns, or catches up on committed segments."""
+        manifest = CollectionManifest.from_json(manifest_json)
+        cid = manifest.collection_id
+        trained = None
+        for p, part in enumerate(manifest.partitions):
+            if not self.owns(p):
+                continue
+            shard = self._partitions.get(cid, {}).get(p)
+            if shard is None:
+                if manifest.index_version and trained is None and not part.index:
+                    trained = load_index(self.store.get(manifest.trained_index))
+                shard = self._load_partition(manifest, p, part, trained)
+                self._partitions.setdefault(cid, {})[p] = shard
+            for segment in part.segments:
+                self._apply_segment(cid, p, segment, None)
+
+    def _load_partition(self, manifest: CollectionManifest, p: int, part: PartitionManifest,
+                        trained: faiss.Index | None) -> ShardIndex:
+        shard = ShardIndex(manifest.dimension, p, manifest.num_partitions)
+        self._applied[(manifest.collection_id, p)] = set()
+        if part.snapshot:
+            shard.add(batch_from_parquet(self.store.get(part.snapshot), manifest.dimension))
+        if manifest.index_version:
+            if part.index:
+                index = load_index(self.store.get(part.index))
+            else:
+                index = shard.build(manifest.index_version, trained)
+            shard.set_index(manifest.index_version, index)
+        elif part.snapshot:
+            shard.rebuild_exact()
+        logger.info("worker %d loaded %s/%d: %d faces", self.worker_id, manifest.collection_id, p, shard.size)
+        return shard
+
+    def drop_collection(self, collection_id: str) -> None:
+        self._partitions.pop(collection_id, None)
+        for key in [k for k in self._applied if k[0] == collection_id]:
+            del self._applied[key]
+
+    def _shard(self, collection_id: str, partition: int) -> ShardIndex:
+        return self._partitions[collection_id][partition]
+
+    # ---- two-phase writes --------------------------------------------------
+
+    def existing(self, collection_id: str, face_ids: dict[int, list[str]]) -> list[str]:
+        """Which of the given ids (by partition) are enrolled already."""
+        return [f for p, ids in face_ids.items() for f in self._shard(collection_id, p).contains(ids)]
+
+    def stage_add(self, collection_id: str, txn: str, batches: dict[int, FaceBatch], keys: dict[int, str]) -> None:
+        """Places each batch in its partition's next free slots and writes it as a segment object."""
+        for p, batch in batches.items():
+            shard = self._shard(collection_id, p)
+            batch.positions = np.arange(shard.next_position, shard.next_position + len(batch), dtype=np.int64)
+            self.store.put(keys[p], batch_to_parquet(batch))
+            self._staged.setdefault(txn, []).append((collection_id, p, Segment(keys[p], "add"), batch))
+
+    def stage_delete(self, collection_id: str, txn: str, face_ids: dict[int, list[str]],
+                     keys: dict[int, str]) -> dict[int, list[str]]:
+        """Writes a delete segment for the ids present; returns them by partition."""
+        found: dict[int, list[str]] = {}
+        for p, ids in face_ids.items():
+            present = list(dict.fromkeys(self._shard(collection_id, p).contains(ids)))
+            if present:
+                self.store.put(keys[p], ids_to_parquet(present))
+                self._staged.setdefault(txn, []).append((collection_id, p, Segment(keys[p], "delete"), present))
+                found[p] = present
+        return found
+
+    def apply(self, collection_id: str, txn: str, segments: dict[int, Segment]) -> None:
+        """Makes committed segments live; idempotent, and works after a restart lost the staged data."""
+        staged = {seg.key: payload for _, _, seg, payload in self._staged.pop(txn, [])}
+        for p, segment in segments.items():
+            self._apply_segment(collection_id, p, segment, staged.get(segment.key))
+
+    def _apply_segment(self, collection_id: str, p: int, segment: Segment, payload: object) -> None:
+        applied = self._applied.setdefault((collection_id, p), set())
+        if segment.key in applied:
+            return
+        shard = self._shard(collection_id, p)
+        if segment.op == "add":
+            batch = payload if payload is not None else batch_from_parquet(self.store.get(segment.key), shard.d)
+            shard.add(batch)
+        else:
+            shard.delete(payload if payload is not None else ids_from_parquet(self.store.get(segment.key)))
+        applied.add(segment.key)
+
+    def abort(self, txn: str) -> None:
+        for _, _, segment, _ in self._staged.pop(txn, []):
+            self.store.delete(segment.key)
+
+    # ---- search and reads --------------------------------------------------
+
+    def search(self, collection_id: str, partitions: list[int], xq: np.ndarray, k: int, version: int,
+               Iq: np.ndarray | None, Dq: np.ndarray | None, rerank_k: int
+               ) -> tuple[np.ndarray, np.ndarray, dict[int, FaceRecord]]:
+        """Searches the given partitions and merges them.
+
+        Returns:
+            D, I (nq, k) and the records of the labels in I.
+        """
+        results = [self._shard(collection_id, p).search(xq, k, version=version, Iq=Iq, Dq=Dq, rerank_k=rerank_k)
+                   for p in partitions]
+        D, I = merge_topk(results, k) if len(results) > 1 else results[0]
+        records = {}
+        for p in partitions:
+            shard = self._shard(collection_id, p)
+            labels = np.unique(I[(I >= 0) & (I % shard.num_partitions == p)])
+            records.update(zip(labels.tolist(), shard.records(labels)))
+        return D, I, records
+
+    def get_faces(self, collection_id: str, face_ids: dict[int, list[str]], include_embeddings: bool
+                  ) -> list[FaceRecord]:
+        return [r for p, ids in face_ids.items()
+                for r in self._shard(collection_id, p).get(ids, include_embeddings=include_embeddings)]
+
+    def scan(self, collection_id: str, partition: int, start: int, limit: int, include_embeddings: bool
+             ) -> tuple[list[FaceRecord], int]:
+        return self._shard(collection_id, partition).scan(start, limit, include_embeddings=include_embeddings)
+
+    def sample(self, collection_id: str, sizes: dict[int, int], seed: int) -> tuple[np.ndarray, list[str]]:
+        """Random alive vectors from each partition, with their person ids."""
+        rng = np.random.default_rng(seed + self.worker_id)
+        parts = [self._shard(collection_id, p).sample(n, rng) for p, n in sizes.items()]
+        return np.concatenate([x for x, _ in parts]), [pid for _, pids in parts for pid in pids]
+
+    def sizes(self, collection_id: str) -> dict[int, int]:
+        return {p: s.size for p, s in self._partitions.get(collection_id, {}).items()}
+
+    def memory_bytes(self, collection_id: str) -> int:
+        return sum(s.memory_bytes() for s in self._partitions.get(collection_id, {}).values())
+
+    # ---- index versions and snapshots --------------------------------------
+
+    def build(self, collection_id: str, version: int, trained_key: str, keys: dict[int, tuple[str, str]]
+              ) -> dict[int, PartitionManifest]:
+        """Builds each partition's index for `version` and writes snapshot + index objects."""
+        trained = load_index(self.store.get(trained_key))
+        out = {}
+        for p, (snapshot_key, index_key) in keys.items():
+            shard = self._shard(collection_id, p)
+            index = shard.build(version, trained)
+            self.store.put(snapshot_key, batch_to_parquet(shard.snapshot()))
+            self.store.put(index_key, faiss.serialize_index(index).tobytes())
+            out[p] = PartitionManifest(snapshot_key, index_key, [])
+        return out
+
+    def activate(self, collection_id: str, version: int, partitions: list[int]) -> None:
+        for p in partitions:
+            shard = self._shard(collection_id, p)
+            shard.activate(version)
+            self._applied[(collection_id, p)] = set()
+
+    def retire_previous(self, collection_id: str) -> None:
+        for shard in self._partitions.get(collection_id, {}).values():
+            shard.retire_previous()
+
+    def compact(self, collection_id: str, keys: dict[int, tuple[str, str | None]]) -> dict[int, PartitionManifest]:
+        """Writes a snapshot (and the populated index, when trained) of each partition."""
+        out = {}
+        for p, (snapshot_key, index_key) in keys.items():
+            shard = self._shard(collection_id, p)
+            self.store.put(snapshot_key, batch_to_parquet(shard.snapshot()))
+            if index_key and shard.version:
+                self.store.put(index_key, shard.index_bytes())
+            else:
+                index_key = None
+            out[p] = PartitionManifest(snapshot_key, index_key, [])
+        return out
+
+    def compacted(self, collection_id: str, partitions: list[int]) -> None:
+        """After the gateway committed a compaction: the snapshot now covers every applied segment."""
+        for p in partitions:
+            self._applied[(collection_id, p)] = set()
+
