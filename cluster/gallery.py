@@ -509,11 +509,16 @@ class Gallery:
 
     def _maintain_now(self, collection_id: str) -> None:
         try:
-            m = self._get(collection_id).manifest
-            if self._needs_training(m):
-                self.train(collection_id)
-            elif self._needs_calibration(m):
-                self.calibrate(collection_id)
+            while True:  # writes during a step may make another one due
+                m = self._get(collection_id).manifest
+                if self._needs_training(m):
+                    self.train(collection_id)
+                elif self._needs_calibration(m):
+                    self.calibrate(collection_id)
+                else:
+                    return
+        except NotFound:
+            return
         except Exception:
             logger.exception("maintenance of %s failed; it is retried after the next write", collection_id)
 
@@ -580,7 +585,7 @@ class Gallery:
             new.index_version, new.nlist, new.pq_m, new.trained_on = version, nlist, pq_m, new.face_count
             if calibration is not None:
                 new.calibration = new.next_key("calibration.npz")
-                new.calibrated_on = len(xt)
+                new.calibrated_on = new.face_count
                 self.store.put(new.calibration, calibration.to_bytes())
             manifests.save(self.store, new)
             self._call([w.activate.remote(collection_id, version, parts) for w, parts in groups])

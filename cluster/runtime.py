@@ -34,18 +34,26 @@ def start_ray(address: str = "local", *, num_cpus: int | None = None) -> None:
 
 
 def start_workers(num_workers: int, store_uri: str, *, s3_endpoint: str | None = None, num_cpus: float = 1,
-                  num_gpus: float = 0, omp_threads: int = 1) -> list:
+                  num_gpus: float = 0, omp_threads: int = 1, cluster_name: str = "gallery") -> list:
     """Starts (or, in a long-lived cluster, finds) the named shard actors.
 
     Ray restarts a crashed worker, which reloads its partitions from the store.
+    Actors are named "{cluster_name}-shard-{i}-of-{num_workers}", so a restarted
+    gateway finds the workers it left.
     """
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     actor = ray.remote(ShardWorker)
-    workers = [actor.options(name=f"shard-{i}-of-{num_workers}", namespace=NAMESPACE, get_if_exists=True,
+    workers = [actor.options(name=f"{cluster_name}-shard-{i}-of-{num_workers}", namespace=NAMESPACE, get_if_exists=True,
                              max_restarts=-1, max_task_retries=0, max_concurrency=8,
                              num_cpus=num_cpus, num_gpus=num_gpus)
                .remote(i, num_workers, store_uri, s3_endpoint=s3_endpoint, omp_threads=omp_threads)
                for i in range(num_workers)]
     ray.get([w.ready.remote() for w in workers])
     return workers
+
+
+def stop_workers(workers: list) -> None:
+    """Ends the workers for good (no restart); their data stays in the store."""
+    for worker in workers:
+        ray.kill(worker, no_restart=True)

@@ -25,6 +25,11 @@ from cluster.records import FaceBatch, FaceRecord
 
 logger = logging.getLogger(__name__)
 
+# Exact search scores each (query, vector) pair with faiss's SIMD kernel instead of BLAS:
+# BLAS picks kernels by matrix shape, so a score would depend on how the vectors
+# happen to be split across shards. Exact search only serves small collections.
+faiss.cvar.distance_compute_blas_threshold = 2**30
+
 _RERANK_CHUNK = 64  # queries re-ranked at once: bounds the (chunk, depth, d) float32 temporary
 
 

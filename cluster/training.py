@@ -6,6 +6,8 @@ import time
 import faiss
 import numpy as np
 
+from cluster.tuning import COARSE_KMEANS_ITERATIONS
+
 logger = logging.getLogger(__name__)
 
 
@@ -22,6 +24,8 @@ def train_ivfpq(xt: np.ndarray, nlist: int, pq_m: int) -> bytes:
         raise ValueError(f"{n} training vectors for nlist={nlist}: need at least nlist")
     start = time.perf_counter()
     index = faiss.index_factory(d, f"IVF{nlist},PQ{pq_m}", faiss.METRIC_INNER_PRODUCT)
+    index.cp.niter = COARSE_KMEANS_ITERATIONS
+    index.do_polysemous_training = False  # minutes of training for a filter that re-ranking makes moot
     index.train(np.ascontiguousarray(xt, dtype=np.float32))
     logger.info("trained IVF%d,PQ%d on %d vectors in %.1f s", nlist, pq_m, n, time.perf_counter() - start)
     return faiss.serialize_index(index).tobytes()

@@ -33,8 +33,14 @@ def pq_m_for(dimension: int) -> int:
 
 
 def training_sample_size(num_vectors: int, nlist: int) -> int:
-    """Training points: 64 per list (faiss warns under 39) and at least 10k for the PQ codebooks."""
-    return min(num_vectors, max(64 * nlist, 10_000))
+    """Training points: 40 per list (faiss warns under 39) and at least 10k for the PQ codebooks.
+    More points barely move recall here, since candidates are re-ranked, but k-means time grows with them."""
+    return min(num_vectors, max(40 * nlist, 10_000))
+
+
+# k-means iterations of the coarse quantizer: faiss's default 25 costs ~2.5x the time
+# for < 1% recall@10 once candidates are re-ranked (measured on clustered 512-d data).
+COARSE_KMEANS_ITERATIONS = 10
 
 
 def default_nprobe(nlist: int) -> int:

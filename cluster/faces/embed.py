@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -9,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .align import ARCFACE_TEMPLATE_112, FACENET_TEMPLATE_160, template_for
+from .align import ARCFACE_TEMPLATE_112, template_for
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +83,11 @@ class TorchEmbedder:
         self.mean, self.std, self.channels, self.batch_size = mean, std, channels, batch_size
         self.default_threshold = default_threshold
         self.device = torch.device(device) if device is not None else default_device()
-        self.module = module.to(self.device).eval()
+        self.module = module.to(self.device)
+        try:
+            self.module.eval()
+        except NotImplementedError:  # torch.export programs are frozen in eval mode and refuse it
+            pass
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         """Embed aligned crops in batches of `batch_size`.
@@ -115,15 +120,28 @@ class TorchEmbedder:
         return out
 
 
+def load_torch_model(path: Path, device: torch.device) -> torch.nn.Module:
+    """Load a TorchScript file (`torch.jit.save`) or, for `.pt2`, a `torch.export` program."""
+    if path.suffix == ".pt2":
+        return torch.export.load(str(path)).module()
+    with warnings.catch_warnings():
+        # torch ≥ 2.10 deprecates TorchScript, but operators' models still ship in it.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.load(str(path), map_location=device)
+
+
 class TorchScriptEmbedder(TorchEmbedder):
-    """An operator's own model saved with `torch.jit.save` (e.g. an ArcFace they licence).
+    """An operator's own model (e.g. an ArcFace they licence) in a TorchScript or `.pt2` file.
+
+    The file is either TorchScript (`torch.jit.save`) or, when its name ends in
+    `.pt2`, a `torch.export` program exported with a dynamic batch dimension.
 
     For ArcFace-family models (112 px, (x − 127.5) / 127.5, InsightFace template)
     pass `input_size=112, std=127.5, template=ARCFACE_TEMPLATE_112`; that template is
     also the default whenever `input_size` is 112.
 
     Args:
-        path: the TorchScript file.
+        path: the model file.
         dimension: embedding length the model outputs.
         input_size: crop side in pixels.
         **kwargs: as for `TorchEmbedder` (name defaults to the file name).
@@ -146,11 +164,8 @@ class TorchScriptEmbedder(TorchEmbedder):
             kwargs["template"] = ARCFACE_TEMPLATE_112
         kwargs.setdefault("name", path.stem)
         device = torch.device(kwargs.pop("device", None) or default_device())
-        module = torch.jit.load(str(path), map_location=device)
+        module = load_torch_model(path, device)
         super().__init__(module, dimension=dimension, input_size=input_size, device=device, **kwargs)
-        logger.info("loaded TorchScript embedder %s (%d-d, %d px) on %s", self.name, dimension,
+        logger.info("loaded embedder %s (%d-d, %d px) on %s", self.name, dimension,
                     input_size, self.device)
 
-
-__all__ = ["Embedder", "TorchEmbedder", "TorchScriptEmbedder", "default_device",
-           "FACENET_TEMPLATE_160"]

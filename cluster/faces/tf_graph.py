@@ -49,13 +49,14 @@ def _fields(buf: memoryview):
         num, wire = key >> 3, key & 7
         if wire == 0:
             val, pos = _varint(buf, pos)
-        elif wire == 1:
-            val, pos = buf[pos:pos + 8], pos + 8
-        elif wire == 2:
-            n, pos = _varint(buf, pos)
+        elif wire in (1, 2, 5):
+            if wire == 2:
+                n, pos = _varint(buf, pos)
+            else:
+                n = 8 if wire == 1 else 4
+            if pos + n > end:
+                raise ValueError(f"field {num} runs past the end of its message")
             val, pos = buf[pos:pos + n], pos + n
-        elif wire == 5:
-            val, pos = buf[pos:pos + 4], pos + 4
         else:
             raise ValueError(f"unsupported protobuf wire type {wire} for field {num}")
         yield num, wire, val
@@ -187,7 +188,7 @@ def read_graph_def(data: bytes) -> dict[str, TfNode]:
             if num == 1:
                 node = _node(val)
                 nodes[node.name] = node
-    except IndexError as exc:  # a varint or length ran past the end
-        raise ValueError("truncated GraphDef") from exc
+    except (IndexError, ValueError) as exc:  # IndexError: a varint ran past the end
+        raise ValueError(f"truncated or corrupt GraphDef: {exc}") from exc
     logger.debug("read GraphDef: %d nodes", len(nodes))
     return nodes

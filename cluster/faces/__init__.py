@@ -1,0 +1,28 @@
+"""Face pipeline: decode → detect (YuNet) → align → embed (FaceNet in PyTorch).
+
+Plain classes, no Ray and no gRPC: the serving layer wraps `FacePipeline` in an
+actor pool and maps `InvalidImageError` to INVALID_ARGUMENT.
+
+Example:
+    >>> from cluster.faces import FaceDetector, FaceNetEmbedder, FacePipeline, decode_image
+    >>> pipe = FacePipeline(FaceDetector(), FaceNetEmbedder())
+    >>> faces = pipe.analyze(decode_image(open("group.jpg", "rb").read()))
+    >>> float(faces[0].embedding @ faces[1].embedding) > FaceNetEmbedder.default_threshold
+    False
+"""
+from .align import ARCFACE_TEMPLATE_112, FACENET_TEMPLATE_160, align_face, similarity_transform
+from .detect import DetectedFace, FaceDetector
+from .embed import Embedder, TorchEmbedder, TorchScriptEmbedder, default_device
+from .facenet import FaceNetEmbedder, load_facenet
+from .image import (MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MAX_S3_IMAGE_BYTES, InvalidImageError,
+                    decode_image)
+from .pipeline import Face, FacePipeline
+from .quality import QUALITY_FILTER_THRESHOLDS, face_quality, quality_filter_threshold
+
+__all__ = [
+    "ARCFACE_TEMPLATE_112", "FACENET_TEMPLATE_160", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS",
+    "MAX_S3_IMAGE_BYTES", "QUALITY_FILTER_THRESHOLDS", "DetectedFace", "Embedder", "Face",
+    "FaceDetector", "FaceNetEmbedder", "FacePipeline", "InvalidImageError", "TorchEmbedder",
+    "TorchScriptEmbedder", "align_face", "decode_image", "default_device", "face_quality",
+    "load_facenet", "quality_filter_threshold", "similarity_transform",
+]

@@ -1,0 +1,164 @@
+"""The Gallery API on a real local Ray: exact merge, training, recall, restarts, deletes, crashes."""
+
+import time
+
+import faiss
+import numpy as np
+import pytest
+import ray
+
+from cluster import vectors
+from cluster.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition
+from cluster.records import FaceRecord
+from cluster.synthetic import clustered_embeddings, noisy_probes
+
+
+def _records(n, start=0, **metadata):
+    return [FaceRecord(f"face-{start + i}", f"img-{start + i}", metadata=dict(metadata)) for i in range(n)]
+
+
+def _ids(results):
+    return [[c.record.face_id for c in q] for q in results.candidates]
+
+
+def _scores(results):
+    return [[c.similarity for c in q] for q in results.candidates]
+
+
+def _wait_for_maintenance(gallery, collection_id):
+    state = gallery._get(collection_id)
+    while state.maintenance is not None and state.maintenance.is_alive():
+        state.maintenance.join(timeout=1)
+
+
+def test_sharded_exact_search_is_identical_to_one_flat_index(galleries, tmp_path):
+    gallery = galleries.start(str(tmp_path), num_workers=3)
+    xb = clustered_embeddings(3000, 64, seed=11)
+    gallery.create_collection("c", dimension=64)
+    for start in range(0, 3000, 1000):
+        gallery.add("c", _records(1000, start), xb[start:start + 1000])
+    xq, _ = noisy_probes(xb, 40)
+    results = gallery.search("c", xq, 25)
+    reference = faiss.IndexFlatIP(64)
+    reference.add(vectors.to_stored(vectors.normalize(xb)).astype(np.float32))
+    D_ref, I_ref = reference.search(vectors.normalize(xq), 25)  # as the gallery sees them
+    assert _ids(results) == [[f"face-{i}" for i in row] for row in I_ref]
+    np.testing.assert_array_equal(np.array(_scores(results), dtype=np.float32), D_ref)
+
+
+def test_training_switches_without_downtime_and_keeps_recall(galleries, tmp_path):
+    n, d = 12_000, 128
+    gallery = galleries.start(str(tmp_path), default_train_threshold=10_000)
+    xb = clustered_embeddings(n, d, seed=12)
+    xq, rows = noisy_probes(xb, 200)
+    gallery.create_collection("c", dimension=d)
+    for start in range(0, 10_000, 2500):
+        gallery.add("c", _records(2500, start), xb[start:start + 2500])
+    assert gallery.search("c", xq, 10).index_version == 0
+    gallery.add("c", _records(2000, 10_000), xb[10_000:])  # waits if training holds the write lock
+    searches = 0
+    deadline = time.monotonic() + 180
+    while gallery.describe("c")[0].index_version == 0:  # every search must succeed meanwhile
+        assert time.monotonic() < deadline, "training did not finish"
+        assert len(gallery.search("c", xq[:4], 10).candidates[0]) == 10
+        searches += 1
+    _wait_for_maintenance(gallery, "c")
+    assert searches > 0
+    m, _ = gallery.describe("c")
+    assert m.index_version == 1 and m.face_count == n
+
+    reference = faiss.IndexFlatIP(d)
+    reference.add(xb.astype(np.float16).astype(np.float32))
+    _, I_ref = reference.search(xq, 10)
+    results = gallery.search("c", xq, 10)
+    assert results.index_version == 1
+    found = np.array([[int(f.split("-")[1]) for f in q] for q in _ids(results)])
+    recall_at_10 = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, I_ref)])
+    assert recall_at_10 >= 0.95
+    assert (found[:, 0] == I_ref[:, 0]).mean() >= 0.99
+
+
+def test_restart_brings_back_every_collection_and_face(galleries, tmp_path):
+    store = str(tmp_path)
+    gallery = galleries.start(store, max_segments=3)  # small: compaction runs during the test
+    xb = clustered_embeddings(800, 32, seed=13)
+    gallery.create_collection("a", dimension=32)
+    gallery.create_collection("b", dimension=32)
+    for start in range(0, 800, 100):
+        gallery.add("a", _records(100, start, person_id="p"), xb[start:start + 100])
+    gallery.add("b", _records(5), xb[:5])
+    deleted, unknown = gallery.delete_faces("a", ["face-1", "face-2", "nobody"])
+    assert deleted == ["face-1", "face-2"] and unknown == ["nobody"]
+    before = gallery.search("a", xb[:20], 10)
+    listed_before, _ = gallery.list_faces("a", 4096)
+    galleries.stop(gallery)
+
+    again = galleries.start(store)
+    assert again.list_collections() == (["a", "b"], "")
+    listed_after, _ = again.list_faces("a", 4096)
+    assert [f.face_id for f in listed_after] == [f.face_id for f in listed_before]
+    assert len(listed_after) == 798 and listed_after[0].metadata == {"person_id": "p"}
+    after = again.search("a", xb[:20], 10)
+    assert _ids(after) == _ids(before) and _scores(after) == _scores(before)
+    assert "face-1" not in {f for q in _ids(after) for f in q}
+    assert again.describe("b")[0].face_count == 5
+
+
+def test_restart_after_training_serves_the_trained_index(galleries, tmp_path):
+    store = str(tmp_path)
+    gallery = galleries.start(store, default_train_threshold=10_000, background_maintenance=False)
+    xb = clustered_embeddings(10_000, 64, seed=14)
+    gallery.create_collection("c", dimension=64)
+    gallery.add("c", _records(10_000), xb)
+    gallery.train("c")
+    gallery.delete_faces("c", ["face-0"])
+    gallery.add("c", _records(10, 10_000), clustered_embeddings(10, 64, seed=15))
+    before = gallery.search("c", xb[:50], 10)
+    galleries.stop(gallery)
+    again = galleries.start(store)
+    after = again.search("c", xb[:50], 10)
+    assert after.index_version == 1
+    assert _ids(after) == _ids(before)
+    np.testing.assert_allclose(_scores(after), _scores(before), rtol=1e-6)
+    assert "face-0" not in {f for q in _ids(after) for f in q}
+
+
+def test_crashed_worker_comes_back_from_the_store(galleries, tmp_path):
+    gallery = galleries.start(str(tmp_path))
+    xb = clustered_embeddings(400, 16, seed=16)
+    gallery.create_collection("c", dimension=16)
+    gallery.add("c", _records(400), xb)
+    before = gallery.search("c", xb[:10], 5)
+    ray.kill(gallery.workers[0], no_restart=False)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            after = gallery.search("c", xb[:10], 5)
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    assert _ids(after) == _ids(before)
+
+
+def test_duplicates_fail_whole_or_are_skipped(gallery):
+    xb = clustered_embeddings(6, 8, seed=17)
+    gallery.create_collection("c", dimension=8)
+    gallery.add("c", _records(3), xb[:3])
+    with pytest.raises(AlreadyExists, match="face-2"):
+        gallery.add("c", _records(3, 2), xb[2:5])
+    assert gallery.describe("c")[0].face_count == 3  # nothing of the rejected batch was stored
+    added, skipped = gallery.add("c", _records(3, 2), xb[2:5], skip_existing=True)
+    assert added == ["face-3", "face-4"] and skipped == ["face-2"]
+    with pytest.raises(AlreadyExists, match="repeated"):
+        gallery.add("c", [FaceRecord("x"), FaceRecord("x")], xb[:2])
+
+
+def test_empty_collection_and_deadline(gallery):
+    gallery.create_collection("c", dimension=8)
+    with pytest.raises(FailedPrecondition, match="empty"):
+        gallery.search("c", np.ones((1, 8), np.float32), 1)
+    gallery.add("c", _records(100), clustered_embeddings(100, 8))
+    with pytest.raises(DeadlineExceeded):
+        gallery.search("c", np.ones((1000, 8), np.float32), 1000, timeout_s=1e-6)

@@ -1,0 +1,118 @@
+"""Pure functions: wire format, validation, merge, tuning rules, calibration."""
+
+import faiss
+import numpy as np
+import pytest
+
+from cluster import tuning, vectors
+from cluster.calibration import Calibration, impostor_scores
+from cluster.errors import InvalidArgument
+from cluster.merge import merge_topk
+from cluster.synthetic import clustered_embeddings
+
+
+def test_wire_roundtrip_is_little_endian_float32():
+    x = np.array([1.5, -2.0, 3.25], dtype=np.float32)
+    data = vectors.encode(x)
+    assert data == np.array([1.5, -2.0, 3.25], dtype="<f4").tobytes()
+    np.testing.assert_array_equal(vectors.decode(data, 3, expected_dimension=3), x)
+
+
+@pytest.mark.parametrize("values,dimension,message", [
+    (b"\x00" * 12, 4, "dimension is 4"),
+    (b"\x00" * 10, 3, "10 bytes given"),
+])
+def test_decode_rejects_malformed(values, dimension, message):
+    with pytest.raises(InvalidArgument, match=message):
+        vectors.decode(values, dimension, expected_dimension=3 if dimension == 4 else dimension)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_normalize_rejects_non_finite(bad):
+    x = np.ones((3, 4), dtype=np.float32)
+    x[1, 2] = bad
+    with pytest.raises(InvalidArgument, match="row 1 holds NaN or infinity"):
+        vectors.normalize(x)
+
+
+def test_normalize_rejects_zero_vector_and_scales_rows():
+    with pytest.raises(InvalidArgument, match="row 0 is all zeros"):
+        vectors.normalize(np.zeros((1, 4)))
+    np.testing.assert_allclose(np.linalg.norm(vectors.normalize(np.full((2, 4), 3.0)), axis=1), 1.0, rtol=1e-6)
+
+
+def test_merge_matches_one_flat_index():
+    xb = clustered_embeddings(3000, 32, seed=3)
+    xq = clustered_embeddings(50, 32, seed=4)
+    reference = faiss.IndexFlatIP(32)
+    reference.add(xb)
+    D_ref, I_ref = reference.search(xq, 20)
+    parts = []
+    for shard in range(3):
+        index = faiss.IndexIDMap(faiss.IndexFlatIP(32))
+        ids = np.arange(shard, 3000, 3)
+        index.add_with_ids(xb[ids], ids)
+        parts.append(index.search(xq, 20))
+    D, I = merge_topk(parts, 20)
+    np.testing.assert_array_equal(I, I_ref)
+    np.testing.assert_array_equal(D, D_ref)
+
+
+def test_merge_pads_when_shards_hold_fewer_than_k():
+    D, I = merge_topk([(np.array([[0.9, -np.inf]], np.float32), np.array([[7, -1]])),
+                       (np.array([[0.5]], np.float32), np.array([[3]]))], 4)
+    assert I.tolist() == [[7, 3, -1, -1]]
+    assert D[0, :2].tolist() == pytest.approx([0.9, 0.5])
+
+
+@pytest.mark.parametrize("n,expected", [(20_000, 512), (1_000_000, 4096), (100, 2)])
+def test_nlist_follows_four_sqrt_n_with_enough_training_points(n, expected):
+    nlist = tuning.nlist_for(n)
+    assert nlist == expected
+    assert n >= 39 * nlist
+
+
+def test_pq_m_divides_dimension():
+    assert tuning.pq_m_for(512) == 64
+    assert 100 % tuning.pq_m_for(100) == 0
+
+
+def test_training_policy():
+    assert not tuning.should_train(19_999, 0, 20_000)
+    assert tuning.should_train(20_000, 0, 20_000)
+    assert not tuning.should_train(100_000, 20_000, 20_000)
+    assert tuning.should_train(160_000, 20_000, 20_000)
+
+
+def test_calibration_false_match_rates():
+    rng = np.random.default_rng(0)
+    scores = rng.normal(0.0, 0.1, size=200_000)
+    calibration = Calibration.from_scores(scores, source="gallery")
+    fmr = calibration.false_match_rate(np.array([-1.0, 0.0, 0.2, 0.3, 0.9]))
+    assert fmr[0] == pytest.approx(1.0, abs=1e-3)
+    assert fmr[1] == pytest.approx(0.5, abs=0.01)
+    assert fmr[2] == pytest.approx((scores >= 0.2).mean(), rel=0.05)
+    assert fmr[3] == pytest.approx(((scores >= 0.3).sum() + 1) / (scores.size + 1), rel=1e-3)
+    assert fmr[4] == pytest.approx(1 / (scores.size + 1))  # never claims zero for an unseen tail
+    assert np.all(np.diff(fmr) <= 0)
+
+
+def test_gallery_probability_grows_with_gallery_size():
+    calibration = Calibration.from_scores(np.random.default_rng(1).normal(0, 0.1, 100_000), source="model")
+    small, large = calibration.gallery_false_match_probability(0.35, 100), \
+        calibration.gallery_false_match_probability(0.35, 10_000_000)
+    fmr = float(calibration.false_match_rate(0.35))
+    assert float(small) == pytest.approx(1 - (1 - fmr) ** 100, rel=1e-6)
+    assert float(large) > 0.99 > float(small)
+
+
+def test_calibration_roundtrip_and_person_aware_pairs():
+    xb = clustered_embeddings(60, 16, seed=5)
+    all_pairs = impostor_scores(xb)
+    assert all_pairs.size == 60 * 59 // 2
+    persons = [str(i // 2) for i in range(60)]  # pairs of faces share a person
+    assert impostor_scores(xb, persons).size == 60 * 59 // 2 - 30
+    calibration = Calibration.from_scores(all_pairs, source="gallery", default_min_similarity=0.5)
+    again = Calibration.from_bytes(calibration.to_bytes())
+    assert again.n_pairs == calibration.n_pairs and again.default_min_similarity == 0.5
+    np.testing.assert_array_equal(again.tail, calibration.tail)
