@@ -501,6 +501,14 @@ class Gallery:
                                                  name=f"maintain-{collection_id}", daemon=True)
             state.maintenance.start()
 
+    def wait_for_maintenance(self, collection_id: str, timeout_s: float | None = None) -> bool:
+        """Waits until background training or calibration of the collection is done; False on timeout."""
+        thread = self._get(collection_id).maintenance
+        if thread is not None:
+            thread.join(timeout_s)
+            return not thread.is_alive()
+        return True
+
     def _needs_training(self, m: CollectionManifest) -> bool:
         return tuning.should_train(m.face_count, m.trained_on, m.train_threshold)
 

@@ -60,7 +60,12 @@ def gallery(galleries, tmp_path) -> Gallery:
 
 
 @pytest.fixture
-def stub(gallery):
+def channel(gallery):
     with running_server(gallery, "127.0.0.1:0") as (_, port):
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield gallery_pb2_grpc.GalleryStub(channel)
+            yield channel
+
+
+@pytest.fixture
+def stub(channel):
+    return gallery_pb2_grpc.GalleryStub(channel)

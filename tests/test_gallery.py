@@ -25,12 +25,6 @@ def _scores(results):
     return [[c.similarity for c in q] for q in results.candidates]
 
 
-def _wait_for_maintenance(gallery, collection_id):
-    state = gallery._get(collection_id)
-    while state.maintenance is not None and state.maintenance.is_alive():
-        state.maintenance.join(timeout=1)
-
-
 def test_sharded_exact_search_is_identical_to_one_flat_index(galleries, tmp_path):
     gallery = galleries.start(str(tmp_path), num_workers=3)
     xb = clustered_embeddings(3000, 64, seed=11)
@@ -62,7 +56,7 @@ def test_training_switches_without_downtime_and_keeps_recall(galleries, tmp_path
         assert time.monotonic() < deadline, "training did not finish"
         assert len(gallery.search("c", xq[:4], 10).candidates[0]) == 10
         searches += 1
-    _wait_for_maintenance(gallery, "c")
+    assert gallery.wait_for_maintenance("c", timeout_s=120)
     assert searches > 0
     m, _ = gallery.describe("c")
     assert m.index_version == 1 and m.face_count == n

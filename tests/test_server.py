@@ -1,0 +1,168 @@
+"""gallery.v1 over a real gRPC server on 127.0.0.1: results, status codes, health, reflection."""
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from cluster import vectors
+from cluster.synthetic import clustered_embeddings
+from gallery.v1 import gallery_pb2 as pb
+
+D = 16
+
+
+def _embedding(x) -> pb.Embedding:
+    return pb.Embedding(values=vectors.encode(x), dimension=len(x))
+
+
+def _faces(xb, start=0):
+    return [pb.NewFace(face_id=f"face-{start + i}", external_image_id=f"img-{start + i}",
+                       metadata={"person_id": f"p{start + i}"}, embedding=_embedding(x)) for i, x in enumerate(xb)]
+
+
+def _code(call, request, **kwargs) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as raised:
+        call(request, **kwargs)
+    return raised.value.code(), raised.value.details()
+
+
+@pytest.fixture
+def enrolled(stub, gallery):
+    xb = clustered_embeddings(300, D, seed=21)
+    stub.CreateCollection(pb.CreateCollectionRequest(collection_id="staff", dimension=D))
+    stub.AddEmbeddings(pb.AddEmbeddingsRequest(collection_id="staff", faces=_faces(xb)))
+    assert gallery.wait_for_maintenance("staff", timeout_s=60)  # the gallery calibrates in the background
+    return xb
+
+
+def test_health_and_reflection(channel):
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "gallery.v1.Gallery"):
+        assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == \
+            health_pb2.HealthCheckResponse.SERVING
+    reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+    responses = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    names = {s.name for r in responses for s in r.list_services_response.service}
+    assert {"gallery.v1.Gallery", "grpc.health.v1.Health"} <= names
+
+
+def test_collection_lifecycle(stub):
+    created = stub.CreateCollection(pb.CreateCollectionRequest(collection_id="a", dimension=D)).collection
+    assert (created.collection_id, created.dimension, created.face_count) == ("a", D, 0)
+    assert created.index_state == pb.INDEX_STATE_EXACT and created.num_partitions == 2
+    assert created.calibration.source == pb.CALIBRATION_SOURCE_NONE
+    stub.CreateCollection(pb.CreateCollectionRequest(collection_id="b", dimension=D))
+    assert _code(stub.CreateCollection, pb.CreateCollectionRequest(collection_id="a", dimension=D))[0] == \
+        grpc.StatusCode.ALREADY_EXISTS
+    page = stub.ListCollections(pb.ListCollectionsRequest(max_results=1))
+    assert [c.collection_id for c in page.collections] == ["a"] and page.next_token
+    page = stub.ListCollections(pb.ListCollectionsRequest(max_results=1, next_token=page.next_token))
+    assert [c.collection_id for c in page.collections] == ["b"] and not page.next_token
+    stub.DeleteCollection(pb.DeleteCollectionRequest(collection_id="a"))
+    assert _code(stub.DescribeCollection, pb.DescribeCollectionRequest(collection_id="a"))[0] == \
+        grpc.StatusCode.NOT_FOUND
+
+
+def test_search_returns_the_enrolled_face_with_scores_and_calibration(stub, enrolled):
+    probes = enrolled[[5, 77]] + 0.01
+    response = stub.SearchByEmbedding(pb.SearchByEmbeddingRequest(
+        collection_id="staff", queries=[_embedding(x) for x in probes], k=3, purpose="test"))
+    assert [r.candidates[0].face.face_id for r in response.results] == ["face-5", "face-77"]
+    best = response.results[0].candidates[0]
+    assert best.face.external_image_id == "img-5" and best.face.metadata["person_id"] == "p5"
+    assert best.similarity == pytest.approx(float(vectors.normalize(probes[:1])[0] @ enrolled[5]), abs=2e-3)
+    assert [c.similarity for c in response.results[0].candidates] == \
+        sorted((c.similarity for c in response.results[0].candidates), reverse=True)
+    assert response.gallery_size == 300 and response.index_state == pb.INDEX_STATE_EXACT
+    # 300 faces > the calibration threshold: estimates come from the gallery's own impostor pairs
+    assert response.calibration.source == pb.CALIBRATION_SOURCE_GALLERY
+    assert 0 < best.false_match_rate <= best.gallery_false_match_probability <= 1
+    thresholded = stub.SearchByEmbedding(pb.SearchByEmbeddingRequest(
+        collection_id="staff", queries=[_embedding(probes[0])], k=10, min_similarity=0.99))
+    assert [c.face.face_id for c in thresholded.results[0].candidates] == ["face-5"]
+
+
+def test_faces_list_get_delete(stub, enrolled):
+    seen, token = [], ""
+    while True:
+        page = stub.ListFaces(pb.ListFacesRequest(collection_id="staff", max_results=128, next_token=token))
+        seen += [f.face_id for f in page.faces]
+        token = page.next_token
+        if not token:
+            break
+    assert sorted(seen) == sorted(f"face-{i}" for i in range(300)) and len(seen) == 300
+    got = stub.GetFaces(pb.GetFacesRequest(collection_id="staff", face_ids=["face-3", "nope"],
+                                           include_embeddings=True))
+    assert [f.face_id for f in got.faces] == ["face-3"] and list(got.unknown_face_ids) == ["nope"]
+    stored = np.frombuffer(got.faces[0].embedding.values, "<f4")
+    np.testing.assert_allclose(stored, enrolled[3], atol=1e-3)
+    deleted = stub.DeleteFaces(pb.DeleteFacesRequest(collection_id="staff", face_ids=["face-3", "nope"]))
+    assert list(deleted.deleted_face_ids) == ["face-3"] and list(deleted.unknown_face_ids) == ["nope"]
+    assert deleted.face_count == 299
+    response = stub.SearchByEmbedding(pb.SearchByEmbeddingRequest(
+        collection_id="staff", queries=[_embedding(enrolled[3])], k=299))
+    assert "face-3" not in {c.face.face_id for c in response.results[0].candidates}
+
+
+def _store_state(gallery):
+    return {key: gallery.store.get(key) for key in gallery.store.list("")}
+
+
+def test_bad_input_gets_clear_errors_and_changes_nothing(stub, gallery, enrolled):
+    stub.CreateCollection(pb.CreateCollectionRequest(collection_id="empty", dimension=D))
+    before = _store_state(gallery)
+    good = _embedding(enrolled[0])
+    nan = enrolled[0].copy()
+    nan[3] = np.nan
+    inf = enrolled[0].copy()
+    inf[0] = np.inf
+    search = stub.SearchByEmbedding
+    add = stub.AddEmbeddings
+    S, I = pb.SearchByEmbeddingRequest, grpc.StatusCode.INVALID_ARGUMENT
+    cases = [
+        (search, S(collection_id="staff", queries=[_embedding(enrolled[0][:8])], k=5), I, "dimension is 8"),
+        (search, S(collection_id="staff", queries=[_embedding(nan)], k=5), I, "NaN or infinity"),
+        (search, S(collection_id="staff", queries=[_embedding(inf)], k=5), I, "NaN or infinity"),
+        (search, S(collection_id="staff", queries=[pb.Embedding(values=b"\x01\x02\x03", dimension=D)], k=5), I,
+         "3 bytes given"),
+        (search, S(collection_id="staff", queries=[good], k=0), I, "k must be in"),
+        (search, S(collection_id="staff", queries=[good], k=1001), I, "k must be in"),
+        (search, S(collection_id="staff", queries=[], k=5), I, "queries: 0 given"),
+        (search, S(collection_id="staff", queries=[good] * 1025, k=5), grpc.StatusCode.RESOURCE_EXHAUSTED,
+         "1 to 1024"),
+        (search, S(collection_id="nobody", queries=[good], k=5), grpc.StatusCode.NOT_FOUND, "'nobody'"),
+        (search, S(collection_id="empty", queries=[good], k=5), grpc.StatusCode.FAILED_PRECONDITION, "empty"),
+        (add, pb.AddEmbeddingsRequest(collection_id="staff", faces=_faces(enrolled[:2], 299)),
+         grpc.StatusCode.ALREADY_EXISTS, "face-299"),
+        (add, pb.AddEmbeddingsRequest(collection_id="staff", faces=_faces([nan], 1000)), I, "NaN"),
+        (add, pb.AddEmbeddingsRequest(collection_id="staff", faces=_faces([np.zeros(D, np.float32)], 1000)), I,
+         "all zeros"),
+        (add, pb.AddEmbeddingsRequest(collection_id="staff", faces=_faces([enrolled[0][:4]], 1000)), I,
+         "dimension is 4"),
+        (add, pb.AddEmbeddingsRequest(collection_id="nobody", faces=_faces(enrolled[:1])),
+         grpc.StatusCode.NOT_FOUND, "'nobody'"),
+        (stub.CreateCollection, pb.CreateCollectionRequest(collection_id="bad name!", dimension=D), I, "collection_id"),
+        (stub.CreateCollection, pb.CreateCollectionRequest(collection_id="nodim"), I, "no face model"),
+        (stub.ListFaces, pb.ListFacesRequest(collection_id="staff", next_token="garbage"), I, "next_token"),
+        (stub.DeleteFaces, pb.DeleteFacesRequest(collection_id="staff"), I, "face_ids: 0 given"),
+    ]
+    for call, request, code, message in cases:
+        got, details = _code(call, request)
+        assert got == code, (request, details)
+        assert message in details, (message, details)
+    assert _store_state(gallery) == before
+    assert gallery.describe("staff")[0].face_count == 300
+
+
+def test_oversized_message_is_resource_exhausted(stub, enrolled):
+    huge = pb.AddEmbeddingsRequest(collection_id="staff", faces=[
+        pb.NewFace(face_id="big", embedding=pb.Embedding(values=b"\0" * (65 * 2**20), dimension=D))])
+    assert _code(stub.AddEmbeddings, huge)[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_deadline_is_honoured(stub, enrolled):
+    many = pb.SearchByEmbeddingRequest(collection_id="staff", queries=[_embedding(x) for x in enrolled], k=50)
+    assert _code(stub.SearchByEmbedding, many, timeout=0.001)[0] == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert len(stub.SearchByEmbedding(many, timeout=30).results) == 300
