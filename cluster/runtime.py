@@ -34,19 +34,22 @@ def start_ray(address: str = "local", *, num_cpus: int | None = None) -> None:
 
 
 def start_workers(num_workers: int, store_uri: str, *, s3_endpoint: str | None = None, num_cpus: float = 1,
-                  num_gpus: float = 0, omp_threads: int = 1, cluster_name: str = "gallery") -> list:
+                  num_gpus: float = 0, omp_threads: int = 1, cluster_name: str = "gallery",
+                  env_vars: dict[str, str] | None = None) -> list:
     """Starts (or, in a long-lived cluster, finds) the named shard actors.
 
     Ray restarts a crashed worker, which reloads its partitions from the store.
     Actors are named "{cluster_name}-shard-{i}-of-{num_workers}", so a restarted
-    gateway finds the workers it left.
+    gateway finds the workers it left. `env_vars` reach the workers on every node
+    (e.g. AWS credentials for an S3 store).
     """
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     actor = ray.remote(ShardWorker)
     workers = [actor.options(name=f"{cluster_name}-shard-{i}-of-{num_workers}", namespace=NAMESPACE, get_if_exists=True,
                              max_restarts=-1, max_task_retries=0, max_concurrency=8,
-                             num_cpus=num_cpus, num_gpus=num_gpus)
+                             num_cpus=num_cpus, num_gpus=num_gpus,
+                             runtime_env={"env_vars": env_vars} if env_vars else None)
                .remote(i, num_workers, store_uri, s3_endpoint=s3_endpoint, omp_threads=omp_threads)
                for i in range(num_workers)]
     ray.get([w.ready.remote() for w in workers])

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
 import uuid
 
 import grpc
@@ -28,8 +33,9 @@ class GalleryFactory:
     def __init__(self):
         self._started: list[tuple[Gallery, list]] = []
 
-    def start(self, store_uri: str, *, num_workers: int = 2, s3_endpoint: str | None = None, **kwargs) -> Gallery:
-        workers = runtime.start_workers(num_workers, store_uri, s3_endpoint=s3_endpoint,
+    def start(self, store_uri: str, *, num_workers: int = 2, s3_endpoint: str | None = None,
+              env_vars: dict[str, str] | None = None, **kwargs) -> Gallery:
+        workers = runtime.start_workers(num_workers, store_uri, s3_endpoint=s3_endpoint, env_vars=env_vars,
                                         cluster_name=f"test-{uuid.uuid4().hex[:8]}", num_cpus=0.5)
         gallery = Gallery(ObjectStore(store_uri, s3_endpoint=s3_endpoint), workers, **kwargs)
         self._started.append((gallery, workers))
@@ -69,3 +75,62 @@ def channel(gallery):
 @pytest.fixture
 def stub(channel):
     return gallery_pb2_grpc.GalleryStub(channel)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not ready after {timeout_s} s")
+        time.sleep(0.2)
+
+
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 endpoint (moto's server) on 127.0.0.1; yields its URL."""
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("s3") / "moto.log", "wb")
+    process = subprocess.Popen([shutil.which("moto_server") or "moto_server", "-H", "127.0.0.1", "-p", str(port)],
+                               stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        try:
+            return urllib.request.urlopen(endpoint, timeout=1).status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_until(answers, 30, "moto S3 server")
+        yield endpoint
+    finally:
+        process.terminate()
+        process.wait(10)
+        log.close()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch):
+    """A fresh bucket; the test process gets the credentials in its environment."""
+    import boto3
+
+    for key, value in S3_CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    name = f"gallery-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=s3_server, **_boto_credentials()).create_bucket(Bucket=name)
+    return name
+
+
+def _boto_credentials() -> dict:
+    return {"aws_access_key_id": S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            "region_name": S3_CREDENTIALS["AWS_REGION"]}

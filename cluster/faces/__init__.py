@@ -14,8 +14,7 @@ from .align import ARCFACE_TEMPLATE_112, FACENET_TEMPLATE_160, align_face, simil
 from .detect import DetectedFace, FaceDetector
 from .embed import Embedder, TorchEmbedder, TorchScriptEmbedder, default_device
 from .facenet import FaceNetEmbedder, load_facenet
-from .image import (MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MAX_S3_IMAGE_BYTES, InvalidImageError,
-                    decode_image)
+from .image import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MAX_S3_IMAGE_BYTES, InvalidImageError, decode_image
 from .pipeline import Face, FacePipeline
 from .quality import QUALITY_FILTER_THRESHOLDS, face_quality, quality_filter_threshold
 

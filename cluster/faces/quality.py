@@ -5,16 +5,16 @@ import cv2
 import numpy as np
 
 # Rekognition-style quality filter → lowest accepted `DetectedFace.quality`.
-# NONE keeps everything; AUTO is the bar this service picks (set between LOW and
-# MEDIUM: it drops tiny, blurred or profile faces that FaceNet embeds poorly, and
-# keeps the ≈40 px faces of a crowd photo).
+# NONE keeps everything; AUTO is the bar this service picks, between LOW and
+# MEDIUM: it drops near-profiles and faces near 20 px that FaceNet embeds poorly,
+# and keeps most ≈35–40 px faces of a crowd photo (see `face_quality`).
 QUALITY_FILTER_THRESHOLDS = {"NONE": 0.0, "LOW": 0.25, "AUTO": 0.35, "MEDIUM": 0.5, "HIGH": 0.7}
 
 # Why these anchors: below ~20 px a face has too few pixels to identify; FaceNet
 # was trained on ~100 px faces, above which size no longer helps.
 _MIN_SIDE_PX, _FULL_SIDE_PX = 20.0, 100.0
-# Variance of the Laplacian of a 64-px-wide grey face crop: in-focus photos give
-# 150–1500, a Gaussian blur of sigma 2 px at 64 px gives under 60.
+# Variance of the Laplacian of a 64-px-wide grey face crop: the in-focus test
+# photos give 170–1140; a Gaussian blur of sigma 2 px at that scale, under 20.
 _SHARP_VAR = 150.0
 _SHARP_SIDE_PX = 64
 
@@ -79,9 +79,9 @@ def face_quality(gray: np.ndarray, box: tuple[float, float, float, float],
     bad term (a profile, a blur, a face near 20 px) sinks it: size (0 at 20 px,
     1 from 100 px), sharpness (Laplacian variance at 64 px), frontalness (yaw
     from the landmarks) and confidence (detector score mapped 0.5 → 0, 1 → 1).
-    Seen on the test photos: 0.9–0.97 for portraits, ≈0.65–0.8 for the 45–60 px
-    faces of a group photo, ≈0.4 for 35 px crowd faces, ≈0.3 for a strong blur,
-    ≈0.2 for a near-profile.
+    Seen on the test photos: 0.9–0.97 for portraits, 0.44–0.63 for the ≈50 px
+    faces of an old group photo, 0.31–0.46 (median 0.38) for 35 px crowd faces,
+    0.48 for a portrait blurred with sigma 6 px, 0.23 for a near-profile.
 
     Args:
         gray: the whole image, H×W uint8 grey.
