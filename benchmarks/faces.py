@@ -70,7 +70,7 @@ def main(batch_sizes: str = "1,4,16,32,64", repeats: int = 3, threads: int = 0) 
 
     for name, image in images.items():
         n = len(detector.detect(image, max_faces=1000))
-        s = timeit(lambda: detector.detect(image, max_faces=1000), repeats)
+        s = timeit(lambda image=image: detector.detect(image, max_faces=1000), repeats)
         result["detect"][name] = {"faces": n, "seconds": round(s, 4), "faces_per_s": round(n / s, 1)}
         print(f"detect  {name:18s} {n:4d} faces  {s * 1000:8.1f} ms  {n / s:8.1f} faces/s")
 
@@ -78,14 +78,14 @@ def main(batch_sizes: str = "1,4,16,32,64", repeats: int = 3, threads: int = 0) 
     for device in devices:
         pipe = FacePipeline(detector, FaceNetEmbedder(device=device, batch_size=max(sizes)))
         faces = detector.detect(images["crowd_2560x1852"], max_faces=1000)
-        s = timeit(lambda: pipe.align(images["crowd_2560x1852"], faces), repeats)
+        s = timeit(lambda pipe=pipe, faces=faces: pipe.align(images["crowd_2560x1852"], faces), repeats)
         result["align"][device] = {"faces": len(faces), "faces_per_s": round(len(faces) / s, 1)}
         print(f"align   {device:18s} {len(faces):4d} faces  {len(faces) / s:8.1f} faces/s")
         crops = pipe.align(images["crowd_2560x1852"], faces)
         result["embed"][device] = {}
         for b in sizes:
             batch = crops[np.arange(b) % len(crops)]
-            s = timeit(lambda: pipe.embedder.embed(batch), repeats)
+            s = timeit(lambda embed=pipe.embedder.embed, batch=batch: embed(batch), repeats)
             result["embed"][device][str(b)] = round(b / s, 1)
             print(f"embed   {device:4s} batch {b:4d}          {s * 1000:8.1f} ms  {b / s:8.1f} faces/s")
     return result
