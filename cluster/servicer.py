@@ -95,7 +95,8 @@ class GalleryServicer(gallery_pb2_grpc.GalleryServicer):
             nlist=m.nlist, pq_m=m.pq_m, trained_on=m.trained_on,
             training=bool(state.maintenance and state.maintenance.is_alive()),
             train_threshold=m.train_threshold, embedding_model=m.embedding_model,
-            calibration=calibration_message(state.calibration))
+            calibration=calibration_message(state.calibration),
+            memory_bytes=self.gallery.memory_bytes(collection_id))
         description.created_at.FromNanoseconds(int(m.created_at * 1e9))
         return description
 

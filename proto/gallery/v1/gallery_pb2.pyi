@@ -175,7 +175,7 @@ class DescribeCollectionRequest(_message.Message):
     def __init__(self, collection_id: _Optional[str] = ...) -> None: ...
 
 class CollectionDescription(_message.Message):
-    __slots__ = ("collection_id", "dimension", "face_count", "num_partitions", "index_state", "nlist", "pq_m", "trained_on", "training", "train_threshold", "embedding_model", "calibration", "created_at")
+    __slots__ = ("collection_id", "dimension", "face_count", "num_partitions", "index_state", "nlist", "pq_m", "trained_on", "training", "train_threshold", "embedding_model", "calibration", "created_at", "memory_bytes")
     COLLECTION_ID_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     FACE_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -189,6 +189,7 @@ class CollectionDescription(_message.Message):
     EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     collection_id: str
     dimension: int
     face_count: int
@@ -202,7 +203,8 @@ class CollectionDescription(_message.Message):
     embedding_model: str
     calibration: Calibration
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, collection_id: _Optional[str] = ..., dimension: _Optional[int] = ..., face_count: _Optional[int] = ..., num_partitions: _Optional[int] = ..., index_state: _Optional[_Union[IndexState, str]] = ..., nlist: _Optional[int] = ..., pq_m: _Optional[int] = ..., trained_on: _Optional[int] = ..., training: _Optional[bool] = ..., train_threshold: _Optional[int] = ..., embedding_model: _Optional[str] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    memory_bytes: int
+    def __init__(self, collection_id: _Optional[str] = ..., dimension: _Optional[int] = ..., face_count: _Optional[int] = ..., num_partitions: _Optional[int] = ..., index_state: _Optional[_Union[IndexState, str]] = ..., nlist: _Optional[int] = ..., pq_m: _Optional[int] = ..., trained_on: _Optional[int] = ..., training: _Optional[bool] = ..., train_threshold: _Optional[int] = ..., embedding_model: _Optional[str] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
 
 class ListCollectionsRequest(_message.Message):
     __slots__ = ("max_results", "next_token")

@@ -1,0 +1,243 @@
+"""Serving benchmark: the cluster through gRPC against one in-process FAISS index, same data, same run.
+
+Data: clustered, L2-normalised 512-d vectors (1M by default); probes are noisy
+copies of gallery vectors, as a new photo of an enrolled person is. The cluster
+is a real `gallery serve` (local Ray, shard actors, gRPC on 127.0.0.1) in a
+subprocess; the baseline is faiss IVF{nlist},PQ{m} + fp16 re-ranking
+(`IndexRefine`) with the same nlist, m, nprobe and re-rank depth, searched
+from this process.
+
+Prints QPS at batch 1 and 256 with concurrent clients, latency p50/p99 at
+batch 1, recall@1/@10 against exact search, bytes per vector and build time,
+then one JSON line.
+
+    python benchmarks/serving.py            # 1M vectors: tens of minutes on 2 cores
+    python benchmarks/serving.py --quick    # 50k vectors, under a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+
+import faiss
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cluster import tuning, vectors  # noqa: E402
+from cluster.client import GalleryClient  # noqa: E402
+from cluster.synthetic import clustered_embeddings, noisy_probes  # noqa: E402
+from gallery.v1 import gallery_pb2 as pb  # noqa: E402
+
+K = 10
+
+
+@contextmanager
+def timed(what: str, into: dict | None = None):
+    start = time.perf_counter()
+    yield
+    elapsed = time.perf_counter() - start
+    print(f"  {what}: {elapsed:.1f} s", flush=True)
+    if into is not None:
+        into[what] = elapsed
+
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                 platform.processor())
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{platform.node()}: {os.cpu_count()} CPUs ({model}), {memory_gib:.0f} GiB, {platform.platform()}, " \
+           f"faiss {faiss.__version__}"
+
+
+def recall(found: list[list[int]], truth: np.ndarray, k: int) -> float:
+    return float(np.mean([len(set(f[:k]) & set(t[:k])) / k for f, t in zip(found, truth)]))
+
+
+def throughput(search, xq: np.ndarray, batch: int, clients: int, duration_s: float) -> float:
+    """Queries per second with `clients` threads each sending `batch` queries per call."""
+    count = [0] * clients
+    stop = time.perf_counter() + duration_s
+
+    def client(c: int) -> None:
+        rng = np.random.default_rng(c)
+        while time.perf_counter() < stop:
+            rows = rng.integers(0, len(xq), size=batch)
+            search(xq[rows])
+            count[c] += batch
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(count) / (time.perf_counter() - start)
+
+
+def latencies_ms(search, xq: np.ndarray, n: int) -> np.ndarray:
+    for x in xq[:20]:  # warm-up
+        search(x[None])
+    out = []
+    for x in xq[:n]:
+        start = time.perf_counter()
+        search(x[None])
+        out.append((time.perf_counter() - start) * 1e3)
+    return np.array(out)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main(num_vectors: int = 1_000_000, dimension: int = 512, num_queries: int = 1000, num_shards: int = 2,
+         clients: int = 8, duration_s: float = 10.0, quick: bool = False) -> dict:
+    """Runs the benchmark; returns the figures of the final JSON line."""
+    if quick:
+        num_vectors, num_queries, duration_s = 50_000, 300, 3.0
+    print(f"machine: {machine()}")
+    nlist, pq_m = tuning.nlist_for(num_vectors), tuning.pq_m_for(dimension)
+    nprobe, rerank = tuning.default_nprobe(nlist), tuning.rerank_depth(K)
+    print(f"data: {num_vectors} x {dimension} clustered; IVF{nlist},PQ{pq_m}, nprobe {nprobe}, re-rank {rerank}")
+    build: dict[str, float] = {}
+    with timed("generate data"):
+        xb = clustered_embeddings(num_vectors, dimension, seed=0)
+        xq, _ = noisy_probes(xb, num_queries, seed=1)
+        stored = vectors.to_stored(vectors.normalize(xb)).astype(np.float32)  # what the cluster scores against
+        xq = vectors.normalize(xq)
+    with timed("exact ground truth"):
+        flat = faiss.IndexFlatIP(dimension)
+        flat.add(stored)
+        _, truth = flat.search(xq, K)
+        del flat
+
+    print("in-process FAISS:")
+    with timed("build", build):
+        sample = stored[np.random.default_rng(0).choice(num_vectors, tuning.training_sample_size(num_vectors, nlist),
+                                                        replace=False)]
+        base = faiss.index_factory(dimension, f"IVF{nlist},PQ{pq_m}", faiss.METRIC_INNER_PRODUCT)
+        base.cp.niter = tuning.COARSE_KMEANS_ITERATIONS
+        base.do_polysemous_training = False
+        local = faiss.IndexRefine(base, faiss.IndexScalarQuantizer(dimension, faiss.ScalarQuantizer.QT_fp16,
+                                                                   faiss.METRIC_INNER_PRODUCT))
+        local.train(sample)
+        local.add(stored)
+    params = faiss.IndexRefineSearchParameters(k_factor=rerank / K, base_index_params=faiss.SearchParametersIVF(
+        nprobe=nprobe))
+
+    def local_search(x):
+        return local.search(x, K, params=params)
+
+    local_ids = local_search(xq)[1].tolist()
+    local_figures = {
+        "recall_at_1": recall(local_ids, truth, 1), "recall_at_10": recall(local_ids, truth, K),
+        "qps_batch_1": throughput(local_search, xq, 1, clients, duration_s),
+        "qps_batch_256": throughput(local_search, xq, 256, 2, duration_s),
+        "latency_ms": latencies_ms(local_search, xq, min(num_queries, 300)),
+        "bytes_per_vector": base.code_size + 8 + 2 * dimension, "build_s": build["build"],
+    }
+    del local
+
+    print("cluster (gallery serve, gRPC on 127.0.0.1):")
+    store, port = tempfile.mkdtemp(prefix="gallery-bench-"), free_port()
+    log = open(os.path.join(store, "serve.log"), "wb")
+    server = subprocess.Popen([sys.executable, "-m", "cluster.cli", "serve", "--store", os.path.join(store, "data"),
+                               "--port", str(port), "--num-shards", str(num_shards),
+                               "--train-threshold", str(num_vectors)],
+                              stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "RAY_ADDRESS": ""})
+    try:
+        client = GalleryClient(f"127.0.0.1:{port}", timeout_s=600)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                client.stub.ListCollections(pb.ListCollectionsRequest(), timeout=1)
+                break
+            except Exception:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError(f"gallery serve did not start; see {log.name}")
+                time.sleep(0.5)
+        with timed("build (ingest over gRPC + train + populate shards)", build):
+            client.create_collection("bench", dimension=dimension)
+            for start in range(0, num_vectors, 10_000):
+                end = min(start + 10_000, num_vectors)
+                client.add("bench", [str(i) for i in range(start, end)], xb[start:end])
+            while True:
+                description = client.describe("bench")
+                if description.index_state == pb.INDEX_STATE_IVF_PQ and not description.training:
+                    break
+                time.sleep(1)
+
+        def cluster_search(x):
+            return client.search("bench", x, K, nprobe=nprobe)
+
+        cluster_ids = [[int(i) for i in row] for row in cluster_search(xq[:256])[1]]
+        for start in range(256, num_queries, 256):
+            cluster_ids += [[int(i) for i in row] for row in cluster_search(xq[start:start + 256])[1]]
+        cluster_figures = {
+            "recall_at_1": recall(cluster_ids, truth, 1), "recall_at_10": recall(cluster_ids, truth, K),
+            "qps_batch_1": throughput(cluster_search, xq, 1, clients, duration_s),
+            "qps_batch_256": throughput(cluster_search, xq, 256, 2, duration_s),
+            "latency_ms": latencies_ms(cluster_search, xq, min(num_queries, 300)),
+            "bytes_per_vector": client.describe("bench").memory_bytes / num_vectors,
+            "build_s": build["build (ingest over gRPC + train + populate shards)"],
+        }
+        client.close()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+        log.close()
+
+    print(f"\n{'':24}{'in-process':>14}{'cluster':>14}")
+    for name in ("qps_batch_1", "qps_batch_256", "recall_at_1", "recall_at_10", "bytes_per_vector", "build_s"):
+        print(f"{name:24}{local_figures[name]:>14.3f}{cluster_figures[name]:>14.3f}")
+    for q in (50, 99):
+        print(f"{f'latency_p{q}_ms batch 1':24}{np.percentile(local_figures['latency_ms'], q):>14.3f}"
+              f"{np.percentile(cluster_figures['latency_ms'], q):>14.3f}")
+    p50_added = float(np.percentile(cluster_figures["latency_ms"], 50) - np.percentile(local_figures["latency_ms"], 50))
+    figures = {
+        "num_vectors": num_vectors, "dimension": dimension, "num_shards": num_shards, "nlist": nlist, "pq_m": pq_m,
+        "nprobe": nprobe, "clients": clients,
+        "qps_ratio": min(cluster_figures["qps_batch_1"] / local_figures["qps_batch_1"],
+                         cluster_figures["qps_batch_256"] / local_figures["qps_batch_256"]),
+        "qps_ratio_batch_1": cluster_figures["qps_batch_1"] / local_figures["qps_batch_1"],
+        "qps_ratio_batch_256": cluster_figures["qps_batch_256"] / local_figures["qps_batch_256"],
+        "p50_added_ms": p50_added,
+        "p99_cluster_ms": float(np.percentile(cluster_figures["latency_ms"], 99)),
+        "recall_at_1": cluster_figures["recall_at_1"], "recall_at_10": cluster_figures["recall_at_10"],
+        "bytes_per_vector": cluster_figures["bytes_per_vector"], "build_s": cluster_figures["build_s"],
+        "baseline_build_s": local_figures["build_s"], "machine": machine(),
+    }
+    targets = {"qps_ratio >= 0.8": figures["qps_ratio"] >= 0.8, "p50_added_ms <= 3": p50_added <= 3,
+               "recall_at_1 >= 0.99": figures["recall_at_1"] >= 0.99,
+               "recall_at_10 >= 0.95": figures["recall_at_10"] >= 0.95}
+    for target, met in targets.items():
+        print(f"target {target}: {'met' if met else 'MISSED'}")
+    print(json.dumps(figures))
+    return figures
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="50k vectors, under a minute")
+    parser.add_argument("--num-vectors", type=int, default=1_000_000)
+    parser.add_argument("--num-shards", type=int, default=2)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--duration-s", type=float, default=10.0)
+    args = parser.parse_args()
+    main(num_vectors=args.num_vectors, num_shards=args.num_shards, clients=args.clients, duration_s=args.duration_s,
+         quick=args.quick)

@@ -1,0 +1,85 @@
+"""FaceWorker: image bytes in, faces with embeddings out. One code path for the gateway and enrollment jobs.
+
+A plain class. The gateway runs a few of them as Ray actors (on GPUs where
+there are some); enrollment jobs run the same class in a Ray Data actor pool.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from cluster.calibration import Calibration
+from cluster.gallery import EmbeddingModel
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ImageFaces:
+    """What was found in one image: its size (width, height) and faces, largest first."""
+
+    width: int
+    height: int
+    faces: list  # list[cluster.faces.Face]
+
+
+class FaceWorker:
+    """Decodes, detects, aligns and embeds with the default face model (FaceNet).
+
+    Args:
+        batch_size: crops per forward pass of the embedder.
+        device: torch device ("cuda", "cpu"); default CUDA when present.
+    """
+
+    def __init__(self, *, batch_size: int = 32, device: str | None = None):
+        from cluster.faces import FaceDetector, FaceNetEmbedder, FacePipeline
+
+        self.pipeline = FacePipeline(FaceDetector(), FaceNetEmbedder(batch_size=batch_size, device=device))
+
+    @property
+    def model(self) -> EmbeddingModel:
+        return embedding_model(self.pipeline.embedder)
+
+    def detect(self, data: bytes, *, max_faces: int = 100, max_bytes: int | None = None) -> ImageFaces:
+        """Faces without embeddings. Raises cluster.faces.InvalidImageError for a bad image."""
+        image = self._decode(data, max_bytes)
+        return ImageFaces(image.shape[1], image.shape[0], self.pipeline.detect(image, max_faces))
+
+    def analyze(self, data: bytes, *, max_faces: int = 100, max_bytes: int | None = None) -> ImageFaces:
+        """Faces with embeddings. Raises cluster.faces.InvalidImageError for a bad image."""
+        return self.analyze_many([data], max_faces=max_faces, max_bytes=max_bytes)[0]
+
+    def analyze_many(self, images: list[bytes], *, max_faces: int = 100, max_bytes: int | None = None
+                     ) -> list[ImageFaces | Exception]:
+        """Like `analyze` for many images in shared model batches; a bad image yields its error, in place."""
+        from cluster.faces import InvalidImageError
+
+        decoded: list = []
+        for data in images:
+            try:
+                decoded.append(self._decode(data, max_bytes))
+            except InvalidImageError as e:
+                decoded.append(e)
+        good = [i for i, d in enumerate(decoded) if not isinstance(d, Exception)]
+        faces = self.pipeline.analyze_batch([decoded[i] for i in good], max_faces) if good else []
+        out: list[ImageFaces | Exception] = list(decoded)
+        for i, found in zip(good, faces):
+            out[i] = ImageFaces(decoded[i].shape[1], decoded[i].shape[0], found)
+        return out
+
+    @staticmethod
+    def _decode(data: bytes, max_bytes: int | None):
+        from cluster.faces import MAX_IMAGE_BYTES, decode_image
+
+        return decode_image(data, max_bytes=max_bytes or MAX_IMAGE_BYTES)
+
+
+def embedding_model(embedder) -> EmbeddingModel:
+    """The gallery's view of a face model: its name, dimension and impostor-score calibration."""
+    scores = embedder.impostor_scores() if hasattr(embedder, "impostor_scores") else None
+    calibration = None
+    if scores is not None:
+        threshold = embedder.default_threshold if embedder.default_threshold is not None else -1.0
+        calibration = Calibration.from_scores(scores, source="model", default_min_similarity=threshold)
+    return EmbeddingModel(embedder.name, embedder.dimension, calibration)
