@@ -21,8 +21,8 @@ module "gallery" {
   gpu_node_group = {
     instance_types = ["g5.xlarge"]
     min_size       = 0
-    desired_size   = var.shards
-    max_size       = var.shards + 2
+    desired_size   = var.shards + var.enrollment_gpu_nodes
+    max_size       = var.shards + var.enrollment_gpu_nodes + 2
   }
 
   gateway = {

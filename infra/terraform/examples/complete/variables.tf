@@ -30,3 +30,14 @@ variable "shards" {
     error_message = "shards must be from 1 to 64."
   }
 }
+
+variable "enrollment_gpu_nodes" {
+  description = "Extra GPU nodes for the embedders of a running enrollment job (RayJob replicas); 0 between jobs."
+  type        = number
+  default     = 0
+
+  validation {
+    condition     = var.enrollment_gpu_nodes >= 0 && var.enrollment_gpu_nodes <= 32
+    error_message = "enrollment_gpu_nodes must be from 0 to 32."
+  }
+}
