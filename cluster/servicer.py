@@ -17,6 +17,9 @@ from gallery.v1 import gallery_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
+# PQ's 8-bit codebooks have 256 centroids each, and k-means needs at least one training point per centroid.
+MIN_FACES_TO_BUILD_INDEX = 256
+
 _STATUS = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
@@ -167,3 +170,14 @@ class GalleryServicer(gallery_pb2_grpc.GalleryServicer):
         deleted, unknown = self.gallery.delete_faces(request.collection_id, list(request.face_ids))
         return pb.DeleteFacesResponse(deleted_face_ids=deleted, unknown_face_ids=unknown,
                                       face_count=self.gallery.describe(request.collection_id)[0].face_count)
+
+    @_status_errors
+    def BuildIndex(self, request, context):
+        m, _ = self.gallery.describe(request.collection_id)
+        if m.face_count < MIN_FACES_TO_BUILD_INDEX:
+            raise errors.FailedPrecondition(
+                f"collection {request.collection_id!r} has {m.face_count} faces: IVF-PQ needs at least "
+                f"{MIN_FACES_TO_BUILD_INDEX} to train on; smaller collections are searched exactly")
+        self.gallery.wait_for_maintenance(request.collection_id, _deadline(context))
+        self.gallery.train(request.collection_id)
+        return pb.BuildIndexResponse(collection=self._describe(request.collection_id))

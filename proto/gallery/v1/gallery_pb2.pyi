@@ -541,3 +541,15 @@ class CompareFacesResponse(_message.Message):
     face_matches: _containers.RepeatedCompositeFieldContainer[CompareFacesMatch]
     unmatched_faces: _containers.RepeatedCompositeFieldContainer[FaceDetail]
     def __init__(self, source_face: _Optional[_Union[FaceDetail, _Mapping]] = ..., face_matches: _Optional[_Iterable[_Union[CompareFacesMatch, _Mapping]]] = ..., unmatched_faces: _Optional[_Iterable[_Union[FaceDetail, _Mapping]]] = ...) -> None: ...
+
+class BuildIndexRequest(_message.Message):
+    __slots__ = ("collection_id",)
+    COLLECTION_ID_FIELD_NUMBER: _ClassVar[int]
+    collection_id: str
+    def __init__(self, collection_id: _Optional[str] = ...) -> None: ...
+
+class BuildIndexResponse(_message.Message):
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: CollectionDescription
+    def __init__(self, collection: _Optional[_Union[CollectionDescription, _Mapping]] = ...) -> None: ...

@@ -104,6 +104,11 @@ class GalleryStub:
                 request_serializer=gallery_dot_v1_dot_gallery__pb2.CompareFacesRequest.SerializeToString,
                 response_deserializer=gallery_dot_v1_dot_gallery__pb2.CompareFacesResponse.FromString,
                 _registered_method=True)
+        self.BuildIndex = channel.unary_unary(
+                '/gallery.v1.Gallery/BuildIndex',
+                request_serializer=gallery_dot_v1_dot_gallery__pb2.BuildIndexRequest.SerializeToString,
+                response_deserializer=gallery_dot_v1_dot_gallery__pb2.BuildIndexResponse.FromString,
+                _registered_method=True)
 
 
 class GalleryServicer:
@@ -208,6 +213,19 @@ class GalleryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BuildIndex(self, request, context):
+        """Trains IVF-PQ on a sample of the collection's faces now and rebuilds every
+        partition with it; searches keep being served meanwhile and writes wait for
+        the switch. Returns once the new index is live (minutes for millions of
+        faces: give a long deadline). A training the server started by itself is
+        waited for first. The server also trains on its own (at train_threshold,
+        then at 8x growth); bulk enrollment calls this after a large load
+        (jobs/build_index.py). FAILED_PRECONDITION under 256 faces.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GalleryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -280,6 +298,11 @@ def add_GalleryServicer_to_server(servicer, server):
                     servicer.CompareFaces,
                     request_deserializer=gallery_dot_v1_dot_gallery__pb2.CompareFacesRequest.FromString,
                     response_serializer=gallery_dot_v1_dot_gallery__pb2.CompareFacesResponse.SerializeToString,
+            ),
+            'BuildIndex': grpc.unary_unary_rpc_method_handler(
+                    servicer.BuildIndex,
+                    request_deserializer=gallery_dot_v1_dot_gallery__pb2.BuildIndexRequest.FromString,
+                    response_serializer=gallery_dot_v1_dot_gallery__pb2.BuildIndexResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -660,6 +683,33 @@ class Gallery:
             '/gallery.v1.Gallery/CompareFaces',
             gallery_dot_v1_dot_gallery__pb2.CompareFacesRequest.SerializeToString,
             gallery_dot_v1_dot_gallery__pb2.CompareFacesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BuildIndex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gallery.v1.Gallery/BuildIndex',
+            gallery_dot_v1_dot_gallery__pb2.BuildIndexRequest.SerializeToString,
+            gallery_dot_v1_dot_gallery__pb2.BuildIndexResponse.FromString,
             options,
             channel_credentials,
             insecure,
