@@ -8,8 +8,14 @@ import logging
 import signal
 import threading
 
+import ray
+
 from cluster import runtime, tuning
+from cluster.face_servicer import FaceGalleryServicer
+from cluster.faces import MAX_IMAGE_BYTES, MAX_S3_IMAGE_BYTES
+from cluster.faces_api import FaceService
 from cluster.gallery import Gallery
+from cluster.s3_images import S3ImageReader
 from cluster.server import running_server
 from cluster.store import ObjectStore
 
@@ -18,7 +24,9 @@ logger = logging.getLogger("gallery")
 
 def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards: int = 2, host: str = "127.0.0.1",
           port: int = 50051, s3_endpoint: str = "", shard_num_cpus: float = 1.0, shard_num_gpus: float = 0.0,
-          train_threshold: int = tuning.DEFAULT_TRAIN_THRESHOLD, max_workers: int = 32) -> None:
+          train_threshold: int = tuning.DEFAULT_TRAIN_THRESHOLD, max_workers: int = 32, face_workers: int = 1,
+          face_num_cpus: float = 1.0, face_num_gpus: float = -1.0, max_image_bytes: int = MAX_IMAGE_BYTES,
+          max_s3_image_bytes: int = MAX_S3_IMAGE_BYTES) -> None:
     """Serves gallery.v1 until SIGINT or SIGTERM.
 
     Args:
@@ -32,17 +40,31 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
         shard_num_gpus: GPUs per shard worker (fractions share one).
         train_threshold: faces before a collection trains IVF-PQ.
         max_workers: concurrent RPCs.
+        face_workers: face model actors for the image RPCs; 0 serves no face model (those RPCs answer UNIMPLEMENTED).
+        face_num_cpus: CPUs reserved per face worker.
+        face_num_gpus: GPUs per face worker; -1: one each when Ray has GPUs, else none.
+        max_image_bytes: largest image accepted as bytes in a request.
+        max_s3_image_bytes: largest image read from S3.
     """
     runtime.start_ray(ray_address)
     workers = runtime.start_workers(num_shards, store, s3_endpoint=s3_endpoint or None, num_cpus=shard_num_cpus,
                                     num_gpus=shard_num_gpus, omp_threads=max(1, int(shard_num_cpus)))
-    gallery = Gallery(ObjectStore(store, s3_endpoint=s3_endpoint or None), workers,
+    face_actors, model = [], None
+    if face_workers:
+        face_actors = runtime.start_face_workers(face_workers, num_cpus=face_num_cpus,
+                                                 num_gpus=None if face_num_gpus < 0 else face_num_gpus)
+        model = ray.get(face_actors[0].ready.remote())
+    gallery = Gallery(ObjectStore(store, s3_endpoint=s3_endpoint or None), workers, model=model,
                       default_train_threshold=train_threshold)
+    faces = FaceService(gallery, face_actors, s3=S3ImageReader(s3_endpoint or None, max_bytes=max_s3_image_bytes),
+                        max_image_bytes=max_image_bytes) if face_actors else None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with running_server(gallery, f"{host}:{port}", max_workers=max_workers) as (_, bound):
-        print(f"gallery.v1 serving on {host}:{bound} (store {store}, {num_shards} shards)", flush=True)
+    with running_server(gallery, f"{host}:{port}", max_workers=max_workers,
+                        servicer=FaceGalleryServicer(gallery, faces)) as (_, bound):
+        print(f"gallery.v1 serving on {host}:{bound} (store {store}, {num_shards} shards, "
+              f"{face_workers} face workers{f' with {model.name}' if model else ''})", flush=True)
         stop.wait()
     gallery.close()
 

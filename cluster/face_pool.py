@@ -41,6 +41,10 @@ class FaceWorker:
     def model(self) -> EmbeddingModel:
         return embedding_model(self.pipeline.embedder)
 
+    def ready(self) -> EmbeddingModel:
+        """The model, once loaded: what a pool waits on at start-up (actors cannot read properties)."""
+        return self.model
+
     def detect(self, data: bytes, *, max_faces: int = 100, max_bytes: int | None = None) -> ImageFaces:
         """Faces without embeddings. Raises cluster.faces.InvalidImageError for a bad image."""
         image = self._decode(data, max_bytes)
@@ -49,6 +53,30 @@ class FaceWorker:
     def analyze(self, data: bytes, *, max_faces: int = 100, max_bytes: int | None = None) -> ImageFaces:
         """Faces with embeddings. Raises cluster.faces.InvalidImageError for a bad image."""
         return self.analyze_many([data], max_faces=max_faces, max_bytes=max_bytes)[0]
+
+    def analyze_selected(self, data: bytes, *, max_faces: int = 100, min_quality: float = 0.0,
+                         embed_max_faces: int | None = None, max_bytes: int | None = None) -> ImageFaces:
+        """Detects up to `max_faces` faces and embeds only the ones an image request uses.
+
+        Those embedded are the `embed_max_faces` largest (all when None) of the faces whose
+        quality is at least `min_quality`; they come back as `Face`, the rest as
+        `DetectedFace` without an embedding, all largest first. Embedding is the costly
+        stage, so faces a request drops are never embedded.
+
+        Raises:
+            cluster.faces.InvalidImageError: a bad image.
+            ValueError: `embed_max_faces` below 1.
+        """
+        if embed_max_faces is not None and embed_max_faces < 1:
+            raise ValueError(f"embed_max_faces must be >= 1 or None, got {embed_max_faces}")
+        image = self._decode(data, max_bytes)
+        faces = self.pipeline.detect(image, max_faces)
+        chosen = [i for i, f in enumerate(faces) if f.quality >= min_quality][:embed_max_faces]
+        embedded = self.pipeline.embed_faces(image, [faces[i] for i in chosen]) if chosen else []
+        out = list(faces)
+        for i, face in zip(chosen, embedded):
+            out[i] = face
+        return ImageFaces(image.shape[1], image.shape[0], out)
 
     def analyze_many(self, images: list[bytes], *, max_faces: int = 100, max_bytes: int | None = None
                      ) -> list[ImageFaces | Exception]:

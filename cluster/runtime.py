@@ -1,4 +1,4 @@
-"""Starting Ray and the shard workers: the only module that decides where things run."""
+"""Starting Ray, the shard workers and the face workers: the only module that decides where things run."""
 
 from __future__ import annotations
 
@@ -53,6 +53,41 @@ def start_workers(num_workers: int, store_uri: str, *, s3_endpoint: str | None =
                .remote(i, num_workers, store_uri, s3_endpoint=s3_endpoint, omp_threads=omp_threads)
                for i in range(num_workers)]
     ray.get([w.ready.remote() for w in workers])
+    return workers
+
+
+def start_face_workers(num_workers: int, *, num_cpus: float = 1, num_gpus: float | None = None, batch_size: int = 32,
+                       cluster_name: str = "gallery") -> list:
+    """Starts (or finds) the named FaceWorker actors that detect and embed for image requests.
+
+    Args:
+        num_workers: actors, each with its own copy of the model; >= 1.
+        num_cpus: CPUs reserved per actor (torch uses as many threads).
+        num_gpus: GPUs per actor; None: one each when the Ray cluster has GPUs (shared
+            fractionally when there are fewer GPUs than actors), else none.
+        batch_size: face crops per forward pass.
+        cluster_name: prefix of the actor names, as for `start_workers`.
+
+    Returns:
+        Actor handles, each ready (model loaded).
+    """
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+    if num_gpus is None:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        num_gpus = min(1.0, gpus / num_workers) if gpus else 0
+    from cluster.face_pool import FaceWorker  # torch and OpenCV load only where faces are served
+
+    actor = ray.remote(FaceWorker)
+    # Ray leaves CUDA visible to CPU-only actors on some setups: name the device outright.
+    device = "cuda" if num_gpus > 0 else "cpu"
+    workers = [actor.options(name=f"{cluster_name}-faces-{i}-of-{num_workers}", namespace=NAMESPACE,
+                             get_if_exists=True, max_restarts=-1, max_task_retries=1,
+                             num_cpus=num_cpus, num_gpus=num_gpus)
+               .remote(batch_size=batch_size, device=device)
+               for i in range(num_workers)]
+    ray.get([w.ready.remote() for w in workers])
+    logger.info("%d face workers ready on %s", num_workers, device)
     return workers
 
 

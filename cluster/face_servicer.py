@@ -1,0 +1,124 @@
+"""gallery.v1 servicer with the face RPCs: translates image messages to FaceService calls and back."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import grpc
+
+from cluster.faces_api import FaceService, face_detail
+from cluster.gallery import Gallery
+from cluster.s3_images import S3Object
+from cluster.servicer import (GalleryServicer, _deadline, _status_errors, calibration_message, candidates_message,
+                              face_message)
+from gallery.v1 import gallery_pb2 as pb
+
+
+logger = logging.getLogger(__name__)
+
+_QUALITY_FILTERS = {pb.QUALITY_FILTER_UNSPECIFIED: "AUTO", pb.QUALITY_FILTER_NONE: "NONE",
+                    pb.QUALITY_FILTER_AUTO: "AUTO", pb.QUALITY_FILTER_LOW: "LOW",
+                    pb.QUALITY_FILTER_MEDIUM: "MEDIUM", pb.QUALITY_FILTER_HIGH: "HIGH"}
+
+
+def _image(message: pb.Image) -> bytes | S3Object | None:
+    source = message.WhichOneof("source")
+    if source == "bytes":
+        return message.bytes
+    if source == "s3_object":
+        o = message.s3_object
+        return S3Object(o.bucket, o.name, o.version)
+    return None
+
+
+def _quality_filter(value: int) -> str:
+    return _QUALITY_FILTERS.get(value, str(value))  # FaceService names the allowed values
+
+
+def _optional(request, field: str) -> float | None:
+    return getattr(request, field) if request.HasField(field) else None
+
+
+def _face_rpc(method):
+    """Answers UNIMPLEMENTED, saying why, when the server runs without face workers."""
+
+    @functools.wraps(method)
+    def wrapper(self, request, context: grpc.ServicerContext):
+        if self.faces is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                          f"{method.__name__}: this server runs without a face model (gallery serve --face-workers 0)")
+        return method(self, request, context)
+
+    return wrapper
+
+
+class FaceGalleryServicer(GalleryServicer):
+    """All of gallery.v1: the collection and embedding RPCs, and the face RPCs over a `FaceService`.
+
+    Args:
+        gallery: the collections.
+        faces: the image requests; None answers the face RPCs with UNIMPLEMENTED.
+    """
+
+    def __init__(self, gallery: Gallery, faces: FaceService | None):
+        super().__init__(gallery)
+        self.faces = faces
+
+    @_face_rpc
+    @_status_errors
+    def DetectFaces(self, request, context):
+        found = self.faces.detect(_image(request.image), max_faces=request.max_faces, timeout_s=_deadline(context))
+        return pb.DetectFacesResponse(faces=[face_detail(f, found.width, found.height) for f in found.faces],
+                                      image_width=found.width,
+                                      image_height=found.height)
+
+    @_face_rpc
+    @_status_errors
+    def IndexFaces(self, request, context):
+        indexed = self.faces.index_faces(
+            request.collection_id, _image(request.image), external_image_id=request.external_image_id,
+            max_faces=request.max_faces, quality_filter=_quality_filter(request.quality_filter),
+            metadata=dict(request.metadata), timeout_s=_deadline(context))
+        unindexed = [pb.UnindexedFace(detail=face_detail(u.face, indexed.width, indexed.height),
+                                      reasons=[pb.UnindexedFace.Reason.Value(r) for r in u.reasons])
+                     for u in indexed.unindexed]
+        return pb.IndexFacesResponse(indexed_faces=[face_message(r) for r in indexed.indexed],
+                                     unindexed_faces=unindexed, embedding_model=self.faces.model.name)
+
+    @_face_rpc
+    @_status_errors
+    def SearchFacesByImage(self, request, context):
+        search = self.faces.search_by_image(
+            request.collection_id, _image(request.image), k=request.k,
+            min_similarity=_optional(request, "min_similarity"), all_faces=request.all_faces,
+            quality_filter=_quality_filter(request.quality_filter), timeout_s=_deadline(context))
+        results = search.results
+        return pb.SearchFacesByImageResponse(
+            results=[pb.FaceSearchResult(searched_face=face_detail(f, search.width, search.height),
+                                         candidates=candidates_message(results, q))
+                     for q, f in enumerate(search.faces)],
+            gallery_size=results.gallery_size, calibration=calibration_message(results.calibration))
+
+    @_face_rpc
+    @_status_errors
+    def SearchFaces(self, request, context):
+        record, results = self.faces.search_faces(request.collection_id, request.face_id, k=request.k,
+                                                  min_similarity=_optional(request, "min_similarity"),
+                                                  timeout_s=_deadline(context))
+        return pb.SearchFacesResponse(searched_face_id=record.face_id, candidates=candidates_message(results, 0),
+                                      gallery_size=results.gallery_size,
+                                      calibration=calibration_message(results.calibration))
+
+    @_face_rpc
+    @_status_errors
+    def CompareFaces(self, request, context):
+        c = self.faces.compare_faces(_image(request.source_image), _image(request.target_image),
+                                     min_similarity=_optional(request, "min_similarity"),
+                                     timeout_s=_deadline(context))
+        tw, th = c.target_size
+        return pb.CompareFacesResponse(
+            source_face=face_detail(c.source, *c.source_size),
+            face_matches=[pb.CompareFacesMatch(face=face_detail(m.face, tw, th), similarity=m.similarity,
+                                               false_match_rate=m.false_match_rate) for m in c.matches],
+            unmatched_faces=[face_detail(f, tw, th) for f in c.unmatched])
