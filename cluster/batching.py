@@ -1,9 +1,11 @@
 """Micro-batching of concurrent searches: one fan-out to the shards serves many callers.
 
-No timer: the dispatcher takes whatever queries are waiting when a dispatch
-slot frees up, so a lone query goes out at once and a busy gateway sends
-batches. Queries with the same key (collection, k, nprobe) are concatenated;
-when a batch fails, every caller in it gets the error.
+No timer and no dispatcher thread: a caller that finds a free dispatch slot
+takes every query waiting (its own included) and runs the batch in its own
+thread; callers that arrive while all slots are busy wait in the queue for the
+next batch. A lone query therefore goes out at once, with no thread hand-off,
+and a busy gateway sends batches. Queries with the same key (collection, k,
+nprobe) are concatenated; when a batch fails, every caller in it gets the error.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Hashable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 
 import numpy as np
 
@@ -38,58 +40,54 @@ class QueryBatcher:
         self._search_fn = search_fn
         self._max_batch_size = max_batch_size
         self._slots = threading.Semaphore(max_in_flight)
-        self._pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix="search-dispatch")
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="query-batcher", daemon=True)
-        self._thread.start()
 
     def submit(self, key: Hashable, xq: np.ndarray) -> Future:
-        """Queues (nq, d) queries; the future gives their (D, I, records)."""
+        """Queues (nq, d) queries and serves batches while a slot is free; the future gives (D, I, records)."""
         future: Future = Future()
         self._queue.put((key, xq, future))
+        self._serve()
         return future
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        self._pool.shutdown(wait=True)
+        """Nothing runs in the background; kept for symmetry with other resources."""
 
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            self._slots.acquire()
-            batch, rows = [item], item[1].shape[0]
-            while rows < self._max_batch_size:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._queue.put(None)
-                    break
+    def _serve(self) -> None:
+        while self._slots.acquire(blocking=False):
+            try:
+                batch = self._take()
+                if batch:
+                    self._dispatch(batch)
+            finally:
+                self._slots.release()
+            if not batch and self._queue.empty():
+                return  # a query queued after _take() found a slot free, or this loop takes it next
+
+    def _take(self) -> list:
+        batch, rows = [], 0
+        while rows < self._max_batch_size:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item[2].set_running_or_notify_cancel():
                 batch.append(item)
                 rows += item[1].shape[0]
-            groups: dict[Hashable, list] = {}
-            for key, xq, future in batch:
-                if future.set_running_or_notify_cancel():
-                    groups.setdefault(key, []).append((xq, future))
-            self._pool.submit(self._dispatch, groups)
+        return batch
 
-    def _dispatch(self, groups: dict[Hashable, list]) -> None:
-        try:
-            for key, items in groups.items():
-                try:
-                    D, I, records = self._search_fn(key, np.concatenate([xq for xq, _ in items]))
-                except BaseException as e:  # every waiting caller gets the error
-                    for _, future in items:
-                        future.set_exception(e)
-                    continue
-                start = 0
-                for xq, future in items:
-                    end = start + xq.shape[0]
-                    future.set_result((D[start:end], I[start:end], records))
-                    start = end
-        finally:
-            self._slots.release()
+    def _dispatch(self, batch: list) -> None:
+        groups: dict[Hashable, list] = {}
+        for key, xq, future in batch:
+            groups.setdefault(key, []).append((xq, future))
+        for key, items in groups.items():
+            try:
+                D, I, records = self._search_fn(key, np.concatenate([xq for xq, _ in items]))
+            except BaseException as e:  # every waiting caller gets the error
+                for _, future in items:
+                    future.set_exception(e)
+                continue
+            start = 0
+            for xq, future in items:
+                end = start + xq.shape[0]
+                future.set_result((D[start:end], I[start:end], records))
+                start = end

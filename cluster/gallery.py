@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import copy
 import logging
+import pickle
 import threading
 import time
 import uuid
@@ -32,8 +33,11 @@ from cluster.errors import (AlreadyExists, DeadlineExceeded, FailedPrecondition,
 from cluster.manifest import CollectionManifest, PartitionManifest, Segment
 from cluster.merge import merge_topk
 from cluster.records import FaceBatch, FaceRecord
+from cluster.runtime import MAINTENANCE
+from cluster.shard import StaleIndexVersion
 from cluster.store import ObjectStore
 from cluster.training import load_index, train_ivfpq
+from cluster.worker import SearchRequest
 
 logger = logging.getLogger(__name__)
 
@@ -379,7 +383,9 @@ class Gallery:
         by_worker: dict[int, dict] = {}
         for p in due:
             by_worker.setdefault(p % len(self.workers), {})[p] = keys[p]
-        for parts in self._call([self.workers[w].compact.remote(collection_id, k) for w, k in by_worker.items()]):
+        compact = [self.workers[w].compact.options(concurrency_group=MAINTENANCE).remote(collection_id, keys)
+                   for w, keys in by_worker.items()]
+        for parts in self._call(compact):
             for p, part in parts.items():
                 new.partitions[p] = part
         manifests.save(self.store, new)
@@ -418,12 +424,15 @@ class Gallery:
         xq = vectors.normalize(xq, what="queries")
         if m.face_count == 0:
             raise FailedPrecondition(f"collection {collection_id!r} is empty: enroll faces before searching")
+        started = time.monotonic()
         future = self._batcher.submit((collection_id, k, nprobe), xq)
         try:
             D, I, records = future.result(timeout=timeout_s)
         except FutureTimeout as e:
             future.cancel()
             raise DeadlineExceeded(f"search did not finish within {timeout_s:.3f} s") from e
+        if timeout_s is not None and time.monotonic() - started > timeout_s:  # it ran in this thread
+            raise DeadlineExceeded(f"search did not finish within {timeout_s:.3f} s")
         calibration = state.calibration
         if min_similarity is None:
             min_similarity = calibration.default_min_similarity if calibration else -1.0
@@ -438,6 +447,12 @@ class Gallery:
     def _search_batch(self, key: tuple[str, int, int], xq: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
         collection_id, k, nprobe = key
         state = self._get(collection_id)
+        try:
+            return self._fan_out(state, xq, k, nprobe)
+        except StaleIndexVersion:  # an index switch completed between reading `live` and the shards' answer
+            return self._fan_out(state, xq, k, nprobe)
+
+    def _fan_out(self, state: _Collection, xq: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray, dict]:
         live = state.live
         Iq = Dq = None
         rerank_k = k
@@ -445,11 +460,13 @@ class Gallery:
             nprobe = min(nprobe or tuning.default_nprobe(live.nlist), live.nlist)
             Dq, Iq = live.quantizer.search(xq, nprobe)
             rerank_k = tuning.rerank_depth(k)
-        parts = self._worker_partitions(state.manifest.num_partitions)
-        results = self._call([w.search.remote(collection_id, p, xq, k, live.version, Iq, Dq, rerank_k)
-                              for w, p in parts])
-        D, I = merge_topk([(d, i) for d, i, _ in results], k)
-        records = {label: r for _, _, recs in results for label, r in recs.items()}
+        collection_id = state.manifest.collection_id
+        refs = [w.search.remote(pickle.dumps(SearchRequest(collection_id, parts, xq, k, live.version, Iq, Dq, rerank_k),
+                                             protocol=pickle.HIGHEST_PROTOCOL))
+                for w, parts in self._worker_partitions(state.manifest.num_partitions)]
+        replies = [pickle.loads(reply) for reply in self._call(refs)]
+        D, I = merge_topk([(r.D, r.I) for r in replies], k)
+        records = {label: record for r in replies for label, record in r.records.items()}
         return D, I, records
 
     # ---- reads -------------------------------------------------------------
@@ -540,7 +557,7 @@ class Gallery:
         for w, parts in self._worker_partitions(state.manifest.num_partitions):
             mine = {p: want[p] for p in parts if p in want}
             if mine:
-                calls.append(w.sample.remote(collection_id, mine, seed))
+                calls.append(w.sample.options(concurrency_group=MAINTENANCE).remote(collection_id, mine, seed))
         samples = self._call(calls)
         return np.concatenate([x for x, _ in samples]), [pid for _, pids in samples for pid in pids]
 
@@ -585,8 +602,8 @@ class Gallery:
             keys = {p: (new.next_key(f"p{p}/snapshot.parquet"), new.next_key(f"p{p}/index.faiss"))
                     for p in range(new.num_partitions)}
             groups = self._worker_partitions(new.num_partitions)
-            built = self._call([w.build.remote(collection_id, version, new.trained_index, {p: keys[p] for p in parts})
-                                for w, parts in groups])
+            built = self._call([w.build.options(concurrency_group=MAINTENANCE).remote(
+                collection_id, version, new.trained_index, {p: keys[p] for p in parts}) for w, parts in groups])
             for parts in built:
                 for p, part in parts.items():
                     new.partitions[p] = part

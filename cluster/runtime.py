@@ -12,6 +12,7 @@ from cluster.worker import ShardWorker
 logger = logging.getLogger(__name__)
 
 NAMESPACE = "gallery"
+MAINTENANCE = "maintenance"  # concurrency group of ShardWorker's long calls (build, compact, sample)
 
 
 def start_ray(address: str = "local", *, num_cpus: int | None = None) -> None:
@@ -45,9 +46,9 @@ def start_workers(num_workers: int, store_uri: str, *, s3_endpoint: str | None =
     """
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
-    actor = ray.remote(ShardWorker)
+    actor = ray.remote(concurrency_groups={MAINTENANCE: 1})(ShardWorker)
     workers = [actor.options(name=f"{cluster_name}-shard-{i}-of-{num_workers}", namespace=NAMESPACE, get_if_exists=True,
-                             max_restarts=-1, max_task_retries=0, max_concurrency=8,
+                             max_restarts=-1, max_task_retries=0,
                              num_cpus=num_cpus, num_gpus=num_gpus,
                              runtime_env={"env_vars": env_vars} if env_vars else None)
                .remote(i, num_workers, store_uri, s3_endpoint=s3_endpoint, omp_threads=omp_threads)

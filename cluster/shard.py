@@ -33,6 +33,10 @@ faiss.cvar.distance_compute_blas_threshold = 2**30
 _RERANK_CHUNK = 64  # queries re-ranked at once: bounds the (chunk, depth, d) float32 temporary
 
 
+class StaleIndexVersion(RuntimeError):
+    """A query was assigned with an index version this partition no longer serves (a switch raced it)."""
+
+
 class ShardIndex:
     """Faces of one partition. Thread-safe: a lock serialises searches and mutations.
 
@@ -60,6 +64,7 @@ class ShardIndex:
         self._records: list[FaceRecord | None] = []
         self._position_of: dict[str, int] = {}
         self._index: faiss.Index = self._new_flat()
+        self._fp16 = faiss.ScalarQuantizer(dimension, faiss.ScalarQuantizer.QT_fp16)
         self._built: dict[int, faiss.Index] = {}  # built for a version, awaiting activate()
         self._previous: tuple[int, faiss.Index] | None = None  # kept until the gateway has switched too
         self._lock = threading.RLock()
@@ -151,7 +156,8 @@ class ShardIndex:
             elif self._previous is not None and self._previous[0] == version:
                 index = self._previous[1]
             else:
-                raise RuntimeError(f"partition {self.partition} serves index version {self.version}, asked {version}")
+                raise StaleIndexVersion(f"partition {self.partition} serves index version {self.version}, "
+                                        f"asked {version}")
             if version == 0:
                 return index.search(xq, k)
             index.nprobe = Iq.shape[1]  # search_preassigned scans Iq's columns; the lock makes this safe
@@ -159,15 +165,17 @@ class ShardIndex:
             return self._rerank(xq, candidates, k)
 
     def _rerank(self, xq: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        nq = xq.shape[0]
+        nq, depth = candidates.shape
         D = np.full((nq, k), -np.inf, dtype=np.float32)
         I = np.full((nq, k), -1, dtype=np.int64)
+        codes = self._vectors.view(np.uint8)
         for start in range(0, nq, _RERANK_CHUNK):
             labels = candidates[start:start + _RERANK_CHUNK]
             positions = np.where(labels >= 0, self._positions(labels), 0)
             valid = (labels >= 0) & self._alive[positions]
-            scores = np.einsum("qd,qrd->qr", xq[start:start + _RERANK_CHUNK],
-                               self._vectors[positions].astype(np.float32))
+            # faiss decodes fp16 with SIMD, ~3x faster than numpy's astype (benchmarks/serving.py)
+            stored = self._fp16.decode(codes[positions.ravel()]).reshape(len(labels), depth, self.d)
+            scores = np.matmul(stored, xq[start:start + _RERANK_CHUNK, :, None])[:, :, 0]
             scores[~valid] = -np.inf
             order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
             top = np.take_along_axis(scores, order, axis=1)

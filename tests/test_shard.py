@@ -6,7 +6,7 @@ import pytest
 
 from cluster import tuning
 from cluster.records import FaceBatch, FaceRecord
-from cluster.shard import ShardIndex
+from cluster.shard import ShardIndex, StaleIndexVersion
 from cluster.synthetic import clustered_embeddings, noisy_probes
 from cluster.training import load_index, train_ivfpq
 
@@ -73,7 +73,7 @@ def test_ivfpq_with_rerank_reaches_recall_and_honours_deletes():
     shard.delete([f"face-{r}" for r in rows[:50]])
     _, I = shard.search(xq, 10, version=1, Iq=Iq, Dq=Dq, rerank_k=100)
     assert not set(rows[:50].tolist()) & set(I.ravel().tolist())
-    with pytest.raises(RuntimeError, match="serves index version 1"):
+    with pytest.raises(StaleIndexVersion, match="serves index version 1"):
         shard.search(xq, 10, version=7, Iq=Iq, Dq=Dq)
 
 
