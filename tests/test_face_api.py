@@ -20,9 +20,10 @@ from cluster import runtime, vectors
 from cluster.errors import InvalidArgument
 from cluster.face_servicer import FaceGalleryServicer
 from cluster.faces_api import FaceService
+from cluster.gallery import Gallery
 from cluster.s3_images import S3ImageReader, S3Object
 from cluster.server import running_server
-from conftest import S3_CREDENTIALS, GalleryFactory
+from cluster.store import ObjectStore
 from gallery.v1 import gallery_pb2 as pb
 from gallery.v1 import gallery_pb2_grpc
 
@@ -62,17 +63,17 @@ def served(ray_session, s3_server, tmp_path_factory):
     """(stub, gallery, service) of a server with one face worker; the model loads once for the module."""
     name = f"test-{uuid.uuid4().hex[:8]}"
     face_workers = runtime.start_face_workers(1, num_cpus=2, num_gpus=0, cluster_name=name)
-    model = ray.get(face_workers[0].ready.remote())
-    factory = GalleryFactory()
-    gallery = factory.start(str(tmp_path_factory.mktemp("store")), model=model)
+    store = str(tmp_path_factory.mktemp("store"))
+    shards = runtime.start_workers(2, store, cluster_name=name, num_cpus=0.5)
+    gallery = Gallery(ObjectStore(store), shards, model=ray.get(face_workers[0].ready.remote()))
     service = FaceService(gallery, face_workers, s3=S3ImageReader(s3_server))
     try:
         with running_server(gallery, servicer=FaceGalleryServicer(gallery, service)) as (_, port), \
                 grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             yield gallery_pb2_grpc.GalleryStub(channel), gallery, service
     finally:
-        factory.stop_all()
-        runtime.stop_workers(face_workers)
+        gallery.close()
+        runtime.stop_workers(shards + face_workers)
 
 
 @pytest.fixture(scope="module")
@@ -249,9 +250,7 @@ def test_index_faces_max_faces_and_quality_filter(stub):
 
 
 def _s3(endpoint):
-    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                        aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-                        region_name=S3_CREDENTIALS["AWS_REGION"])
+    return boto3.client("s3", endpoint_url=endpoint)  # credentials: the environment the s3_bucket fixture sets
 
 
 def test_index_faces_from_s3(people, stub, s3_server, s3_bucket):
