@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
-import time
 import urllib.request
 import uuid
 
@@ -18,6 +16,7 @@ from cluster.gallery import Gallery
 from cluster.server import running_server
 from cluster.store import ObjectStore
 from gallery.v1 import gallery_pb2_grpc
+from support import S3_CREDENTIALS, free_port, wait_until
 
 
 @pytest.fixture(scope="session")
@@ -75,23 +74,6 @@ def channel(gallery):
 @pytest.fixture
 def stub(channel):
     return gallery_pb2_grpc.GalleryStub(channel)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not ready after {timeout_s} s")
-        time.sleep(0.2)
-
-
-S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from cluster import vectors
 from cluster.client import GalleryClient
 from cluster.synthetic import clustered_embeddings
-from conftest import free_port, wait_until
+from support import free_port, wait_until
 from gallery.v1 import gallery_pb2 as pb
 from gallery.v1 import gallery_pb2_grpc
 
@@ -23,7 +23,7 @@ class Served:
         self.log = open(log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "cluster.cli", "serve", "--store", str(store), "--port", str(port),
-             "--num-shards", "2", "--shard-num-cpus", "0.5"],
+             "--num-shards", "2", "--shard-num-cpus", "0.5", "--face-workers", "0"],
             stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "RAY_ADDRESS": ""})
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         wait_until(self._serving, 120, "gallery serve")

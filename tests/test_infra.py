@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import re
 import shlex
 import shutil
@@ -289,12 +290,13 @@ def test_example_plan_is_locked_down(example_plan: dict[str, Any]) -> None:
 
 
 def _checkov_bin() -> str:
-    for candidate in (os.environ.get("CHECKOV_BIN"), shutil.which("checkov"), "/opt/checkov/bin/checkov"):
+    repo_venv = str(pathlib.Path(__file__).resolve().parents[1] / ".venv-checkov" / "bin" / "checkov")
+    for candidate in (os.environ.get("CHECKOV_BIN"), repo_venv, shutil.which("checkov"), "/opt/checkov/bin/checkov"):
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return candidate
     pytest.fail(
         "checkov not found. Install it in its own virtualenv (it pins packages Ray cannot share): "
-        "python -m venv /opt/checkov && /opt/checkov/bin/pip install checkov==3.3.30 "
+        "python3 -m venv .venv-checkov && .venv-checkov/bin/pip install checkov==3.3.30 "
         "(or set CHECKOV_BIN)"
     )
 

@@ -5,7 +5,7 @@ import numpy as np
 from cluster.records import FaceRecord
 from cluster.store import ObjectStore
 from cluster.synthetic import clustered_embeddings
-from conftest import S3_CREDENTIALS
+from support import S3_CREDENTIALS
 
 
 def test_object_store_on_s3(s3_server, s3_bucket):
