@@ -11,10 +11,12 @@ import threading
 import ray
 
 from cluster import runtime, tuning
+from cluster.audit import AuditLog
 from cluster.face_servicer import FaceGalleryServicer
 from cluster.faces import MAX_IMAGE_BYTES, MAX_S3_IMAGE_BYTES
 from cluster.faces_api import FaceService
 from cluster.gallery import Gallery
+from cluster.interceptors import AuditInterceptor, AuthInterceptor, load_tokens
 from cluster.s3_images import S3ImageReader
 from cluster.server import running_server
 from cluster.store import ObjectStore
@@ -26,7 +28,7 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
           port: int = 50051, s3_endpoint: str = "", shard_num_cpus: float = 1.0, shard_num_gpus: float = 0.0,
           train_threshold: int = tuning.DEFAULT_TRAIN_THRESHOLD, max_workers: int = 32, face_workers: int = 1,
           face_num_cpus: float = 1.0, face_num_gpus: float = -1.0, max_image_bytes: int = MAX_IMAGE_BYTES,
-          max_s3_image_bytes: int = MAX_S3_IMAGE_BYTES) -> None:
+          max_s3_image_bytes: int = MAX_S3_IMAGE_BYTES, auth_tokens_file: str = "") -> None:
     """Serves gallery.v1 until SIGINT or SIGTERM.
 
     Args:
@@ -45,6 +47,7 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
         face_num_gpus: GPUs per face worker; -1: one each when Ray has GPUs, else none.
         max_image_bytes: largest image accepted as bytes in a request.
         max_s3_image_bytes: largest image read from S3.
+        auth_tokens_file: JSON {"<token>": "<caller identity>"}; when set, every call needs a known bearer token.
     """
     runtime.start_ray(ray_address)
     workers = runtime.start_workers(num_shards, store, s3_endpoint=s3_endpoint or None, num_cpus=shard_num_cpus,
@@ -54,19 +57,23 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
         face_actors = runtime.start_face_workers(face_workers, num_cpus=face_num_cpus,
                                                  num_gpus=None if face_num_gpus < 0 else face_num_gpus)
         model = ray.get(face_actors[0].ready.remote())
-    gallery = Gallery(ObjectStore(store, s3_endpoint=s3_endpoint or None), workers, model=model,
-                      default_train_threshold=train_threshold)
+    object_store = ObjectStore(store, s3_endpoint=s3_endpoint or None)
+    gallery = Gallery(object_store, workers, model=model, default_train_threshold=train_threshold)
+    tokens = load_tokens(auth_tokens_file) if auth_tokens_file else None
+    audit = AuditLog(object_store)
+    interceptors = [AuditInterceptor(audit, tokens)] + ([AuthInterceptor(tokens)] if tokens else [])
     faces = FaceService(gallery, face_actors, s3=S3ImageReader(s3_endpoint or None, max_bytes=max_s3_image_bytes),
                         max_image_bytes=max_image_bytes) if face_actors else None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with running_server(gallery, f"{host}:{port}", max_workers=max_workers,
+    with running_server(gallery, f"{host}:{port}", max_workers=max_workers, interceptors=interceptors,
                         servicer=FaceGalleryServicer(gallery, faces)) as (_, bound):
         print(f"gallery.v1 serving on {host}:{bound} (store {store}, {num_shards} shards, "
               f"{face_workers} face workers{f' with {model.name}' if model else ''})", flush=True)
         stop.wait()
     gallery.close()
+    audit.close()
 
 
 def _add_arguments(parser: argparse.ArgumentParser, fn) -> None:
