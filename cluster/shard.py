@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 # happen to be split across shards. Exact search only serves small collections.
 faiss.cvar.distance_compute_blas_threshold = 2**30
 
-_RERANK_CHUNK = 64  # queries re-ranked at once: bounds the (chunk, depth, d) float32 temporary
+_RERANK_FLOATS = 4_000_000  # bounds the (queries, depth, d) float32 temporary of one re-rank step: 16 MB
 
 
 class StaleIndexVersion(RuntimeError):
@@ -169,13 +169,14 @@ class ShardIndex:
         D = np.full((nq, k), -np.inf, dtype=np.float32)
         I = np.full((nq, k), -1, dtype=np.int64)
         codes = self._vectors.view(np.uint8)
-        for start in range(0, nq, _RERANK_CHUNK):
-            labels = candidates[start:start + _RERANK_CHUNK]
+        chunk = max(1, _RERANK_FLOATS // (depth * self.d))
+        for start in range(0, nq, chunk):
+            labels = candidates[start:start + chunk]
             positions = np.where(labels >= 0, self._positions(labels), 0)
             valid = (labels >= 0) & self._alive[positions]
             # faiss decodes fp16 with SIMD, ~3x faster than numpy's astype (benchmarks/serving.py)
             stored = self._fp16.decode(codes[positions.ravel()]).reshape(len(labels), depth, self.d)
-            scores = np.matmul(stored, xq[start:start + _RERANK_CHUNK, :, None])[:, :, 0]
+            scores = np.matmul(stored, xq[start:start + chunk, :, None])[:, :, 0]
             scores[~valid] = -np.inf
             order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
             top = np.take_along_axis(scores, order, axis=1)

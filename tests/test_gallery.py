@@ -70,6 +70,9 @@ def test_training_switches_without_downtime_and_keeps_recall(galleries, tmp_path
     recall_at_10 = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, I_ref)])
     assert recall_at_10 >= 0.95
     assert (found[:, 0] == I_ref[:, 0]).mean() >= 0.99
+    deep = gallery.search("c", xq[:3], 1000)  # re-ranks 10,000 candidates per query in bounded steps
+    assert [len(q) for q in deep.candidates] == [1000] * 3
+    assert all(np.all(np.diff(s) <= 0) for s in _scores(deep))
 
 
 def test_restart_brings_back_every_collection_and_face(galleries, tmp_path):
