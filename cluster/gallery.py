@@ -457,9 +457,9 @@ class Gallery:
         Iq = Dq = None
         rerank_k = k
         if live.version:
-            nprobe = min(nprobe or tuning.default_nprobe(live.nlist), live.nlist)
-            Dq, Iq = live.quantizer.search(xq, nprobe)
             rerank_k = tuning.rerank_depth(k)
+            nprobe = tuning.nprobe_for(nprobe, rerank_k, live.nlist, state.manifest.face_count)
+            Dq, Iq = live.quantizer.search(xq, nprobe)
         collection_id = state.manifest.collection_id
         refs = [w.search.remote(pickle.dumps(SearchRequest(collection_id, parts, xq, k, live.version, Iq, Dq, rerank_k),
                                              protocol=pickle.HIGHEST_PROTOCOL))

@@ -49,6 +49,13 @@ def default_nprobe(nlist: int) -> int:
     return min(nlist, max(16, nlist // 16))
 
 
+def nprobe_for(requested: int, rerank_k: int, nlist: int, num_vectors: int) -> int:
+    """Lists to probe: the requested number (0: `default_nprobe`), raised until the probed lists hold
+    about twice the re-rank depth, so a large k still gets k candidates; at most nlist."""
+    needed = math.ceil(2 * rerank_k * nlist / max(num_vectors, 1))
+    return min(nlist, max(requested or default_nprobe(nlist), needed))
+
+
 def rerank_depth(k: int) -> int:
     """PQ candidates re-ranked against full-precision vectors: PQ64 ranks the true top-10 inside its
     top-100 for ~all queries on 512-d face data, so 10x k (at least 100) suffices."""

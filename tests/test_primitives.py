@@ -77,6 +77,12 @@ def test_pq_m_divides_dimension():
     assert 100 % tuning.pq_m_for(100) == 0
 
 
+def test_nprobe_covers_the_rerank_depth():
+    assert tuning.nprobe_for(0, 100, 4096, 1_000_000) == 256  # the default, already enough
+    assert tuning.nprobe_for(8, 100, 4096, 1_000_000) == 8  # a caller's choice when enough
+    assert tuning.nprobe_for(16, 10_000, 256, 12_000) == 256  # k=1000 on a small collection: every list
+
+
 def test_training_policy():
     assert not tuning.should_train(19_999, 0, 20_000)
     assert tuning.should_train(20_000, 0, 20_000)
