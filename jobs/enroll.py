@@ -1,0 +1,296 @@
+"""Bulk enrollment: embed the gallery images that Parquet manifests list, and commit them to a collection.
+
+    python -m jobs.enroll --manifest s3://bucket/manifests/ --collection staff --output s3://bucket/enroll/ \\
+        --gateway 127.0.0.1:50051 [--s3-endpoint http://127.0.0.1:9000]
+
+The same command runs under `ray job submit -- python -m jobs.enroll …`. A streaming Ray Data pipeline:
+
+    read_rows      tasks, one per manifest row group with segments still to do (jobs/manifests.py)
+    repartition    into blocks of images_per_batch rows, so that the stages after it run in parallel
+    fetch_images   tasks, threads for the I/O; unreadable rows get a reason (jobs/fetch.py)
+    FaceEmbedder   actor pool, one actor per GPU or CPU actors: the gateway's FaceWorker (jobs/embed.py)
+    driver         once every row of a segment is in: writes its faces and errors as Parquet, commits the
+                   faces with AddEmbeddings(skip_existing=True), writes its commit record (jobs/segments.py)
+
+then builds the IVF-PQ index when the collection has outgrown its own (jobs/build_index.py). Segments
+are written by the driver, not by a pipeline stage, so that each is one object with a stable name
+whatever way Ray Data cuts the stream into blocks; the driver only moves ~2 KiB per face.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import grpc
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+
+from cluster import runtime
+from cluster.client import GalleryClient
+from cluster.store import ObjectStore
+from jobs import _cli
+from jobs.build_index import build_index
+from jobs.commit import MAX_FACES_PER_REQUEST, add_faces, gateway_client, new_faces
+from jobs.embed import FaceEmbedder
+from jobs.fetch import MAX_S3_IMAGE_BYTES, fetch_images
+from jobs.manifests import plan_segments, read_rows, read_tasks
+from jobs.progress import Progress, timed
+from jobs.segments import JobState
+from jobs.storage import aws_env
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EnrollSummary:
+    """What a run did. Counts are this run's; rows of segments committed by earlier runs are not redone."""
+
+    collection: str
+    rows_read: int = 0  # rows in the manifests
+    rows_already_committed: int = 0  # in segments earlier runs committed
+    rows_processed: int = 0
+    segments_committed: int = 0
+    faces_found: int = 0  # faces that passed the quality filter
+    faces_enrolled: int = 0  # added to the collection
+    faces_already_enrolled: int = 0  # the collection had them (an interrupted run, a duplicated row)
+    faces_below_quality: int = 0  # detected but under the quality filter, so not enrolled
+    rows_failed: dict[str, int] = field(default_factory=dict)  # by reason (jobs/fetch.py)
+    index: str = ""  # what the index-building step did
+    elapsed_s: float = 0.0
+    faces_per_s: float = 0.0  # faces found per second of pipeline
+
+
+def default_num_actors(num_gpus: float, num_cpus: float, actor_num_cpus: float) -> int:
+    """One actor per GPU. Without GPUs, one per `actor_num_cpus` CPUs, keeping one CPU for the read and fetch
+    tasks and the driver: the embedder saturates its CPUs, while fetching mostly waits on I/O."""
+    if num_gpus >= 1:
+        return int(num_gpus)
+    return max(1, int((num_cpus - 1) // actor_num_cpus))
+
+
+def _start_ray(ray_address: str) -> None:
+    if not ray.is_initialized():  # inside `ray job submit` RAY_ADDRESS names the job's cluster
+        runtime.start_ray(ray_address or ("auto" if os.environ.get("RAY_ADDRESS") else "local"))
+
+
+def _open_collection(client: GalleryClient, collection: str, dimension: int):
+    try:
+        return client.describe(collection)
+    except grpc.RpcError as e:
+        if e.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+    try:
+        logger.info("creating collection %s (dimension %d)", collection, dimension)
+        return client.create_collection(collection, dimension=dimension)
+    except grpc.RpcError as e:
+        if e.code() != grpc.StatusCode.ALREADY_EXISTS:  # another job created it meanwhile
+            raise
+        return client.describe(collection)
+
+
+def _check_model(description, rows: pa.Table) -> None:
+    """Raises before the first commit when the collection holds another model's embeddings."""
+    model = rows.column("embedding_model")[0].as_py()
+    dimension = rows.schema.field("faces").type.value_type.field("embedding").type.list_size
+    if description.embedding_model and description.embedding_model != model:
+        raise ValueError(f"collection {description.collection_id!r} holds {description.embedding_model} "
+                         f"embeddings; this job embeds with {model}")
+    if description.dimension != dimension:
+        raise ValueError(f"collection {description.collection_id!r} has dimension {description.dimension}; "
+                         f"{model} embeddings have {dimension}")
+
+
+def _pipeline(tasks: list[dict], *, s3_endpoint: str, images_per_batch: int, fetch_threads: int,
+              max_image_bytes: int, num_actors: int, actor_num_cpus: float, use_gpus: bool,
+              embedder_kwargs: dict) -> ray.data.Dataset:
+    env = {"env_vars": aws_env()}
+    return (ray.data.from_items(tasks, override_num_blocks=len(tasks))
+            .map_batches(read_rows, batch_size=1, batch_format="pyarrow", fn_kwargs={"s3_endpoint": s3_endpoint},
+                         num_cpus=0.25, runtime_env=env)
+            .repartition(target_num_rows_per_block=images_per_batch)
+            .map_batches(fetch_images, batch_size=None, batch_format="pyarrow", num_cpus=0.25, runtime_env=env,
+                         fn_kwargs={"s3_endpoint": s3_endpoint, "max_image_bytes": max_image_bytes,
+                                    "threads": fetch_threads})
+            .map_batches(FaceEmbedder, batch_size=images_per_batch, batch_format="pyarrow",
+                         compute=ray.data.ActorPoolStrategy(size=num_actors), num_cpus=actor_num_cpus,
+                         num_gpus=1 if use_gpus else 0, runtime_env=env,
+                         fn_constructor_kwargs={**embedder_kwargs, "device": "cuda" if use_gpus else "cpu"}))
+
+
+def enroll(manifest: str, collection: str, output: str, gateway: str = "127.0.0.1:50051", s3_endpoint: str = "",
+           dimension: int = 0, quality_filter: str = "AUTO", max_faces: int = 100, rows_per_segment: int = 256,
+           images_per_batch: int = 16, num_actors: int = 0, actor_num_cpus: float = 1.0, fetch_threads: int = 16,
+           max_image_bytes: int = MAX_S3_IMAGE_BYTES, commit_batch_faces: int = 1000,
+           build_index_min_growth: float = 2.0, ray_address: str = "", progress_interval_s: float = 10.0
+           ) -> EnrollSummary:
+    """Enrolls the faces of the images a manifest lists; run it again to resume or to add new manifest files.
+
+    Args:
+        manifest: a Parquet file, or a folder / s3:// prefix of them, with image_uri and external_image_id columns.
+        collection: the collection to enroll into; created when missing.
+        output: folder or s3://bucket/prefix for segments, errors and job state (under <output>/<collection>/).
+        gateway: host:port of the gallery.v1 gateway.
+        s3_endpoint: S3 endpoint URL for S3-compatible stores; "" for AWS_ENDPOINT_URL, else AWS.
+        dimension: dimension of a collection the job creates: 0 for the gateway's face model, 512 for raw FaceNet.
+        quality_filter: faces under it are not enrolled: NONE, LOW, AUTO, MEDIUM or HIGH.
+        max_faces: faces detected per image, largest first, 1..1000.
+        rows_per_segment: manifest rows per segment, the unit that is committed and skipped on a re-run.
+        images_per_batch: images per block and per call of an embedding actor.
+        num_actors: embedding actors; 0 for one per GPU, or without GPUs one per actor_num_cpus CPUs less one.
+        actor_num_cpus: CPUs per embedding actor (torch threads).
+        fetch_threads: concurrent image reads per fetch task.
+        max_image_bytes: larger images fail as too_large.
+        commit_batch_faces: faces per AddEmbeddings request, 1..10000.
+        build_index_min_growth: afterwards, train IVF-PQ when the collection holds this many times the faces
+            its index was trained on (see jobs/build_index.py); 0 skips the step.
+        ray_address: Ray cluster to run on; "" for the job's cluster under `ray job submit`, else a private local one.
+        progress_interval_s: seconds between progress lines when not in a terminal.
+
+    Returns:
+        The run's summary: rows read, faces enrolled, rows failed by reason, …
+
+    Raises:
+        ValueError: an argument out of range, a manifest without the required columns, a collection of
+            another model or dimension.
+        FileNotFoundError: no manifest there.
+        grpc.RpcError: the gateway refused a request (other than retried UNAVAILABLE / DEADLINE_EXCEEDED).
+
+    Example:
+        >>> enroll("s3://photos/manifests/", "staff", "s3://photos/enroll/", gateway="10.0.0.5:50051").rows_failed
+        {'no_face': 3, 'missing_object': 1}
+    """
+    from cluster.faces import quality_filter_threshold
+
+    for name, value in (("manifest", manifest), ("collection", collection), ("output", output)):
+        if not value:
+            raise ValueError(f"{name} is required")
+    quality_filter_threshold(quality_filter)
+    if not 1 <= max_faces <= 1000:
+        raise ValueError(f"max_faces must be in [1, 1000], got {max_faces}")
+    if images_per_batch < 1 or num_actors < 0 or actor_num_cpus <= 0 or fetch_threads < 1 or max_image_bytes < 1:
+        raise ValueError("images_per_batch, fetch_threads and max_image_bytes must be >= 1, num_actors >= 0 and "
+                         f"actor_num_cpus > 0; got {images_per_batch}, {fetch_threads}, {max_image_bytes}, "
+                         f"{num_actors}, {actor_num_cpus}")
+    if not 1 <= commit_batch_faces <= MAX_FACES_PER_REQUEST:
+        raise ValueError(f"commit_batch_faces must be in [1, {MAX_FACES_PER_REQUEST}], got {commit_batch_faces}")
+    if build_index_min_growth and build_index_min_growth < 1:
+        raise ValueError(f"build_index_min_growth must be 0 (off) or >= 1, got {build_index_min_growth}")
+
+    started = time.monotonic()
+    summary = EnrollSummary(collection)
+    state = JobState(ObjectStore(f"{output.rstrip('/')}/{collection}", s3_endpoint=s3_endpoint or None))
+    with gateway_client(gateway) as client:
+        description = _open_collection(client, collection, dimension)
+        with timed("plan segments"):
+            segments = plan_segments(manifest, rows_per_segment, s3_endpoint)
+            done = state.committed()
+            pending = [s for s in segments if s.key not in done]
+        summary.rows_read = sum(s.rows for s in segments)
+        summary.rows_already_committed = summary.rows_read - sum(s.rows for s in pending)
+        logger.info("%s: %d manifest rows in %d segments, %d rows already committed, %d to do", manifest,
+                    summary.rows_read, len(segments), summary.rows_already_committed,
+                    summary.rows_read - summary.rows_already_committed)
+        if pending:
+            _start_ray(ray_address)
+            resources = ray.cluster_resources()
+            gpus = resources.get("GPU", 0)
+            num_actors = num_actors or default_num_actors(gpus, resources.get("CPU", 1), actor_num_cpus)
+            logger.info("embedding with %d actor(s) on %s", num_actors, "GPUs" if gpus else "CPUs")
+            ds = _pipeline(read_tasks(pending), s3_endpoint=s3_endpoint, images_per_batch=images_per_batch,
+                           fetch_threads=fetch_threads, max_image_bytes=max_image_bytes, num_actors=num_actors,
+                           actor_num_cpus=actor_num_cpus, use_gpus=gpus >= 1,
+                           embedder_kwargs={"quality_filter": quality_filter, "max_faces": max_faces,
+                                            "max_image_bytes": max_image_bytes})
+            with timed("enroll pipeline"):
+                _run(ds, pending, state, client, description, summary, commit_batch_faces, progress_interval_s)
+    summary.elapsed_s = time.monotonic() - started
+    if build_index_min_growth:
+        summary.index = _build_index(collection, gateway, build_index_min_growth)
+    logger.info("summary: %s", json.dumps(asdict(summary)))
+    return summary
+
+
+def _run(ds: ray.data.Dataset, pending: list, state: JobState, client: GalleryClient, description,
+         summary: EnrollSummary, commit_batch_faces: int, progress_interval_s: float) -> None:
+    """Drives the pipeline: gathers each segment's rows, then writes and commits it."""
+    plans = {s.key: s for s in pending}
+    gathered: dict[str, list[pa.Table]] = {}
+    counts: Counter = Counter()
+    failed: Counter = Counter()
+    progress = Progress(sum(s.rows for s in pending), interval_s=progress_interval_s)
+    checked = False
+    start = time.monotonic()
+    try:
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            if not batch.num_rows:
+                continue
+            if not checked:
+                _check_model(description, batch)
+                checked = True
+            found = pc.sum(pc.list_value_length(batch.column("faces"))).as_py() or 0
+            summary.faces_found += found
+            summary.faces_below_quality += pc.sum(batch.column("faces_below_quality")).as_py() or 0
+            progress.update(rows=batch.num_rows, faces=found)
+            for key in pc.unique(batch.column("segment")).to_pylist():
+                rows = batch.filter(pc.equal(batch.column("segment"), key))
+                gathered.setdefault(key, []).append(rows)
+                counts[key] += rows.num_rows
+                if counts[key] == plans[key].rows:
+                    enrolled = _commit(key, plans[key], pa.concat_tables(gathered.pop(key), promote_options="default"),
+                                       state, client, description.collection_id, summary, failed,
+                                       commit_batch_faces)
+                    progress.update(enrolled=enrolled)
+    finally:
+        progress.close()
+    if gathered:
+        raise RuntimeError(f"the pipeline ended with incomplete segments: {sorted(gathered)[:5]}")
+    summary.rows_failed = dict(sorted(failed.items()))
+    summary.faces_per_s = summary.faces_found / max(time.monotonic() - start, 1e-9)
+
+
+def _commit(key: str, plan, rows: pa.Table, state: JobState, client: GalleryClient, collection: str,
+            summary: EnrollSummary, failed: Counter, commit_batch_faces: int) -> int:
+    faces, errors = state.write(key, rows)
+    added, skipped = add_faces(client, collection, new_faces(faces), batch_faces=commit_batch_faces)
+    reasons = Counter(errors.column("reason").to_pylist())
+    state.commit(key, {"manifest": plan.manifest, "start": plan.start, "stop": plan.stop, "rows": plan.rows,
+                       "faces": faces.num_rows, "faces_enrolled": added, "faces_already_enrolled": skipped,
+                       "rows_failed": dict(reasons)})
+    failed.update(reasons)
+    summary.rows_processed += plan.rows
+    summary.segments_committed += 1
+    summary.faces_enrolled += added
+    summary.faces_already_enrolled += skipped
+    return added
+
+
+def _build_index(collection: str, gateway: str, min_growth: float) -> str:
+    """The index step; its failure leaves the faces enrolled (and searched exactly or with the old index)."""
+    try:
+        result = build_index(collection, gateway, min_growth=min_growth)
+    except grpc.RpcError as e:
+        logger.warning("building the index of %s failed: %s", collection, e)
+        return f"failed: {e.code().name} {e.details()}"
+    if not result.built:
+        return f"not built: {result.reason}"
+    return f"built IVF{result.nlist},PQ{result.pq_m} on {result.trained_on} faces ({result.reason})"
+
+
+def main(argv: list[str] | None = None) -> EnrollSummary:
+    summary = _cli.run(enroll, argv, "python -m jobs.enroll")
+    failed = ", ".join(f"{reason} {n}" for reason, n in summary.rows_failed.items()) or "none"
+    print(f"{summary.rows_read} rows read ({summary.rows_already_committed} already committed), "
+          f"{summary.faces_enrolled} faces enrolled ({summary.faces_already_enrolled} already there), "
+          f"rows failed: {failed}; index: {summary.index or 'step skipped'}", flush=True)
+    print(json.dumps(asdict(summary)), flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
