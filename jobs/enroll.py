@@ -30,6 +30,7 @@ import grpc
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
+import ray.data
 
 from cluster import runtime
 from cluster.client import GalleryClient
@@ -66,17 +67,24 @@ class EnrollSummary:
     faces_per_s: float = 0.0  # faces found per second of pipeline
 
 
-def default_num_actors(num_gpus: float, num_cpus: float, actor_num_cpus: float) -> int:
+def default_num_actors(num_gpus: float, num_cpus: float, actor_num_cpus: float, *, machine_cpus: int = 0) -> int:
     """One actor per GPU. Without GPUs, one per `actor_num_cpus` CPUs, keeping one CPU for the read and fetch
-    tasks and the driver: the embedder saturates its CPUs, while fetching mostly waits on I/O."""
+    tasks and the driver: the embedder saturates its CPUs, while fetching mostly waits on I/O. On a private
+    local Ray (`machine_cpus` > 0), whose CPU count is padded to at least 4, one per `actor_num_cpus` cores."""
     if num_gpus >= 1:
         return int(num_gpus)
+    if machine_cpus:
+        return max(1, int(machine_cpus // actor_num_cpus))
     return max(1, int((num_cpus - 1) // actor_num_cpus))
 
 
-def _start_ray(ray_address: str) -> None:
-    if not ray.is_initialized():  # inside `ray job submit` RAY_ADDRESS names the job's cluster
-        runtime.start_ray(ray_address or ("auto" if os.environ.get("RAY_ADDRESS") else "local"))
+def _start_ray(ray_address: str) -> bool:
+    """Connects to Ray; True when this started a private local one."""
+    if ray.is_initialized():
+        return False
+    address = ray_address or ("auto" if os.environ.get("RAY_ADDRESS") else "local")  # RAY_ADDRESS: ray job submit
+    runtime.start_ray(address)
+    return address == "local"
 
 
 def _open_collection(client: GalleryClient, collection: str, dimension: int):
@@ -142,7 +150,8 @@ def enroll(manifest: str, collection: str, output: str, gateway: str = "127.0.0.
         max_faces: faces detected per image, largest first, 1..1000.
         rows_per_segment: manifest rows per segment, the unit that is committed and skipped on a re-run.
         images_per_batch: images per block and per call of an embedding actor.
-        num_actors: embedding actors; 0 for one per GPU, or without GPUs one per actor_num_cpus CPUs less one.
+        num_actors: embedding actors; 0 for one per GPU, or without GPUs one per actor_num_cpus CPUs less one
+            (on a private local Ray, one per actor_num_cpus cores).
         actor_num_cpus: CPUs per embedding actor (torch threads).
         fetch_threads: concurrent image reads per fetch task.
         max_image_bytes: larger images fail as too_large.
@@ -173,10 +182,12 @@ def enroll(manifest: str, collection: str, output: str, gateway: str = "127.0.0.
     quality_filter_threshold(quality_filter)
     if not 1 <= max_faces <= 1000:
         raise ValueError(f"max_faces must be in [1, 1000], got {max_faces}")
-    if images_per_batch < 1 or num_actors < 0 or actor_num_cpus <= 0 or fetch_threads < 1 or max_image_bytes < 1:
-        raise ValueError("images_per_batch, fetch_threads and max_image_bytes must be >= 1, num_actors >= 0 and "
-                         f"actor_num_cpus > 0; got {images_per_batch}, {fetch_threads}, {max_image_bytes}, "
-                         f"{num_actors}, {actor_num_cpus}")
+    for name, value, minimum in (("images_per_batch", images_per_batch, 1), ("num_actors", num_actors, 0),
+                                 ("fetch_threads", fetch_threads, 1), ("max_image_bytes", max_image_bytes, 1)):
+        if value < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if actor_num_cpus <= 0:
+        raise ValueError(f"actor_num_cpus must be > 0, got {actor_num_cpus}")
     if not 1 <= commit_batch_faces <= MAX_FACES_PER_REQUEST:
         raise ValueError(f"commit_batch_faces must be in [1, {MAX_FACES_PER_REQUEST}], got {commit_batch_faces}")
     if build_index_min_growth and build_index_min_growth < 1:
@@ -185,22 +196,24 @@ def enroll(manifest: str, collection: str, output: str, gateway: str = "127.0.0.
     started = time.monotonic()
     summary = EnrollSummary(collection)
     state = JobState(ObjectStore(f"{output.rstrip('/')}/{collection}", s3_endpoint=s3_endpoint or None))
+    with timed("plan segments"):
+        segments = plan_segments(manifest, rows_per_segment, s3_endpoint)
+        done = state.committed()
+        pending = [s for s in segments if s.key not in done]
+    summary.rows_read = sum(s.rows for s in segments)
+    todo = sum(s.rows for s in pending)
+    summary.rows_already_committed = summary.rows_read - todo
+    logger.info("%s: %d manifest rows in %d segments, %d rows already committed, %d to do", manifest,
+                summary.rows_read, len(segments), summary.rows_already_committed, todo)
     with gateway_client(gateway) as client:
         description = _open_collection(client, collection, dimension)
-        with timed("plan segments"):
-            segments = plan_segments(manifest, rows_per_segment, s3_endpoint)
-            done = state.committed()
-            pending = [s for s in segments if s.key not in done]
-        summary.rows_read = sum(s.rows for s in segments)
-        summary.rows_already_committed = summary.rows_read - sum(s.rows for s in pending)
-        logger.info("%s: %d manifest rows in %d segments, %d rows already committed, %d to do", manifest,
-                    summary.rows_read, len(segments), summary.rows_already_committed,
-                    summary.rows_read - summary.rows_already_committed)
         if pending:
-            _start_ray(ray_address)
+            private = _start_ray(ray_address)
             resources = ray.cluster_resources()
             gpus = resources.get("GPU", 0)
-            num_actors = num_actors or default_num_actors(gpus, resources.get("CPU", 1), actor_num_cpus)
+            num_actors = num_actors or default_num_actors(gpus, resources.get("CPU", 1), actor_num_cpus,
+                                                          machine_cpus=(os.cpu_count() or 1) if private else 0)
+            num_actors = min(num_actors, -(-todo // images_per_batch))  # no more actors than batches
             logger.info("embedding with %d actor(s) on %s", num_actors, "GPUs" if gpus else "CPUs")
             ds = _pipeline(read_tasks(pending), s3_endpoint=s3_endpoint, images_per_batch=images_per_batch,
                            fetch_threads=fetch_threads, max_image_bytes=max_image_bytes, num_actors=num_actors,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -13,10 +16,11 @@ from gallery.v1 import gallery_pb2 as pb
 from jobs.build_index import needs_index
 from jobs.commit import new_faces
 from jobs.embed import FaceEmbedder, face_id
-from jobs.enroll import default_num_actors
+from jobs.enroll import _check_model, default_num_actors
 from jobs.fetch import MAX_S3_IMAGE_BYTES as FETCH_LIMIT
 from jobs.fetch import fetch_images, read_image
 from jobs.manifests import ROW_SCHEMA, plan_segments, read_rows, read_tasks
+from jobs.progress import Progress
 from jobs.segments import segment_errors, segment_faces
 
 
@@ -140,3 +144,32 @@ def test_rules():
     assert default_num_actors(num_gpus=4, num_cpus=64, actor_num_cpus=4) == 4
     assert default_num_actors(num_gpus=0, num_cpus=4, actor_num_cpus=1) == 3
     assert default_num_actors(num_gpus=0, num_cpus=1, actor_num_cpus=2) == 1
+    assert default_num_actors(num_gpus=0, num_cpus=4, actor_num_cpus=1, machine_cpus=2) == 2
+
+
+def test_a_collection_of_another_model_or_dimension_is_refused(tmp_path, embedder):
+    (tmp_path / "obama.jpg").write_bytes(data.photo("obama.jpg"))
+    rows = embedder(fetch_images(_rows(_manifest(tmp_path, [{"image_uri": str(tmp_path / "obama.jpg"),
+                                                            "external_image_id": "o1"}]))))
+    model = embedder.model.name
+    _check_model(pb.CollectionDescription(collection_id="raw", dimension=512), rows)
+    _check_model(pb.CollectionDescription(collection_id="faces", dimension=512, embedding_model=model), rows)
+    with pytest.raises(ValueError, match="dimension 128"):
+        _check_model(pb.CollectionDescription(collection_id="small", dimension=128), rows)
+    with pytest.raises(ValueError, match="arcface"):
+        _check_model(pb.CollectionDescription(collection_id="other", dimension=512, embedding_model="arcface"), rows)
+
+
+def test_progress_lines_and_bar(caplog, capsys):
+    caplog.set_level(logging.INFO, logger="jobs.progress")
+    progress = Progress(100, bar=False, interval_s=0.01)
+    time.sleep(0.02)
+    progress.update(rows=25, faces=50, enrolled=40)
+    line = caplog.records[-1].getMessage()
+    assert line.startswith("progress: 25/100 rows (25%), 50 faces found, 40 enrolled,") and "faces/s, ETA 0:00:" in line
+    bar = Progress(10, bar=True)  # in a terminal: a tqdm bar on stderr
+    bar.update(rows=10, faces=3)
+    bar.close()
+    assert "10/10" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="interval_s"):
+        Progress(1, interval_s=0)
