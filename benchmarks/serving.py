@@ -22,6 +22,7 @@ import json
 import os
 import pathlib
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -158,7 +159,7 @@ def main(num_vectors: int = 1_000_000, dimension: int = 512, num_queries: int = 
     log = open(os.path.join(store, "serve.log"), "wb")
     server = subprocess.Popen([sys.executable, "-m", "cluster.cli", "serve", "--store", os.path.join(store, "data"),
                                "--port", str(port), "--num-shards", str(num_shards),
-                               "--train-threshold", str(num_vectors)],
+                               "--train-threshold", str(num_vectors), "--face-workers", "0"],
                               stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "RAY_ADDRESS": ""})
     try:
         client = GalleryClient(f"127.0.0.1:{port}", timeout_s=600)
@@ -201,6 +202,7 @@ def main(num_vectors: int = 1_000_000, dimension: int = 512, num_queries: int = 
         server.send_signal(signal.SIGTERM)
         server.wait(60)
         log.close()
+        shutil.rmtree(os.path.join(store, "data"), ignore_errors=True)  # keep serve.log for a post-mortem
 
     print(f"\n{'':24}{'in-process':>14}{'cluster':>14}")
     for name in ("qps_batch_1", "qps_batch_256", "recall_at_1", "recall_at_10", "bytes_per_vector", "build_s"):

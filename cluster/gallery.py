@@ -20,14 +20,13 @@ from collections.abc import Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
-import faiss
 import numpy as np
 import ray
 
 from cluster import manifest as manifests
 from cluster import tuning, vectors
 from cluster.batching import QueryBatcher
-from cluster.calibration import Calibration, impostor_scores
+from cluster.calibration import Calibration
 from cluster.errors import (AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound,
                             ResourceExhausted, Unavailable)
 from cluster.manifest import CollectionManifest, PartitionManifest, Segment
@@ -35,8 +34,9 @@ from cluster.merge import merge_topk
 from cluster.records import FaceBatch, FaceRecord
 from cluster.runtime import MAINTENANCE
 from cluster.shard import StaleIndexVersion
+from cluster.maintenance import IndexMaintenance, LiveIndex, quantizer_of
 from cluster.store import ObjectStore
-from cluster.training import load_index, train_ivfpq
+from cluster.training import load_index
 from cluster.worker import SearchRequest
 
 logger = logging.getLogger(__name__)
@@ -46,8 +46,6 @@ MAX_QUERIES = 1024
 MAX_FACES_PER_ADD = 10_000
 MAX_IDS_PER_CALL = 4096
 MAX_FACE_ID_LENGTH = 255
-CALIBRATION_SAMPLE = 2000  # faces sampled for gallery calibration: ~2M impostor pairs
-CALIBRATE_FROM = 200  # faces before a raw collection is first calibrated
 
 
 @dataclass(frozen=True)
@@ -76,19 +74,9 @@ class SearchResults:
 
 
 @dataclass
-class _Live:
-    """What a search needs, swapped in one assignment when a new index goes live."""
-
-    version: int = 0
-    quantizer: object = None  # faiss coarse quantizer of the live version
-    trained: object = None  # keeps the index that owns `quantizer` alive
-    nlist: int = 0
-
-
-@dataclass
 class _Collection:
     manifest: CollectionManifest
-    live: _Live
+    live: LiveIndex
     calibration: Calibration | None
     write_lock: threading.Lock = field(default_factory=threading.Lock)
     maintenance: threading.Thread | None = None
@@ -100,11 +88,7 @@ def partition_of(face_id: str, num_partitions: int) -> int:
     return zlib.crc32(face_id.encode()) % num_partitions
 
 
-def _train_remote(xt: np.ndarray, nlist: int, pq_m: int) -> bytes:
-    return train_ivfpq(xt, nlist, pq_m)
-
-
-class Gallery:
+class Gallery(IndexMaintenance):
     """Collections of faces sharded over `ShardWorker` actors.
 
     Args:
@@ -162,10 +146,10 @@ class Gallery:
             raise Unavailable(f"a shard is unavailable (restarting?): {e}") from e
 
     def _open(self, m: CollectionManifest) -> _Collection:
-        live = _Live()
+        live = LiveIndex()
         if m.index_version:
             trained = load_index(self.store.get(m.trained_index))
-            live = _Live(m.index_version, _quantizer(trained), trained, m.nlist)
+            live = LiveIndex(m.index_version, quantizer_of(trained), trained, m.nlist)
         calibration = None
         if m.embedding_model and self.model and self.model.name == m.embedding_model:
             calibration = self.model.calibration
@@ -505,129 +489,6 @@ class Gallery:
     def memory_bytes(self, collection_id: str) -> int:
         self._get(collection_id)
         return sum(self._call([w.memory_bytes.remote(collection_id) for w in self.workers]))
-
-    # ---- index maintenance -------------------------------------------------
-
-    def _maintain(self, collection_id: str, state: _Collection) -> None:
-        """Starts training or calibration in the background when the collection has grown enough."""
-        if not self.background_maintenance or (state.maintenance and state.maintenance.is_alive()):
-            return
-        m = state.manifest
-        if self._needs_training(m) or self._needs_calibration(m):
-            state.maintenance = threading.Thread(target=self._maintain_now, args=(collection_id,),
-                                                 name=f"maintain-{collection_id}", daemon=True)
-            state.maintenance.start()
-
-    def wait_for_maintenance(self, collection_id: str, timeout_s: float | None = None) -> bool:
-        """Waits until background training or calibration of the collection is done; False on timeout."""
-        thread = self._get(collection_id).maintenance
-        if thread is not None:
-            thread.join(timeout_s)
-            return not thread.is_alive()
-        return True
-
-    def _needs_training(self, m: CollectionManifest) -> bool:
-        return tuning.should_train(m.face_count, m.trained_on, m.train_threshold)
-
-    def _needs_calibration(self, m: CollectionManifest) -> bool:
-        return not m.embedding_model and m.face_count >= CALIBRATE_FROM and m.face_count >= 4 * m.calibrated_on
-
-    def _maintain_now(self, collection_id: str) -> None:
-        try:
-            while True:  # writes during a step may make another one due
-                m = self._get(collection_id).manifest
-                if self._needs_training(m):
-                    self.train(collection_id)
-                elif self._needs_calibration(m):
-                    self.calibrate(collection_id)
-                else:
-                    return
-        except NotFound:
-            return
-        except Exception:
-            logger.exception("maintenance of %s failed; it is retried after the next write", collection_id)
-
-    def _sample(self, collection_id: str, n: int, seed: int) -> tuple[np.ndarray, list[str]]:
-        state = self._get(collection_id)
-        sizes = {p: s for per_worker in self._call([w.sizes.remote(collection_id) for w in self.workers])
-                 for p, s in per_worker.items()}
-        total = sum(sizes.values())
-        want = {p: int(np.ceil(n * s / total)) for p, s in sizes.items() if s}
-        calls = []
-        for w, parts in self._worker_partitions(state.manifest.num_partitions):
-            mine = {p: want[p] for p in parts if p in want}
-            if mine:
-                calls.append(w.sample.options(concurrency_group=MAINTENANCE).remote(collection_id, mine, seed))
-        samples = self._call(calls)
-        return np.concatenate([x for x, _ in samples]), [pid for _, pids in samples for pid in pids]
-
-    def calibrate(self, collection_id: str) -> Calibration:
-        """Re-estimates a raw collection's impostor distribution from pairs of its own faces."""
-        state = self._get(collection_id)
-        xs, persons = self._sample(collection_id, CALIBRATION_SAMPLE, seed=int(time.time()))
-        calibration = Calibration.from_scores(impostor_scores(xs, persons), source="gallery")
-        with state.write_lock:
-            new = copy.deepcopy(state.manifest)
-            new.calibration = new.next_key("calibration.npz")
-            new.calibrated_on = new.face_count
-            self.store.put(new.calibration, calibration.to_bytes())
-            manifests.save(self.store, new)
-            state.manifest, state.calibration = new, calibration
-            manifests.gc_collection(self.store, new)
-        return calibration
-
-    def train(self, collection_id: str) -> int:
-        """Trains IVF-PQ on a sample and switches every partition to it; searches go on meanwhile.
-
-        Writes to the collection wait while partitions build their indexes.
-
-        Returns:
-            The new index version.
-        """
-        state = self._get(collection_id)
-        m = state.manifest
-        nlist = tuning.nlist_for(m.face_count)
-        pq_m = tuning.pq_m_for(m.dimension)
-        xt, persons = self._sample(collection_id, tuning.training_sample_size(m.face_count, nlist), seed=m.sequence)
-        trained_bytes = ray.get(ray.remote(_train_remote).options(num_cpus=1).remote(xt, nlist, pq_m))
-        calibration = None
-        if not m.embedding_model:
-            keep = slice(0, CALIBRATION_SAMPLE)
-            calibration = Calibration.from_scores(impostor_scores(xt[keep], persons[keep]), source="gallery")
-        with state.write_lock:
-            new = copy.deepcopy(state.manifest)
-            version = new.index_version + 1
-            new.trained_index = new.next_key(f"ivfpq-v{version}.faiss")
-            self.store.put(new.trained_index, trained_bytes)
-            keys = {p: (new.next_key(f"p{p}/snapshot.parquet"), new.next_key(f"p{p}/index.faiss"))
-                    for p in range(new.num_partitions)}
-            groups = self._worker_partitions(new.num_partitions)
-            built = self._call([w.build.options(concurrency_group=MAINTENANCE).remote(
-                collection_id, version, new.trained_index, {p: keys[p] for p in parts}) for w, parts in groups])
-            for parts in built:
-                for p, part in parts.items():
-                    new.partitions[p] = part
-            new.index_version, new.nlist, new.pq_m, new.trained_on = version, nlist, pq_m, new.face_count
-            if calibration is not None:
-                new.calibration = new.next_key("calibration.npz")
-                new.calibrated_on = new.face_count
-                self.store.put(new.calibration, calibration.to_bytes())
-            manifests.save(self.store, new)
-            self._call([w.activate.remote(collection_id, version, parts) for w, parts in groups])
-            trained = load_index(trained_bytes)
-            state.manifest = new
-            state.live = _Live(version, _quantizer(trained), trained, nlist)
-            if calibration is not None:
-                state.calibration = calibration
-            self._call([w.retire_previous.remote(collection_id) for w, _ in groups])
-            manifests.gc_collection(self.store, new)
-        logger.info("%s: IVF%d,PQ%d live as version %d (%d faces)", collection_id, nlist, pq_m, version,
-                    new.face_count)
-        return version
-
-
-def _quantizer(trained: faiss.Index) -> faiss.Index:
-    return faiss.extract_index_ivf(trained).quantizer
 
 
 def _encode_token(partition: int, start: int) -> str:

@@ -18,7 +18,6 @@ from gallery.v1 import gallery_pb2_grpc
 logger = logging.getLogger(__name__)
 
 # PQ's 8-bit codebooks have 256 centroids each, and k-means needs at least one training point per centroid.
-MIN_FACES_TO_BUILD_INDEX = 256
 
 _STATUS = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -173,11 +172,6 @@ class GalleryServicer(gallery_pb2_grpc.GalleryServicer):
 
     @_status_errors
     def BuildIndex(self, request, context):
-        m, _ = self.gallery.describe(request.collection_id)
-        if m.face_count < MIN_FACES_TO_BUILD_INDEX:
-            raise errors.FailedPrecondition(
-                f"collection {request.collection_id!r} has {m.face_count} faces: IVF-PQ needs at least "
-                f"{MIN_FACES_TO_BUILD_INDEX} to train on; smaller collections are searched exactly")
         self.gallery.wait_for_maintenance(request.collection_id, _deadline(context))
         self.gallery.train(request.collection_id)
         return pb.BuildIndexResponse(collection=self._describe(request.collection_id))

@@ -566,6 +566,7 @@ def test_gateway_runs_gallery_serve_on_the_ray_cluster(rendered: dict[str, list[
     assert gateway["restartPolicy"] == "Always"  # a native sidecar: restarted on its own
     assert "startupProbe" not in gateway  # it would block the head container it waits for
     assert _flag(args, "--store") == "${GALLERY_STORE}"
+    assert _flag(args, "--audit-store") == "s3://${GALLERY_BUCKET}"  # the role's append-only audit/ prefix
     assert _flag(args, "--ray-address") == "auto"
     assert (_flag(args, "--host"), _flag(args, "--port")) == ("0.0.0.0", "50051")
     assert {"name": "grpc", "containerPort": 50051, "protocol": "TCP"} in gateway["ports"]
@@ -580,10 +581,13 @@ def test_one_gpu_worker_per_shard(rendered: dict[str, list[dict[str, Any]]]) -> 
     _, args = _gateway(rendered)
     cluster = one_of(_objects(rendered["serving"], "RayCluster"))
     shards = one_of([g for g in cluster["spec"]["workerGroupSpecs"] if g["groupName"] == "shards"])
-    num_shards, gpus_per_shard = int(_flag(args, "--num-shards")), int(_flag(args, "--shard-num-gpus"))
+    num_shards, gpus_per_shard = int(_flag(args, "--num-shards")), float(_flag(args, "--shard-num-gpus"))
+    face_workers, gpus_per_face = int(_flag(args, "--face-workers")), float(_flag(args, "--face-num-gpus"))
     assert shards["replicas"] == shards["minReplicas"] == shards["maxReplicas"] == num_shards
     gpus = int(one_of(shards["template"]["spec"]["containers"])["resources"]["limits"][GPU])
-    assert gpus == gpus_per_shard == 1
+    assert gpus == 1
+    # every shard and face actor must fit on the GPU pods, or `gallery serve` waits forever for one
+    assert num_shards * gpus_per_shard + face_workers * gpus_per_face <= num_shards * gpus
 
 
 def test_gateway_service_reaches_the_head_pod(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -603,7 +607,7 @@ def test_enrollment_job_has_every_setting_it_expands(rendered: dict[str, list[di
     job = one_of(_objects(rendered["enroll"], "RayJob"))
     entrypoint = shlex.split(job["spec"]["entrypoint"])
     assert entrypoint[:3] == ["python", "-m", "jobs.enroll"]
-    for flag in ("--manifest", "--collection", "--gateway", "--store"):
+    for flag in ("--manifest", "--collection", "--gateway", "--output"):
         assert flag in entrypoint
     assert _flag(entrypoint, "--manifest").startswith("s3://")
     # K8sJobMode runs the entrypoint through the submitter pod's shell, so its env must define each variable.
