@@ -29,10 +29,12 @@ class QueryBatcher:
     Args:
         search_fn: returns (D, I, records) for a (nq, d) batch.
         max_batch_size: queries per dispatch, >= 1.
-        max_in_flight: dispatches running at once, >= 1.
+        max_in_flight: dispatches running at once, >= 1. One is best here: every dispatch already
+            runs on all shards in parallel, and each Ray call costs the gateway ~1 ms of native CPU, so
+            fewer, larger batches serve more queries (8 clients at batch 1: 500 vs 450 QPS with two).
     """
 
-    def __init__(self, search_fn: SearchFn, *, max_batch_size: int = 256, max_in_flight: int = 2):
+    def __init__(self, search_fn: SearchFn, *, max_batch_size: int = 256, max_in_flight: int = 1):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if max_in_flight < 1:
