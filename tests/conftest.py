@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
+import sys
 import urllib.request
 import uuid
 
@@ -81,7 +81,8 @@ def s3_server(tmp_path_factory):
     """A real S3 endpoint (moto's server) on 127.0.0.1; yields its URL."""
     port = free_port()
     log = open(tmp_path_factory.mktemp("s3") / "moto.log", "wb")
-    process = subprocess.Popen([shutil.which("moto_server") or "moto_server", "-H", "127.0.0.1", "-p", str(port)],
+    # this interpreter's moto (>= 5.2.5), not whichever moto_server is first on PATH: 5.2.1 breaks multipart writes
+    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                                stdout=log, stderr=subprocess.STDOUT)
     endpoint = f"http://127.0.0.1:{port}"
 
