@@ -163,11 +163,16 @@ class Gallery(IndexMaintenance):
             raise NotFound(f"collection {collection_id!r} does not exist")
         return state
 
+    def _owners(self, partitions) -> dict[int, list[int]]:
+        """The given partitions grouped by the id of the worker that holds them (partition p: worker p % W)."""
+        out: dict[int, list[int]] = {}
+        for p in partitions:
+            out.setdefault(p % len(self.workers), []).append(p)
+        return out
+
     def _worker_partitions(self, num_partitions: int) -> list[tuple[object, list[int]]]:
-        groups: dict[int, list[int]] = {}
-        for p in range(num_partitions):
-            groups.setdefault(p % len(self.workers), []).append(p)
-        return [(self.workers[w], parts) for w, parts in groups.items()]
+        """(worker handle, its partitions) for every worker holding part of a collection."""
+        return [(self.workers[w], parts) for w, parts in self._owners(range(num_partitions)).items()]
 
     def _by_worker(self, num_partitions: int, face_ids: Sequence[str]) -> dict[int, dict[int, list[str]]]:
         """face ids grouped worker -> partition -> ids."""
@@ -287,9 +292,11 @@ class Gallery(IndexMaintenance):
             batch = FaceBatch(records, stored)
             keys = {p: new.next_key(f"p{p}/add.parquet") for p in rows_by_partition}
             segments = {p: Segment(keys[p], "add") for p in rows_by_partition}
-            self._commit(collection_id, state, new, segments, lambda w, txn, parts: w.stage_add.remote(
-                collection_id, txn, {p: batch.take(rows_by_partition[p]) for p in parts}, {p: keys[p] for p in parts}),
-                face_delta=len(keep))
+            txn = uuid.uuid4().hex
+            self._stage(txn, [self.workers[w].stage_add.remote(
+                collection_id, txn, {p: batch.take(rows_by_partition[p]) for p in parts}, {p: keys[p] for p in parts})
+                for w, parts in self._owners(rows_by_partition).items()])
+            self._finish_commit(collection_id, state, new, segments, txn, len(keep))
         self._maintain(collection_id, state)
         return [records[i].face_id for i in keep], skipped
 
@@ -304,8 +311,8 @@ class Gallery(IndexMaintenance):
             by_worker = self._by_worker(P, list(dict.fromkeys(face_ids)))
             keys = {p: new.next_key(f"p{p}/delete.parquet") for parts in by_worker.values() for p in parts}
             txn = uuid.uuid4().hex
-            found_by_worker = self._stage(txn, [(self.workers[w], self.workers[w].stage_delete.remote(
-                collection_id, txn, ids, {p: keys[p] for p in ids})) for w, ids in by_worker.items()])
+            found_by_worker = self._stage(txn, [self.workers[w].stage_delete.remote(
+                collection_id, txn, ids, {p: keys[p] for p in ids}) for w, ids in by_worker.items()])
             found = {p: ids for f in found_by_worker for p, ids in f.items()}
             deleted = [i for ids in found.values() for i in ids]
             if deleted:
@@ -315,9 +322,10 @@ class Gallery(IndexMaintenance):
                 self._abort(txn)
         return deleted, [f for f in dict.fromkeys(face_ids) if f not in set(deleted)]
 
-    def _stage(self, txn: str, calls: list[tuple[object, object]]) -> list:
+    def _stage(self, txn: str, refs: list) -> list:
+        """Waits for the workers' stage calls; any failure aborts the transaction on every worker."""
         try:
-            return self._call([ref for _, ref in calls])
+            return self._call(refs)
         except BaseException:
             self._abort(txn)
             raise
@@ -327,14 +335,6 @@ class Gallery(IndexMaintenance):
             ray.get([w.abort.remote(txn) for w in self.workers], timeout=self.call_timeout_s)
         except Exception:  # staged objects no manifest names are garbage anyway
             logger.warning("abort of %s did not reach every worker", txn, exc_info=True)
-
-    def _commit(self, collection_id, state, new, segments, stage_call, face_delta):
-        txn = uuid.uuid4().hex
-        workers = {}
-        for p in segments:
-            workers.setdefault(p % len(self.workers), []).append(p)
-        self._stage(txn, [(self.workers[w], stage_call(self.workers[w], txn, parts)) for w, parts in workers.items()])
-        self._finish_commit(collection_id, state, new, segments, txn, face_delta)
 
     def _finish_commit(self, collection_id: str, state: _Collection, new: CollectionManifest,
                        segments: dict[int, Segment], txn: str, face_delta: int) -> None:
@@ -348,11 +348,9 @@ class Gallery(IndexMaintenance):
             self._abort(txn)
             raise Unavailable(f"object store write failed: {e}") from e
         state.manifest = new
-        by_worker: dict[int, dict[int, Segment]] = {}
-        for p, segment in segments.items():
-            by_worker.setdefault(p % len(self.workers), {})[p] = segment
         try:
-            self._call([self.workers[w].apply.remote(collection_id, txn, segs) for w, segs in by_worker.items()])
+            self._call([self.workers[w].apply.remote(collection_id, txn, {p: segments[p] for p in parts})
+                        for w, parts in self._owners(segments).items()])
         except (Unavailable, DeadlineExceeded):  # committed: a restarted worker loads it from the manifest
             logger.warning("apply of %s deferred to worker recovery", txn, exc_info=True)
         self._compact_if_needed(collection_id, state)
@@ -364,17 +362,15 @@ class Gallery(IndexMaintenance):
             return
         new = copy.deepcopy(m)
         keys = {p: (new.next_key(f"p{p}/snapshot.parquet"), new.next_key(f"p{p}/index.faiss")) for p in due}
-        by_worker: dict[int, dict] = {}
-        for p in due:
-            by_worker.setdefault(p % len(self.workers), {})[p] = keys[p]
-        compact = [self.workers[w].compact.options(concurrency_group=MAINTENANCE).remote(collection_id, keys)
-                   for w, keys in by_worker.items()]
+        by_worker = self._owners(keys)
+        compact = [self.workers[w].compact.options(concurrency_group=MAINTENANCE).remote(
+            collection_id, {p: keys[p] for p in parts}) for w, parts in by_worker.items()]
         for parts in self._call(compact):
             for p, part in parts.items():
                 new.partitions[p] = part
         manifests.save(self.store, new)
         state.manifest = new
-        self._call([self.workers[w].compacted.remote(collection_id, list(k)) for w, k in by_worker.items()])
+        self._call([self.workers[w].compacted.remote(collection_id, parts) for w, parts in by_worker.items()])
         manifests.gc_collection(self.store, new)
 
     # ---- search ------------------------------------------------------------
