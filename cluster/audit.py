@@ -48,26 +48,29 @@ class AuditLog:
         self._thread.start()
 
     def record(self, entry: dict) -> None:
-        line = json.dumps({"time": datetime.now(timezone.utc).isoformat(), **entry}, default=str)
+        """Queues one record; it is serialised at flush time, off the request path."""
+        entry["time"] = time.time()
         with self._lock:
-            self._buffer.append(line)
+            self._buffer.append(entry)
             full = len(self._buffer) >= self.max_buffered
         if full:
             self.flush()
 
     def flush(self) -> None:
         with self._lock:
-            lines, self._buffer = self._buffer, []
-            if not lines:
+            entries, self._buffer = self._buffer, []
+            if not entries:
                 return
             self._sequence += 1
             key = f"audit/{datetime.now(timezone.utc):%Y/%m/%d/%H}/{self.gateway_id}-{self._sequence:08d}.jsonl"
         try:
+            lines = [json.dumps({**e, "time": datetime.fromtimestamp(e["time"], timezone.utc).isoformat()},
+                                default=str) for e in entries]
             self.store.put(key, ("\n".join(lines) + "\n").encode())
         except Exception:  # keep the records for the next try rather than lose them
-            logger.exception("audit write to %s failed; %d records kept for the next flush", key, len(lines))
+            logger.exception("audit write to %s failed; %d records kept for the next flush", key, len(entries))
             with self._lock:
-                self._buffer[:0] = lines
+                self._buffer[:0] = entries
 
     def close(self) -> None:
         self._stop.set()

@@ -159,3 +159,30 @@ def test_empty_collection_and_deadline(gallery):
     gallery.add("c", _records(100), clustered_embeddings(100, 8))
     with pytest.raises(DeadlineExceeded):
         gallery.search("c", np.ones((1000, 8), np.float32), 1000, timeout_s=1e-6)
+
+
+def test_compiled_search_graph_gives_the_same_results_and_survives_a_crash(galleries, tmp_path):
+    gallery = galleries.start(str(tmp_path), compile_search_graph=True)
+    xb = clustered_embeddings(500, 16, seed=18)
+    gallery.create_collection("c", dimension=16)
+    gallery.add("c", _records(500), xb)
+    plain = galleries.start(str(tmp_path))  # the same store, served through plain actor calls
+    fan_out = gallery._fan_out_to_workers
+    deadline = time.monotonic() + 60
+    while fan_out._graph is None:
+        assert time.monotonic() < deadline, "the search graph did not compile"
+        time.sleep(0.2)
+    through_graph = gallery.search("c", xb[:20], 7)
+    assert fan_out._graph is not None  # the search went through it
+    expected = plain.search("c", xb[:20], 7)
+    assert _ids(through_graph) == _ids(expected) and _scores(through_graph) == _scores(expected)
+    ray.kill(gallery.workers[1], no_restart=False)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            after = gallery.search("c", xb[:20], 7)
+            break
+        except Exception:
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+    assert _ids(after) == _ids(expected)
