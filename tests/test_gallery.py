@@ -25,6 +25,18 @@ def _scores(results):
     return [[c.similarity for c in q] for q in results.candidates]
 
 
+def _search_after_crash(gallery, xq, k, timeout_s=60):
+    """Searches collection "c" until the restarted worker answers (UNAVAILABLE meanwhile is expected)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return gallery.search("c", xq, k)
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def test_sharded_exact_search_is_identical_to_one_flat_index(galleries, tmp_path):
     gallery = galleries.start(str(tmp_path), num_workers=3)
     xb = clustered_embeddings(3000, 64, seed=11)
@@ -127,16 +139,7 @@ def test_crashed_worker_comes_back_from_the_store(galleries, tmp_path):
     gallery.add("c", _records(400), xb)
     before = gallery.search("c", xb[:10], 5)
     ray.kill(gallery.workers[0], no_restart=False)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            after = gallery.search("c", xb[:10], 5)
-            break
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-    assert _ids(after) == _ids(before)
+    assert _ids(_search_after_crash(gallery, xb[:10], 5)) == _ids(before)
 
 
 def test_duplicates_fail_whole_or_are_skipped(gallery):
@@ -177,12 +180,4 @@ def test_compiled_search_graph_gives_the_same_results_and_survives_a_crash(galle
     expected = plain.search("c", xb[:20], 7)
     assert _ids(through_graph) == _ids(expected) and _scores(through_graph) == _scores(expected)
     ray.kill(gallery.workers[1], no_restart=False)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            after = gallery.search("c", xb[:20], 7)
-            break
-        except Exception:
-            assert time.monotonic() < deadline
-            time.sleep(0.5)
-    assert _ids(after) == _ids(expected)
+    assert _ids(_search_after_crash(gallery, xb[:20], 7)) == _ids(expected)
