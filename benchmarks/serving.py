@@ -107,7 +107,7 @@ def free_port() -> int:
 
 
 def main(num_vectors: int = 1_000_000, dimension: int = 512, num_queries: int = 1000, num_shards: int = 2,
-         clients: int = 8, duration_s: float = 10.0, quick: bool = False, compiled_search_graph: bool = False) -> dict:
+         clients: int = 8, duration_s: float = 10.0, quick: bool = False) -> dict:
     """Runs the benchmark; returns the figures of the final JSON line."""
     if quick:
         num_vectors, num_queries, duration_s = 50_000, 300, 3.0
@@ -159,8 +159,7 @@ def main(num_vectors: int = 1_000_000, dimension: int = 512, num_queries: int = 
     log = open(os.path.join(store, "serve.log"), "wb")
     server = subprocess.Popen([sys.executable, "-m", "cluster.cli", "serve", "--store", os.path.join(store, "data"),
                                "--port", str(port), "--num-shards", str(num_shards),
-                               "--train-threshold", str(num_vectors), "--face-workers", "0"]
-                              + (["--compiled-search-graph"] if compiled_search_graph else []),
+                               "--train-threshold", str(num_vectors), "--face-workers", "0"],
                               stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "RAY_ADDRESS": ""})
     try:
         client = GalleryClient(f"127.0.0.1:{port}", timeout_s=600)
@@ -214,7 +213,7 @@ def main(num_vectors: int = 1_000_000, dimension: int = 512, num_queries: int = 
     p50_added = float(np.percentile(cluster_figures["latency_ms"], 50) - np.percentile(local_figures["latency_ms"], 50))
     figures = {
         "num_vectors": num_vectors, "dimension": dimension, "num_shards": num_shards, "nlist": nlist, "pq_m": pq_m,
-        "nprobe": nprobe, "clients": clients, "compiled_search_graph": compiled_search_graph,
+        "nprobe": nprobe, "clients": clients,
         "qps_ratio": min(cluster_figures["qps_batch_1"] / local_figures["qps_batch_1"],
                          cluster_figures["qps_batch_256"] / local_figures["qps_batch_256"]),
         "qps_ratio_batch_1": cluster_figures["qps_batch_1"] / local_figures["qps_batch_1"],
@@ -241,8 +240,6 @@ if __name__ == "__main__":
     parser.add_argument("--num-shards", type=int, default=2)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--duration-s", type=float, default=10.0)
-    parser.add_argument("--compiled-search-graph", action="store_true",
-                        help="serve with `gallery serve --compiled-search-graph`")
     args = parser.parse_args()
     main(num_vectors=args.num_vectors, num_shards=args.num_shards, clients=args.clients, duration_s=args.duration_s,
-         quick=args.quick, compiled_search_graph=args.compiled_search_graph)
+         quick=args.quick)

@@ -28,8 +28,7 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
           port: int = 50051, s3_endpoint: str = "", shard_num_cpus: float = 1.0, shard_num_gpus: float = 0.0,
           train_threshold: int = tuning.DEFAULT_TRAIN_THRESHOLD, max_workers: int = 32, face_workers: int = 1,
           face_num_cpus: float = 1.0, face_num_gpus: float = -1.0, max_image_bytes: int = MAX_IMAGE_BYTES,
-          max_s3_image_bytes: int = MAX_S3_IMAGE_BYTES, auth_tokens_file: str = "", audit_store: str = "",
-          compiled_search_graph: bool = False) -> None:
+          max_s3_image_bytes: int = MAX_S3_IMAGE_BYTES, auth_tokens_file: str = "", audit_store: str = "") -> None:
     """Serves gallery.v1 until SIGINT or SIGTERM.
 
     Args:
@@ -50,7 +49,6 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
         max_s3_image_bytes: largest image read from S3.
         auth_tokens_file: JSON {"<token>": "<caller identity>"}; when set, every call needs a known bearer token.
         audit_store: where audit/ records go (a folder or s3://bucket[/prefix]); default: the store.
-        compiled_search_graph: fan searches out through a Ray compiled graph (~1 ms less per query; each shard worker busy-polls a core).
     """
     runtime.start_ray(ray_address)
     workers = runtime.start_workers(num_shards, store, s3_endpoint=s3_endpoint or None, num_cpus=shard_num_cpus,
@@ -61,8 +59,7 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
                                                  num_gpus=None if face_num_gpus < 0 else face_num_gpus)
         model = ray.get(face_actors[0].ready.remote())
     object_store = ObjectStore(store, s3_endpoint=s3_endpoint or None)
-    gallery = Gallery(object_store, workers, model=model, default_train_threshold=train_threshold,
-                      compile_search_graph=compiled_search_graph)
+    gallery = Gallery(object_store, workers, model=model, default_train_threshold=train_threshold)
     tokens = load_tokens(auth_tokens_file) if auth_tokens_file else None
     audit = AuditLog(ObjectStore(audit_store, s3_endpoint=s3_endpoint or None) if audit_store else object_store)
     interceptors = [AuditInterceptor(audit, tokens)] + ([AuthInterceptor(tokens)] if tokens else [])

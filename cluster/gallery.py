@@ -101,8 +101,6 @@ class Gallery(IndexMaintenance):
         max_segments: segments a partition accumulates before it is compacted.
         call_timeout_s: bound on one call to the workers.
         background_maintenance: train and calibrate collections in the background as they grow.
-        compile_search_graph: fan searches out through a Ray compiled graph: ~1 ms faster per query, at
-            the cost of a busy-polling core per worker (see cluster/fanout.py).
 
     Example:
         >>> gallery = Gallery(ObjectStore("/tmp/g"), workers)
@@ -114,8 +112,7 @@ class Gallery(IndexMaintenance):
 
     def __init__(self, store: ObjectStore, workers: Sequence, *, model: EmbeddingModel | None = None,
                  default_train_threshold: int = tuning.DEFAULT_TRAIN_THRESHOLD, max_segments: int = 64,
-                 call_timeout_s: float = 120.0, background_maintenance: bool = True,
-                 compile_search_graph: bool = False):
+                 call_timeout_s: float = 120.0, background_maintenance: bool = True):
         if not workers:
             raise ValueError("Gallery needs at least one worker")
         self.store = store
@@ -128,7 +125,7 @@ class Gallery(IndexMaintenance):
         self._collections: dict[str, _Collection] = {}
         self._lock = threading.Lock()
         self._batcher = QueryBatcher(self._search_batch)
-        self._fan_out_to_workers = SearchFanOut(self.workers, compile_graph=compile_search_graph)
+        self._fan_out_to_workers = SearchFanOut(self.workers, timeout_s=call_timeout_s)
         loaded = manifests.load_all(store)
         self._call([w.open_collection.remote(m.to_json()) for m in loaded for w in self.workers])
         for m in loaded:

@@ -4,9 +4,11 @@ Partition p of a collection lives on worker p % num_workers. A worker loads
 its partitions from the committed manifests when it starts, so a worker that
 Ray restarts after a crash comes back with every committed face.
 
-Searches and writes run one at a time in Ray's default concurrency group;
-index builds, compactions and sampling run in the "maintenance" group, so a
-long build does not stop searches.
+Writes run one at a time in Ray's default concurrency group; index builds,
+compactions and sampling run in the "maintenance" group, so a long build does
+not stop searches. Searches come in on the worker's direct channel
+(cluster/channel.py) or, while the gateway has none open, as actor calls; each
+partition's lock orders them with writes.
 
 Writes are two-phase, driven by the gateway under the collection's write lock:
 `stage` checks and writes a segment object, the gateway commits the manifest,
@@ -19,13 +21,14 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import threading
 from dataclasses import dataclass
 
 import faiss
 import numpy as np
+import ray
 
 from cluster import manifest as manifests
+from cluster.channel import ChannelAddress, ChannelServer
 from cluster.manifest import CollectionManifest, PartitionManifest, Segment
 from cluster.merge import merge_topk
 from cluster.records import FaceBatch, FaceRecord, batch_from_parquet, batch_to_parquet, ids_from_parquet, ids_to_parquet
@@ -77,7 +80,7 @@ class ShardWorker:
         self._partitions: dict[str, dict[int, ShardIndex]] = {}
         self._applied: dict[tuple[str, int], set[str]] = {}  # segment keys applied since the snapshot
         self._staged: dict[str, list[tuple[str, int, Segment, object]]] = {}
-        self._lock = threading.Lock()
+        self._channel: ChannelServer | None = None
         for manifest in manifests.load_all(self.store):
             self.open_collection(manifest.to_json())
 
@@ -88,6 +91,13 @@ class ShardWorker:
     def ready(self) -> dict:
         """Sizes of the partitions held, for health checks."""
         return {cid: {p: s.size for p, s in parts.items()} for cid, parts in self._partitions.items()}
+
+    def search_channel(self, gateway_node_id: str) -> ChannelAddress:
+        """Where this process serves `search` to a gateway on the given Ray node (opened on first call)."""
+        if self._channel is None:
+            self._channel = ChannelServer(self.search, node_id=ray.get_runtime_context().get_node_id(),
+                                          host=ray.util.get_node_ip_address())
+        return self._channel.address_for(gateway_node_id)
 
     def owns(self, partition: int) -> bool:
         return partition % self.num_workers == self.worker_id

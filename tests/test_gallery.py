@@ -1,5 +1,6 @@
 """The Gallery API on a real local Ray: exact merge, training, recall, restarts, deletes, crashes."""
 
+import pickle
 import time
 
 import faiss
@@ -11,6 +12,8 @@ from cluster import vectors
 from cluster.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition
 from cluster.records import FaceRecord
 from cluster.synthetic import clustered_embeddings, noisy_probes
+from cluster.worker import SearchRequest
+from support import wait_until
 
 
 def _records(n, start=0, **metadata):
@@ -164,20 +167,25 @@ def test_empty_collection_and_deadline(gallery):
         gallery.search("c", np.ones((1000, 8), np.float32), 1000, timeout_s=1e-6)
 
 
-def test_compiled_search_graph_gives_the_same_results_and_survives_a_crash(galleries, tmp_path):
-    gallery = galleries.start(str(tmp_path), compile_search_graph=True)
+def test_search_channels_answer_as_actor_calls_do_and_reopen_after_a_crash(gallery):
     xb = clustered_embeddings(500, 16, seed=18)
     gallery.create_collection("c", dimension=16)
     gallery.add("c", _records(500), xb)
-    plain = galleries.start(str(tmp_path))  # the same store, served through plain actor calls
     fan_out = gallery._fan_out_to_workers
-    deadline = time.monotonic() + 60
-    while fan_out._graph is None:
-        assert time.monotonic() < deadline, "the search graph did not compile"
-        time.sleep(0.2)
-    through_graph = gallery.search("c", xb[:20], 7)
-    assert fan_out._graph is not None  # the search went through it
-    expected = plain.search("c", xb[:20], 7)
-    assert _ids(through_graph) == _ids(expected) and _scores(through_graph) == _scores(expected)
+    request = pickle.dumps(SearchRequest("c", vectors.normalize(xb[:20]), 7, 0, None, None, 7))
+    through_channels = [pickle.loads(r) for r in fan_out(request, 10)]
+    assert fan_out._pools is not None and all(pool._idle for pool in fan_out._pools)  # the channels answered
+    through_ray = [pickle.loads(r) for r in ray.get([w.search.remote(request) for w in gallery.workers])]
+    for a, b in zip(through_channels, through_ray):
+        np.testing.assert_array_equal(a.I, b.I)
+        np.testing.assert_array_equal(a.D, b.D)
+    expected = gallery.search("c", xb[:20], 7)
+    old = fan_out._pools
     ray.kill(gallery.workers[1], no_restart=False)
-    assert _ids(_search_after_crash(gallery, xb[:20], 7)) == _ids(expected)
+
+    def reopened() -> bool:  # searches meanwhile go out as actor calls, or fail as UNAVAILABLE
+        assert _ids(_search_after_crash(gallery, xb[:20], 7)) == _ids(expected)
+        return fan_out._pools is not None and fan_out._pools is not old
+
+    wait_until(reopened, 60, "channels to reopen")
+    assert fan_out._pools[1].address != old[1].address  # the restarted worker listens anew
