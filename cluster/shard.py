@@ -25,12 +25,22 @@ from cluster.records import FaceBatch, FaceRecord
 
 logger = logging.getLogger(__name__)
 
-# Exact search scores each (query, vector) pair with faiss's SIMD kernel instead of BLAS:
-# BLAS picks kernels by matrix shape, so a score would depend on how the vectors
-# happen to be split across shards. Exact search only serves small collections.
-faiss.cvar.distance_compute_blas_threshold = 2**30
-
 _RERANK_FLOATS = 4_000_000  # bounds the (queries, depth, d) float32 temporary of one re-rank step: 16 MB
+
+
+def exact_search(index: faiss.Index, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Searches a flat index a few queries per call, so that faiss scores pairs with its SIMD kernel.
+
+    From `faiss.cvar.distance_compute_blas_threshold` queries per call (20 by default)
+    faiss uses BLAS, whose kernels depend on the matrices' shapes: a face's score would
+    then depend on how the collection is split across shards. Exact search only serves
+    small collections; elsewhere (training, coarse assignment) BLAS stays on.
+    """
+    step = max(1, min(16, faiss.cvar.distance_compute_blas_threshold - 1))
+    if xq.shape[0] <= step:
+        return index.search(xq, k)
+    parts = [index.search(xq[start:start + step], k) for start in range(0, xq.shape[0], step)]
+    return np.vstack([D for D, _ in parts]), np.vstack([I for _, I in parts])
 
 
 class StaleIndexVersion(RuntimeError):
@@ -159,7 +169,7 @@ class ShardIndex:
                 raise StaleIndexVersion(f"partition {self.partition} serves index version {self.version}, "
                                         f"asked {version}")
             if version == 0:
-                return index.search(xq, k)
+                return exact_search(index, xq, k)
             index.nprobe = Iq.shape[1]  # search_preassigned scans Iq's columns; the lock makes this safe
             _, candidates = index.search_preassigned(xq, rerank_k or k, Iq, Dq)
             return self._rerank(xq, candidates, k)

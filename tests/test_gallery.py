@@ -11,6 +11,7 @@ import ray
 from cluster import vectors
 from cluster.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition
 from cluster.records import FaceRecord
+from cluster.shard import exact_search
 from cluster.synthetic import clustered_embeddings, noisy_probes
 from cluster.worker import SearchRequest
 from support import wait_until
@@ -50,7 +51,7 @@ def test_sharded_exact_search_is_identical_to_one_flat_index(galleries, tmp_path
     results = gallery.search("c", xq, 25)
     reference = faiss.IndexFlatIP(64)
     reference.add(vectors.to_stored(vectors.normalize(xb)).astype(np.float32))
-    D_ref, I_ref = reference.search(vectors.normalize(xq), 25)  # as the gallery sees them
+    D_ref, I_ref = exact_search(reference, vectors.normalize(xq), 25)  # as the gallery sees them
     assert _ids(results) == [[f"face-{i}" for i in row] for row in I_ref]
     np.testing.assert_array_equal(np.array(_scores(results), dtype=np.float32), D_ref)
 

@@ -8,6 +8,7 @@ from cluster import tuning, vectors
 from cluster.calibration import Calibration, impostor_scores
 from cluster.errors import InvalidArgument
 from cluster.merge import merge_topk
+from cluster.shard import exact_search
 from cluster.synthetic import clustered_embeddings
 
 
@@ -46,13 +47,13 @@ def test_merge_matches_one_flat_index():
     xq = clustered_embeddings(50, 32, seed=4)
     reference = faiss.IndexFlatIP(32)
     reference.add(xb)
-    D_ref, I_ref = reference.search(xq, 20)
+    D_ref, I_ref = exact_search(reference, xq, 20)
     parts = []
     for shard in range(3):
         index = faiss.IndexIDMap(faiss.IndexFlatIP(32))
         ids = np.arange(shard, 3000, 3)
         index.add_with_ids(xb[ids], ids)
-        parts.append(index.search(xq, 20))
+        parts.append(exact_search(index, xq, 20))
     D, I = merge_topk(parts, 20)
     np.testing.assert_array_equal(I, I_ref)
     np.testing.assert_array_equal(D, D_ref)
