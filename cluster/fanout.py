@@ -1,7 +1,7 @@
 """Sending one search request to every shard worker: over the workers' direct channels, or Ray actor calls.
 
-The channels (cluster/channel.py) cost ~0.1 ms per fan-out to two workers
-where Ray actor calls cost ~1 ms. Actor calls remain the way in while a
+A search of a tiny collection fanned out to two workers takes 0.22 ms (p50,
+2 cores) over the channels (cluster/channel.py) and 1.35 ms as Ray actor calls. Actor calls remain the way in while a
 channel is unknown or broken: when a worker crashed, its channel breaks, that
 request goes out as actor calls (which wait for Ray to restart the worker, or
 fail as UNAVAILABLE), and the workers' new channel addresses are fetched in the
