@@ -3,8 +3,10 @@
 A Ray actor call costs the gateway ~1 ms of CPU in Ray's native threads (0.9 ms
 p50 to fan a no-op out to two workers on 2 cores), a third of the latency
 budget of a batch-1 query. So each ShardWorker also serves searches on sockets
-of its own: a Unix socket for gateways on its node and, opened when a gateway
-on another node asks, TCP on its node's address. Connections are authenticated with a random key per worker
+of its own: a Unix socket for gateways on its node (in Linux's abstract
+namespace, so it is shared by the containers of a pod and vanishes with the
+process) and, opened when a gateway on another node asks, TCP on its node's
+address. Connections are authenticated with a random key per worker
 process (the HMAC challenge of `multiprocessing.connection`) that the gateway
 learns through a Ray call: only a holder of the actor handle can connect.
 
@@ -19,7 +21,7 @@ import logging
 import os
 import pickle
 import secrets
-import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -42,14 +44,14 @@ class ChannelAddress:
     """Where a worker process listens, and the key that opens it."""
 
     node_id: str  # Ray node of the worker
-    unix_path: str  # for gateways on that node
+    unix_address: str  # for gateways on that node
     tcp: tuple[str, int] | None  # for gateways on other nodes
     authkey: bytes
 
     def connect(self, node_id: str) -> Connection:
         """Opens a connection from a process on Ray node `node_id`."""
         if node_id == self.node_id:
-            return Client(self.unix_path, family="AF_UNIX", authkey=self.authkey)
+            return Client(self.unix_address, family="AF_UNIX", authkey=self.authkey)
         if self.tcp is None:
             raise ChannelClosed(f"no TCP listener for node {node_id}: ask the worker with that node id")
         return Client(self.tcp, family="AF_INET", authkey=self.authkey)
@@ -69,10 +71,9 @@ class ChannelServer:
         self.node_id = node_id
         self._host = host
         self._authkey = secrets.token_bytes(32)
-        self._folder = tempfile.mkdtemp(prefix="gallery-channel-")
         self._closed = False
         self._lock = threading.Lock()
-        self._unix = self._listen(Listener(os.path.join(self._folder, "search.sock"), family="AF_UNIX"))
+        self._unix = self._listen(Listener(_unix_address(), family="AF_UNIX"))
         self._tcp: Listener | None = None
 
     def address_for(self, node_id: str) -> ChannelAddress:
@@ -88,7 +89,6 @@ class ChannelServer:
         for listener in (self._unix, self._tcp):
             if listener is not None:
                 listener.close()
-        shutil.rmtree(self._folder, ignore_errors=True)
 
     def _listen(self, listener: Listener) -> Listener:
         # Listener(authkey=...) would run the handshake inside accept(): a peer that stalled it would stop
@@ -130,6 +130,13 @@ class ChannelServer:
                     return
 
 
+def _unix_address() -> str:
+    name = f"gallery-search-{secrets.token_hex(8)}"
+    if sys.platform == "linux":
+        return "\0" + name
+    return os.path.join(tempfile.gettempdir(), f"{name}.sock")
+
+
 def _pickled_error(e: Exception) -> bytes:
     try:
         data = pickle.dumps(e)
@@ -163,7 +170,7 @@ class ChannelPool:
         try:
             return self.address.connect(self._node_id)
         except (OSError, EOFError, AuthenticationError) as e:
-            raise ChannelClosed(f"cannot connect to {self.address.unix_path}: {e}") from e
+            raise ChannelClosed(f"cannot connect to worker on node {self.address.node_id}: {e}") from e
 
     def give_back(self, connection: Connection) -> None:
         with self._lock:

@@ -78,7 +78,7 @@ def test_concurrent_callers_get_their_own_replies(servers):
 def test_a_wrong_key_is_refused(servers):
     address = servers[0].address_for(NODE)
     with pytest.raises((AuthenticationError, EOFError, ConnectionError)):
-        Client(address.unix_path, family="AF_UNIX", authkey=b"not the key")
+        Client(address.unix_address, family="AF_UNIX", authkey=b"not the key")
     connection = ChannelPool(address, NODE).take()  # the server still serves the right key
     assert bytes(exchange([connection], b"ab", 5)[0]) == b"ba"
 
