@@ -53,7 +53,8 @@ class ChannelAddress:
         if node_id == self.node_id:
             return Client(self.unix_address, family="AF_UNIX", authkey=self.authkey)
         if self.tcp is None:
-            raise ChannelClosed(f"no TCP listener for node {node_id}: ask the worker with that node id")
+            raise ChannelClosed(f"this address is for gateways on node {self.node_id}; ask the worker for one "
+                                f"for node {node_id}")
         return Client(self.tcp, family="AF_INET", authkey=self.authkey)
 
 
