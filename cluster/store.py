@@ -3,6 +3,9 @@
 Every object is written whole or not at all: on a local disk through a
 temporary file and a rename, on S3 because a PUT is atomic. Readers therefore
 never see half an object, which is what makes manifests safe to commit last.
+A process killed between the write and the rename leaves its temporary file
+behind; it is hidden (".name.tmp-…", as Parquet dataset readers skip dot-files),
+never listed, and removed with its prefix.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from urllib.parse import urlparse
 import pyarrow.fs as pafs
 
 logger = logging.getLogger(__name__)
+
+TEMPORARY_MARK = ".tmp-"
 
 
 class ObjectStore:
@@ -60,7 +65,8 @@ class ObjectStore:
         path = self._path(key)
         if self.is_local:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            temporary = f"{path}.tmp-{uuid.uuid4().hex}"
+            folder, name = os.path.split(path)
+            temporary = os.path.join(folder, f".{name}{TEMPORARY_MARK}{uuid.uuid4().hex}")
             try:
                 with open(temporary, "wb") as f:
                     f.write(data)
@@ -84,11 +90,13 @@ class ObjectStore:
 
     def list(self, prefix: str) -> list[str]:
         """Keys of all objects under prefix, sorted."""
+        return [key for key in self._files(prefix) if not _is_temporary(key)]
+
+    def _files(self, prefix: str) -> list[str]:
         selector = pafs.FileSelector(self._path(prefix), recursive=True, allow_not_found=True)
         infos = self.fs.get_file_info(selector)
         start = len(self.root) + 1
-        return sorted(info.path[start:] for info in infos
-                      if info.type == pafs.FileType.File and ".tmp-" not in info.path)
+        return sorted(info.path[start:] for info in infos if info.type == pafs.FileType.File)
 
     def delete(self, key: str) -> None:
         try:
@@ -97,5 +105,11 @@ class ObjectStore:
             pass
 
     def delete_prefix(self, prefix: str) -> None:
-        for key in self.list(prefix):
+        """Deletes every object under prefix, with the temporary files of interrupted writes."""
+        for key in self._files(prefix):
             self.delete(key)
+
+
+def _is_temporary(key: str) -> bool:
+    name = posixpath.basename(key)
+    return name.startswith(".") and TEMPORARY_MARK in name

@@ -1,6 +1,11 @@
-"""Persistence to a real S3 server on 127.0.0.1 through pyarrow's S3 filesystem."""
+"""The object store: a local folder, and a real S3 server on 127.0.0.1 through pyarrow's S3 filesystem."""
+
+import subprocess
+import sys
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from cluster.records import FaceRecord
 from cluster.store import ObjectStore
@@ -16,6 +21,28 @@ def test_object_store_on_s3(s3_server, s3_bucket):
     assert store.list("a/") == ["a/b.bin", "a/c.bin"] and store.exists("a/b.bin")
     store.delete_prefix("a/")
     assert store.list("") == [] and not store.exists("a/b.bin")
+
+
+def test_write_killed_before_its_rename_leaves_nothing_readers_see(tmp_path):
+    store = ObjectStore(str(tmp_path))
+    segment = pa.table({"face_id": ["a", "b"]})
+    sink = pa.BufferOutputStream()
+    pq.write_table(segment, sink)
+    store.put("segments/1.parquet", sink.getvalue().to_pybytes())
+    # The process dies (SIGKILL, no cleanup) with the whole object written but not yet renamed into place.
+    killed = subprocess.run([sys.executable, "-c", f"""
+import os, signal
+from cluster.store import ObjectStore
+os.replace = lambda *_: os.kill(os.getpid(), signal.SIGKILL)
+ObjectStore({str(tmp_path)!r}).put("segments/2.parquet", open({str(tmp_path / "segments" / "1.parquet")!r}, "rb").read())
+"""])
+    assert killed.returncode == -9
+    assert len(list((tmp_path / "segments").iterdir())) == 2  # the orphaned temporary file
+
+    assert store.list("") == ["segments/1.parquet"] and not store.exists("segments/2.parquet")
+    assert pq.read_table(tmp_path / "segments").column("face_id").to_pylist() == ["a", "b"]
+    store.delete_prefix("segments/")
+    assert list((tmp_path / "segments").iterdir()) == []
 
 
 def test_gallery_on_s3_survives_restart(galleries, s3_server, s3_bucket):
