@@ -22,6 +22,7 @@ import numpy as np
 
 _TAIL = 10_000
 _QUANTILES = 1001
+_PROBABILITIES = np.linspace(0, 1, _QUANTILES)
 UNCALIBRATED = -1.0
 
 
@@ -46,7 +47,7 @@ class Calibration:
         if scores.size < 10 or not np.isfinite(scores).all():
             raise ValueError(f"calibration needs >= 10 finite impostor scores, got {scores.size}")
         tail = -np.sort(-scores)[:_TAIL]
-        quantiles = np.quantile(scores, np.linspace(0, 1, _QUANTILES))
+        quantiles = np.quantile(scores, _PROBABILITIES)
         return cls(source, int(scores.size), tail.astype(np.float32), quantiles.astype(np.float32), default_min_similarity)
 
     def false_match_rate(self, similarity: np.ndarray | float) -> np.ndarray:
@@ -55,15 +56,12 @@ class Calibration:
         ascending_tail = self.tail[::-1]
         in_tail = ascending_tail.size - np.searchsorted(ascending_tail, s, side="left")
         tail_rate = (in_tail + 1.0) / (self.n_pairs + 1.0)
-        probabilities = np.linspace(0, 1, _QUANTILES)
-        bulk_rate = 1.0 - np.interp(s, self.quantiles, probabilities)
+        bulk_rate = 1.0 - np.interp(s, self.quantiles, _PROBABILITIES)
         return np.where(s >= self.tail[-1], tail_rate, np.maximum(bulk_rate, tail_rate))
 
     def gallery_false_match_probability(self, similarity: np.ndarray | float, gallery_size: int) -> np.ndarray:
         """P(at least one of gallery_size impostors scores >= similarity)."""
-        fmr = np.minimum(self.false_match_rate(similarity), 1.0)
-        with np.errstate(divide="ignore"):
-            return -np.expm1(gallery_size * np.log1p(-fmr))
+        return gallery_probability(self.false_match_rate(similarity), gallery_size)
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
@@ -75,6 +73,13 @@ class Calibration:
     def from_bytes(cls, data: bytes) -> Calibration:
         with np.load(io.BytesIO(data)) as f:
             return cls(str(f["source"]), int(f["n_pairs"]), f["tail"], f["quantiles"], float(f["default_min_similarity"]))
+
+
+def gallery_probability(false_match_rate: np.ndarray, gallery_size: int) -> np.ndarray:
+    """P(at least one of gallery_size impostors scores at or above the score of per-pair false_match_rate)."""
+    fmr = np.minimum(false_match_rate, 1.0)
+    with np.errstate(divide="ignore"):
+        return -np.expm1(gallery_size * np.log1p(-fmr))
 
 
 def impostor_scores(xb: np.ndarray, person_ids: list[str] | None = None, *, max_pairs: int = 2_000_000,

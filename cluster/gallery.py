@@ -27,7 +27,7 @@ import ray
 from cluster import manifest as manifests
 from cluster import tuning, vectors
 from cluster.batching import QueryBatcher
-from cluster.calibration import Calibration
+from cluster.calibration import Calibration, gallery_probability
 from cluster.errors import (AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound,
                             ResourceExhausted, Unavailable)
 from cluster.fanout import SearchFanOut
@@ -419,7 +419,7 @@ class Gallery(IndexMaintenance):
             min_similarity = calibration.default_min_similarity if calibration else -1.0
         gallery_size = m.face_count
         fmr = calibration.false_match_rate(D) if calibration else np.full(D.shape, -1.0)
-        gfmp = calibration.gallery_false_match_probability(D, gallery_size) if calibration else fmr
+        gfmp = gallery_probability(fmr, gallery_size) if calibration else fmr
         candidates = [[Candidate(records[int(label)], float(D[q, j]), float(fmr[q, j]), float(gfmp[q, j]))
                        for j, label in enumerate(I[q]) if label >= 0 and D[q, j] >= min_similarity]
                       for q in range(I.shape[0])]

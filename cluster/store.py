@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import re
 import uuid
 from urllib.parse import urlparse
 
@@ -21,6 +22,7 @@ import pyarrow.fs as pafs
 logger = logging.getLogger(__name__)
 
 TEMPORARY_MARK = ".tmp-"
+_TEMPORARY_NAME = re.compile(r"\.tmp-[0-9a-f]{32}$")  # also matches the unhidden names of earlier versions
 
 
 class ObjectStore:
@@ -111,5 +113,4 @@ class ObjectStore:
 
 
 def _is_temporary(key: str) -> bool:
-    name = posixpath.basename(key)
-    return name.startswith(".") and TEMPORARY_MARK in name
+    return _TEMPORARY_NAME.search(key) is not None

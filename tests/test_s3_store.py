@@ -39,8 +39,9 @@ ObjectStore({str(tmp_path)!r}).put("segments/2.parquet", open({str(tmp_path / "s
     assert killed.returncode == -9
     assert len(list((tmp_path / "segments").iterdir())) == 2  # the orphaned temporary file
 
-    assert store.list("") == ["segments/1.parquet"] and not store.exists("segments/2.parquet")
     assert pq.read_table(tmp_path / "segments").column("face_id").to_pylist() == ["a", "b"]
+    (tmp_path / "segments" / f"3.parquet.tmp-{'0' * 32}").write_bytes(b"")  # as earlier versions named them
+    assert store.list("") == ["segments/1.parquet"] and not store.exists("segments/2.parquet")
     store.delete_prefix("segments/")
     assert list((tmp_path / "segments").iterdir()) == []
 
