@@ -9,7 +9,9 @@ from this process.
 
 Prints QPS at batch 1 and 256 with concurrent clients, latency p50/p99 at
 batch 1, recall@1/@10 against exact search, bytes per vector and build time,
-then one JSON line.
+then one JSON line. With each QPS figure it prints where the CPU went, per
+query: the gateway process, the shard workers, this process (the clients, or
+the in-process index) and the rest of the machine (Linux, from /proc).
 
     python benchmarks/serving.py            # 1M vectors: tens of minutes on 2 cores
     python benchmarks/serving.py --quick    # 50k vectors, under a minute
@@ -62,6 +64,83 @@ def machine() -> str:
     memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return f"{platform.node()}: {os.cpu_count()} CPUs ({model}), {memory_gib:.0f} GiB, {platform.platform()}, " \
            f"faiss {faiss.__version__}"
+
+
+def _process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy_cpu_s() -> float:
+    user, nice, system, idle, iowait, irq, softirq, steal = map(int, open("/proc/stat").readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def shard_worker_pids() -> list[int]:
+    """Processes of ShardWorker actors (Ray names them ray::ShardWorker)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and open(f"/proc/{entry}/cmdline", "rb").read().startswith(b"ray::ShardWorker"):
+                pids.append(int(entry))
+        except OSError:
+            pass
+    return pids
+
+
+class CpuMeter:
+    """CPU seconds that groups of processes, and the whole machine, spend while a measurement runs.
+
+    Example:
+        >>> with CpuMeter({"gateway": [gateway_pid], "shards": shard_worker_pids()}) as meter:
+        ...     qps = throughput(...)
+        >>> meter.per_query_ms(qps)  # {'gateway': 1.7, 'shards': 3.2, 'rest': 0.4}, 'rest' = the machine less the groups
+    """
+
+    def __init__(self, groups: dict[str, list[int]]):
+        self.groups = groups
+        self.available = os.path.exists("/proc/stat")
+
+    def _sample(self) -> dict[str, float]:
+        sample = {name: sum(_process_cpu_s(pid) for pid in pids) for name, pids in self.groups.items()}
+        sample["machine"] = _machine_busy_cpu_s()
+        return sample
+
+    def __enter__(self) -> CpuMeter:
+        if self.available:
+            self._start, self._started = self._sample(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.available:
+            end, self.elapsed_s = self._sample(), time.perf_counter() - self._started
+            self.cpu_s = {name: end[name] - self._start[name] for name in end}
+
+    def per_query_ms(self, qps: float) -> dict[str, float]:
+        """CPU milliseconds per query by group, 'rest' for the other processes; empty without /proc."""
+        if not self.available:
+            return {}
+        queries = qps * self.elapsed_s
+        grouped = sum(v for name, v in self.cpu_s.items() if name != "machine")
+        split = {name: v for name, v in self.cpu_s.items() if name != "machine"}
+        split["rest"] = max(self.cpu_s["machine"] - grouped, 0.0)
+        return {name: round(v / queries * 1e3, 3) for name, v in split.items()}
+
+    def busy_cpus(self) -> float:
+        return self.cpu_s["machine"] / self.elapsed_s if self.available else float("nan")
+
+
+def measure_throughput(search, xq: np.ndarray, batch: int, clients: int, duration_s: float,
+                       processes: dict[str, list[int]], label: str) -> tuple[float, dict[str, float]]:
+    """`throughput`, and the CPU milliseconds per query of each group of processes; prints both."""
+    with CpuMeter(processes) as meter:
+        qps = throughput(search, xq, batch, clients, duration_s)
+    split = meter.per_query_ms(qps)
+    where = ", ".join(f"{name} {ms:.2f}" for name, ms in split.items())
+    print(f"  {label}: {qps:.0f} QPS; CPU ms per query: {where or 'n/a'} "
+          f"(machine busy {meter.busy_cpus():.2f} of {os.cpu_count()} CPUs)", flush=True)
+    return qps, split
 
 
 def recall(found: list[list[int]], truth: np.ndarray, k: int) -> float:
@@ -145,10 +224,12 @@ def main(num_vectors: int = 1_000_000, dimension: int = 512, num_queries: int = 
         return local.search(x, K, params=params)
 
     local_ids = local_search(xq)[1].tolist()
+    this_process = {"this process": [os.getpid()]}
+    local_qps_1, local_cpu_1 = measure_throughput(local_search, xq, 1, clients, duration_s, this_process, "batch 1")
+    local_qps_256, local_cpu_256 = measure_throughput(local_search, xq, 256, 2, duration_s, this_process, "batch 256")
     local_figures = {
         "recall_at_1": recall(local_ids, truth, 1), "recall_at_10": recall(local_ids, truth, K),
-        "qps_batch_1": throughput(local_search, xq, 1, clients, duration_s),
-        "qps_batch_256": throughput(local_search, xq, 256, 2, duration_s),
+        "qps_batch_1": local_qps_1, "qps_batch_256": local_qps_256,
         "latency_ms": latencies_ms(local_search, xq, min(num_queries, 300)),
         "bytes_per_vector": base.code_size + 8 + 2 * dimension, "build_s": build["build"],
     }
@@ -189,10 +270,12 @@ def main(num_vectors: int = 1_000_000, dimension: int = 512, num_queries: int = 
         cluster_ids = [[int(i) for i in row] for row in cluster_search(xq[:256])[1]]
         for start in range(256, num_queries, 256):
             cluster_ids += [[int(i) for i in row] for row in cluster_search(xq[start:start + 256])[1]]
+        processes = {"gateway": [server.pid], "shards": shard_worker_pids(), "this process (clients)": [os.getpid()]}
+        qps_1, cpu_1 = measure_throughput(cluster_search, xq, 1, clients, duration_s, processes, "batch 1")
+        qps_256, cpu_256 = measure_throughput(cluster_search, xq, 256, 2, duration_s, processes, "batch 256")
         cluster_figures = {
             "recall_at_1": recall(cluster_ids, truth, 1), "recall_at_10": recall(cluster_ids, truth, K),
-            "qps_batch_1": throughput(cluster_search, xq, 1, clients, duration_s),
-            "qps_batch_256": throughput(cluster_search, xq, 256, 2, duration_s),
+            "qps_batch_1": qps_1, "qps_batch_256": qps_256,
             "latency_ms": latencies_ms(cluster_search, xq, min(num_queries, 300)),
             "bytes_per_vector": client.describe("bench").memory_bytes / num_vectors,
             "build_s": build["build (ingest over gRPC + train + populate shards)"],
@@ -222,7 +305,9 @@ def main(num_vectors: int = 1_000_000, dimension: int = 512, num_queries: int = 
         "p99_cluster_ms": float(np.percentile(cluster_figures["latency_ms"], 99)),
         "recall_at_1": cluster_figures["recall_at_1"], "recall_at_10": cluster_figures["recall_at_10"],
         "bytes_per_vector": cluster_figures["bytes_per_vector"], "build_s": cluster_figures["build_s"],
-        "baseline_build_s": local_figures["build_s"], "machine": machine(),
+        "baseline_build_s": local_figures["build_s"],
+        "cpu_ms_per_query": {"batch_1": cpu_1, "batch_256": cpu_256},
+        "baseline_cpu_ms_per_query": {"batch_1": local_cpu_1, "batch_256": local_cpu_256}, "machine": machine(),
     }
     targets = {"qps_ratio >= 0.8": figures["qps_ratio"] >= 0.8, "p50_added_ms <= 3": p50_added <= 3,
                "recall_at_1 >= 0.99": figures["recall_at_1"] >= 0.99,
