@@ -21,8 +21,9 @@ import pyarrow.fs as pafs
 
 logger = logging.getLogger(__name__)
 
-TEMPORARY_MARK = ".tmp-"
-_TEMPORARY_NAME = re.compile(r"\.tmp-[0-9a-f]{32}$")  # also matches the unhidden names of earlier versions
+_TEMPORARY_MARK = ".tmp-"
+# also matches the unhidden names ("name.tmp-…") that earlier versions left
+_TEMPORARY_NAME = re.compile(re.escape(_TEMPORARY_MARK) + r"[0-9a-f]{32}$")
 
 
 class ObjectStore:
@@ -68,7 +69,7 @@ class ObjectStore:
         if self.is_local:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             folder, name = os.path.split(path)
-            temporary = os.path.join(folder, f".{name}{TEMPORARY_MARK}{uuid.uuid4().hex}")
+            temporary = os.path.join(folder, f".{name}{_TEMPORARY_MARK}{uuid.uuid4().hex}")
             try:
                 with open(temporary, "wb") as f:
                     f.write(data)
