@@ -17,6 +17,7 @@ from cluster.faces import MAX_IMAGE_BYTES, MAX_S3_IMAGE_BYTES
 from cluster.faces_api import FaceService
 from cluster.gallery import Gallery
 from cluster.interceptors import AuditInterceptor, AuthInterceptor, load_tokens
+from cluster.lease import StoreInUse, WriterLease
 from cluster.s3_images import S3ImageReader
 from cluster.server import running_server
 from cluster.store import ObjectStore
@@ -50,6 +51,8 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
         auth_tokens_file: JSON {"<token>": "<caller identity>"}; when set, every call needs a known bearer token.
         audit_store: where audit/ records go (a folder or s3://bucket[/prefix]); default: the store.
     """
+    object_store = ObjectStore(store, s3_endpoint=s3_endpoint or None)
+    lease = WriterLease.acquire(object_store)  # before anything starts: a second gateway on the store stops here
     runtime.start_ray(ray_address)
     workers = runtime.start_workers(num_shards, store, s3_endpoint=s3_endpoint or None, num_cpus=shard_num_cpus,
                                     num_gpus=shard_num_gpus, omp_threads=max(1, int(shard_num_cpus)))
@@ -58,8 +61,7 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
         face_actors = runtime.start_face_workers(face_workers, num_cpus=face_num_cpus,
                                                  num_gpus=None if face_num_gpus < 0 else face_num_gpus)
         model = ray.get(face_actors[0].ready.remote())
-    object_store = ObjectStore(store, s3_endpoint=s3_endpoint or None)
-    gallery = Gallery(object_store, workers, model=model, default_train_threshold=train_threshold)
+    gallery = Gallery(object_store, workers, model=model, default_train_threshold=train_threshold, lease=lease)
     tokens = load_tokens(auth_tokens_file) if auth_tokens_file else None
     audit = AuditLog(ObjectStore(audit_store, s3_endpoint=s3_endpoint or None) if audit_store else object_store)
     interceptors = [AuditInterceptor(audit, tokens)] + ([AuthInterceptor(tokens)] if tokens else [])
@@ -99,7 +101,10 @@ def main(argv: list[str] | None = None) -> None:
     args = vars(parser.parse_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     command = args.pop("command")
-    {"serve": serve}[command](**args)
+    try:
+        {"serve": serve}[command](**args)
+    except StoreInUse as e:
+        parser.exit(1, f"gallery {command}: {e}\n")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from cluster.calibration import Calibration, gallery_probability
 from cluster.errors import (AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound,
                             ResourceExhausted, Unavailable)
 from cluster.fanout import SearchFanOut
+from cluster.lease import WriterLease
 from cluster.maintenance import IndexMaintenance, LiveIndex, quantizer_of
 from cluster.manifest import CollectionManifest, PartitionManifest, Segment
 from cluster.merge import merge_topk
@@ -101,6 +102,8 @@ class Gallery(IndexMaintenance):
         max_segments: segments a partition accumulates before it is compacted.
         call_timeout_s: bound on one call to the workers.
         background_maintenance: train and calibrate collections in the background as they grow.
+        lease: the store's writer lease (see cluster/lease.py), which the gallery then owns and releases on
+            close; None takes it here. StoreInUse when another gateway holds it.
 
     Example:
         >>> gallery = Gallery(ObjectStore("/tmp/g"), workers)
@@ -112,9 +115,11 @@ class Gallery(IndexMaintenance):
 
     def __init__(self, store: ObjectStore, workers: Sequence, *, model: EmbeddingModel | None = None,
                  default_train_threshold: int = tuning.DEFAULT_TRAIN_THRESHOLD, max_segments: int = 64,
-                 call_timeout_s: float = 120.0, background_maintenance: bool = True):
+                 call_timeout_s: float = 120.0, background_maintenance: bool = True,
+                 lease: WriterLease | None = None):
         if not workers:
             raise ValueError("Gallery needs at least one worker")
+        self.lease = lease or WriterLease.acquire(store)
         self.store = store
         self.workers = list(workers)
         self.model = model
@@ -138,6 +143,7 @@ class Gallery(IndexMaintenance):
         for state in list(self._collections.values()):
             if state.maintenance is not None:
                 state.maintenance.join()
+        self.lease.release()
 
     # ---- plumbing ----------------------------------------------------------
 
@@ -145,6 +151,11 @@ class Gallery(IndexMaintenance):
         """ray.get with errors the caller can act on."""
         with _ray_errors():
             return ray.get(refs, timeout=timeout_s or self.call_timeout_s)
+
+    def _commit_manifest(self, m: CollectionManifest) -> None:
+        """The commit point of every change to a collection, while this gateway holds the writer lease."""
+        self.lease.check()
+        manifests.save(self.store, m)
 
     def _open(self, m: CollectionManifest) -> _Collection:
         live = LiveIndex()
@@ -207,7 +218,7 @@ class Gallery(IndexMaintenance):
             m = CollectionManifest(collection_id, dimension, len(self.workers),
                                    train_threshold or self.default_train_threshold, time.time(), model_name,
                                    partitions=[PartitionManifest() for _ in self.workers])
-            manifests.save(self.store, m)
+            self._commit_manifest(m)
             state = self._open(m)
             self._collections[collection_id] = state
         self._call([w.open_collection.remote(m.to_json()) for w in self.workers])
@@ -229,6 +240,7 @@ class Gallery(IndexMaintenance):
         with state.write_lock:
             if state.deleted:
                 raise NotFound(f"collection {collection_id!r} does not exist")
+            self.lease.check()
             self.store.delete(manifests.manifest_key(collection_id))  # the commit point
             state.deleted = True
             with self._lock:
@@ -344,7 +356,7 @@ class Gallery(IndexMaintenance):
             new.partitions[p].segments.append(segment)
         new.face_count += face_delta
         try:
-            manifests.save(self.store, new)
+            self._commit_manifest(new)
         except Exception as e:
             self._abort(txn)
             raise Unavailable(f"object store write failed: {e}") from e
@@ -369,7 +381,7 @@ class Gallery(IndexMaintenance):
         for parts in self._call(compact):
             for p, part in parts.items():
                 new.partitions[p] = part
-        manifests.save(self.store, new)
+        self._commit_manifest(new)
         state.manifest = new
         self._call([self.workers[w].compacted.remote(collection_id, parts) for w, parts in by_worker.items()])
         manifests.gc_collection(self.store, new)

@@ -54,7 +54,8 @@ class LiveIndex:
 
 
 class IndexMaintenance:
-    """Training and calibration for `Gallery` (which provides store, workers and the collection states)."""
+    """Training and calibration for `Gallery` (which provides store, workers, the collection states and
+    `_commit_manifest`)."""
 
     def _maintain(self, collection_id: str, state) -> None:
         """Starts training or calibration in the background when the collection has grown enough."""
@@ -119,7 +120,7 @@ class IndexMaintenance:
             new.calibration = new.next_key("calibration.npz")
             new.calibrated_on = new.face_count
             self.store.put(new.calibration, calibration.to_bytes())
-            manifests.save(self.store, new)
+            self._commit_manifest(new)
             state.manifest, state.calibration = new, calibration
             manifests.gc_collection(self.store, new)
         return calibration
@@ -163,7 +164,7 @@ class IndexMaintenance:
                 new.calibration = new.next_key("calibration.npz")
                 new.calibrated_on = new.face_count
                 self.store.put(new.calibration, calibration.to_bytes())
-            manifests.save(self.store, new)
+            self._commit_manifest(new)
             self._call([w.activate.remote(collection_id, version, parts) for w, parts in groups])
             trained = load_index(trained_bytes)
             state.manifest = new

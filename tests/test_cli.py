@@ -61,6 +61,12 @@ def test_serve_stop_serve_keeps_collections_and_faces(tmp_path):
 
     served = Served(store, port, tmp_path / "serve.log")
     try:
+        # A second gateway on the same store would overwrite the first one's manifests: it refuses to start.
+        second = subprocess.run([sys.executable, "-m", "cluster.cli", "serve", "--store", str(store),
+                                 "--port", str(free_port()), "--face-workers", "0"],
+                                capture_output=True, text=True, timeout=60, env={**os.environ, "RAY_ADDRESS": ""})
+        assert second.returncode == 1
+        assert "is served by another gateway" in second.stderr and f'"pid": {served.process.pid}' in second.stderr
         with GalleryClient(f"127.0.0.1:{port}") as client:
             assert client.describe("visitors").face_count == 50
             D, ids = client.search("visitors", xb[[9, 20]], k=1)

@@ -1,16 +1,22 @@
 """The object store: a local folder, and a real S3 server on 127.0.0.1 through pyarrow's S3 filesystem."""
 
+import json
+import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
+from cluster.errors import Unavailable
+from cluster.lease import LEASE_KEY, StoreInUse, WriterLease
 from cluster.records import FaceRecord
 from cluster.store import ObjectStore
 from cluster.synthetic import clustered_embeddings
-from support import S3_CREDENTIALS
+from support import S3_CREDENTIALS, wait_until
 
 
 def test_object_store_on_s3(s3_server, s3_bucket):
@@ -64,3 +70,52 @@ def test_gallery_on_s3_survives_restart(galleries, s3_server, s3_bucket):
     faces, _ = again.get_faces("c", ["f3", "f7"])
     assert [(f.face_id, f.metadata) for f in faces] == [("f3", {"row": "3"})]
     assert np.isfinite([c.similarity for q in after.candidates for c in q]).all()
+
+
+def test_one_writer_lease_per_local_store_released_however_the_holder_exits(tmp_path):
+    store = ObjectStore(str(tmp_path))
+    lease = WriterLease.acquire(store)
+    with pytest.raises(StoreInUse, match=f'"pid": {os.getpid()}'):
+        WriterLease.acquire(ObjectStore(str(tmp_path)))
+    lease.release()
+    WriterLease.acquire(store).release()
+
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import sys, time
+from cluster.lease import WriterLease
+from cluster.store import ObjectStore
+WriterLease.acquire(ObjectStore({str(tmp_path)!r})); print("held", flush=True); time.sleep(600)
+"""], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(StoreInUse, match=f'"pid": {holder.pid}'):
+        WriterLease.acquire(store)
+    holder.kill()  # SIGKILL: nothing released by the holder itself
+    holder.wait()
+    WriterLease.acquire(store).check()
+
+
+def test_writer_lease_on_s3_is_exclusive_expires_and_is_lost_when_taken(s3_server, s3_bucket):
+    def s3_store():
+        return ObjectStore(f"s3://{s3_bucket}/leased", s3_endpoint=s3_server)
+
+    first = WriterLease.acquire(s3_store(), ttl_s=1.5)
+    with pytest.raises(StoreInUse, match="served by another gateway"):
+        WriterLease.acquire(s3_store(), ttl_s=1.5, wait_s=2.5)  # first keeps renewing meanwhile
+    first.check()
+    first.release()
+    second = WriterLease.acquire(s3_store(), ttl_s=1.5, wait_s=0)
+
+    # Another gateway takes the lease over (say this one was paused past its ttl): this one stops writing.
+    s3_store().put(LEASE_KEY, json.dumps({"owner": "other", "host": "elsewhere", "pid": 7, "renewed_at": time.time(),
+                                          "ttl_s": 60}).encode())
+    wait_until(lambda: second._lost != "", 5, "the lease loss noticed")
+    with pytest.raises(Unavailable, match="lost the writer lease .*taken by elsewhere pid 7"):
+        second.check()
+    second.release()
+    assert json.loads(s3_store().get(LEASE_KEY))["owner"] == "other"  # not deleted by the gateway that lost it
+
+    # A lease left by a gateway that died elsewhere is free once it is ttl_s old.
+    s3_store().put(LEASE_KEY, json.dumps({"owner": "dead", "host": "elsewhere", "pid": 7,
+                                          "renewed_at": time.time() - 10, "ttl_s": 5}).encode())
+    WriterLease.acquire(s3_store(), ttl_s=1.5, wait_s=0).release()
+    assert not s3_store().exists(LEASE_KEY)
