@@ -131,10 +131,14 @@ class Gallery(IndexMaintenance):
         self._lock = threading.Lock()
         self._batcher = QueryBatcher(self._search_batch)
         self._fan_out_to_workers = SearchFanOut(self.workers, timeout_s=call_timeout_s)
-        loaded = manifests.load_all(store)
-        self._call([w.open_collection.remote(m.to_json()) for m in loaded for w in self.workers])
-        for m in loaded:
-            self._collections[m.collection_id] = self._open(m)
+        try:
+            loaded = manifests.load_all(store)
+            self._call([w.open_collection.remote(m.to_json()) for m in loaded for w in self.workers])
+            for m in loaded:
+                self._collections[m.collection_id] = self._open(m)
+        except BaseException:
+            self.close()
+            raise
         logger.info("gallery opened %d collections from %s", len(loaded), store.uri)
 
     def close(self) -> None:
