@@ -120,9 +120,7 @@ class WriterLease:
     def _read(self) -> dict | None:
         try:
             return json.loads(self.store.get(LEASE_KEY))
-        except FileNotFoundError:
-            return None
-        except ValueError:  # unreadable: treat as free
+        except (FileNotFoundError, ValueError):  # none, or unreadable: free
             return None
 
     def _write(self) -> None:
@@ -185,6 +183,6 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # alive, another user's
+        pass
     return True
