@@ -122,9 +122,8 @@ class CpuMeter:
         if not self.available:
             return {}
         queries = qps * self.elapsed_s
-        grouped = sum(v for name, v in self.cpu_s.items() if name != "machine")
         split = {name: v for name, v in self.cpu_s.items() if name != "machine"}
-        split["rest"] = max(self.cpu_s["machine"] - grouped, 0.0)
+        split["rest"] = max(self.cpu_s["machine"] - sum(split.values()), 0.0)
         return {name: round(v / queries * 1e3, 3) for name, v in split.items()}
 
     def busy_cpus(self) -> float:

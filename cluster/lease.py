@@ -87,15 +87,17 @@ class WriterLease:
                               f"({self._lost or 'not renewed in time'}); restart it")
 
     def release(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing the descriptor drops the flock
-            self._lock_fd = None
+        held, self._lost = not self._lost, self._lost or "released"
+        if self.store.is_local:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # closing the descriptor drops the flock
+                self._lock_fd = None
             return
         self._stop.set()
         if self._heartbeat is not None:
             self._heartbeat.join()
         try:
-            if not self._lost and self._holds(self._read()):
+            if held and self._holds(self._read()):
                 self.store.delete(LEASE_KEY)
         except OSError:  # the lease then expires after ttl_s
             logger.warning("%s: releasing the writer lease failed", self.store.uri, exc_info=True)
