@@ -15,11 +15,16 @@ the in-process index) and the rest of the machine (Linux, from /proc).
 
     python benchmarks/serving.py            # 1M vectors: tens of minutes on 2 cores
     python benchmarks/serving.py --quick    # 50k vectors, under a minute
+    python benchmarks/serving.py --gpu      # shards on the GPU, against faiss's GPU IVF-PQ in-process
+
+Shard workers get the machine's CPUs less two (for the gateway and the
+clients), evenly; the in-process index gets them all.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -32,7 +37,6 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
 
 import faiss
 import numpy as np
@@ -42,13 +46,14 @@ sys.path.insert(0, str(ROOT))
 
 from cluster import tuning, vectors  # noqa: E402
 from cluster.client import GalleryClient  # noqa: E402
+from cluster.gpu import GpuCopy  # noqa: E402
 from cluster.synthetic import clustered_embeddings, noisy_probes  # noqa: E402
 from gallery.v1 import gallery_pb2 as pb  # noqa: E402
 
 K = 10
 
 
-@contextmanager
+@contextlib.contextmanager
 def timed(what: str, into: dict | None = None):
     start = time.perf_counter()
     yield
@@ -190,12 +195,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def shard_cpus(num_shards: int) -> int:
+    """CPUs per shard worker: the machine's less two for the gateway and the clients, at least one."""
+    return max(1, ((os.cpu_count() or 1) - 2) // num_shards)
+
+
 def main(num_vectors: int = 1_000_000, dimension: int = 512, num_queries: int = 1000, num_shards: int = 2,
-         clients: int = 8, duration_s: float = 10.0, quick: bool = False) -> dict:
+         clients: int = 8, duration_s: float = 10.0, quick: bool = False, use_gpu: bool = False) -> dict:
     """Runs the benchmark; returns the figures of the final JSON line."""
     if quick:
         num_vectors, num_queries, duration_s = 50_000, 300, 3.0
     print(f"machine: {machine()}")
+    cpus_per_shard = shard_cpus(num_shards)
+    print(f"cluster: {num_shards} shards x {cpus_per_shard} CPUs{' + a GPU share each' if use_gpu else ''}; "
+          f"in-process: {faiss.omp_get_max_threads()} threads{' + the GPU' if use_gpu else ''}")
     nlist, pq_m = tuning.nlist_for(num_vectors), tuning.pq_m_for(dimension)
     nprobe, rerank = tuning.default_nprobe(nlist), tuning.rerank_depth(K)
     print(f"data: {num_vectors} x {dimension} clustered; IVF{nlist},PQ{pq_m}, nprobe {nprobe}, re-rank {rerank}")
@@ -222,11 +235,18 @@ def main(num_vectors: int = 1_000_000, dimension: int = 512, num_queries: int = 
                                                                    faiss.METRIC_INNER_PRODUCT))
         local.train(sample)
         local.add(stored)
-    params = faiss.IndexRefineSearchParameters(k_factor=rerank / K, base_index_params=faiss.SearchParametersIVF(
-        nprobe=nprobe))
+        gpu_base = None
+        if use_gpu:
+            gpu_base = GpuCopy(base)  # as shard workers copy their partitions
+            local.base_index = gpu_base.index
+            gpu_base.index.nprobe = nprobe
+    params = faiss.IndexRefineSearchParameters(k_factor=rerank / K, base_index_params=None if use_gpu else
+                                               faiss.SearchParametersIVF(nprobe=nprobe))
+    gpu_lock = threading.Lock() if use_gpu else contextlib.nullcontext()  # GPU indexes take one thread at a time
 
     def local_search(x):
-        return local.search(x, K, params=params)
+        with gpu_lock:
+            return local.search(x, K, params=params)
 
     local_ids = local_search(xq)[1].tolist()
     this_process = {"this process": [os.getpid()]}
@@ -238,14 +258,15 @@ def main(num_vectors: int = 1_000_000, dimension: int = 512, num_queries: int = 
         "latency_ms": latencies_ms(local_search, xq, min(num_queries, 300)),
         "bytes_per_vector": base.code_size + 8 + 2 * dimension, "build_s": build["build"],
     }
-    del local
+    local = base = gpu_base = None  # frees memory (and the GPU) before the cluster loads the same vectors
 
     print("cluster (gallery serve, gRPC on 127.0.0.1):")
     store, port = tempfile.mkdtemp(prefix="gallery-bench-"), free_port()
     log = open(os.path.join(store, "serve.log"), "wb")
     server = subprocess.Popen([sys.executable, "-m", "cluster.cli", "serve", "--store", os.path.join(store, "data"),
                                "--port", str(port), "--num-shards", str(num_shards),
-                               "--train-threshold", str(num_vectors), "--face-workers", "0"],
+                               "--train-threshold", str(num_vectors), "--face-workers", "0",
+                               "--shard-num-cpus", str(cpus_per_shard), "--shard-num-gpus", str(-1 if use_gpu else 0)],
                               stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "RAY_ADDRESS": ""})
     try:
         client = GalleryClient(f"127.0.0.1:{port}", timeout_s=600)
@@ -301,7 +322,7 @@ def main(num_vectors: int = 1_000_000, dimension: int = 512, num_queries: int = 
     p50_added = float(np.percentile(cluster_figures["latency_ms"], 50) - np.percentile(local_figures["latency_ms"], 50))
     figures = {
         "num_vectors": num_vectors, "dimension": dimension, "num_shards": num_shards, "nlist": nlist, "pq_m": pq_m,
-        "nprobe": nprobe, "clients": clients,
+        "nprobe": nprobe, "clients": clients, "shard_cpus": cpus_per_shard, "gpu": use_gpu,
         "qps_ratio": min(cluster_figures["qps_batch_1"] / local_figures["qps_batch_1"],
                          cluster_figures["qps_batch_256"] / local_figures["qps_batch_256"]),
         "qps_ratio_batch_1": cluster_figures["qps_batch_1"] / local_figures["qps_batch_1"],
@@ -330,6 +351,7 @@ if __name__ == "__main__":
     parser.add_argument("--num-shards", type=int, default=2)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--duration-s", type=float, default=10.0)
+    parser.add_argument("--gpu", action="store_true", help="shards and the in-process index on the GPU (faiss-gpu)")
     args = parser.parse_args()
     main(num_vectors=args.num_vectors, num_shards=args.num_shards, clients=args.clients, duration_s=args.duration_s,
-         quick=args.quick)
+         quick=args.quick, use_gpu=args.gpu)

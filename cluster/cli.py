@@ -10,7 +10,7 @@ import threading
 
 import ray
 
-from cluster import runtime, tuning
+from cluster import gpu, runtime, tuning
 from cluster.audit import AuditLog
 from cluster.face_servicer import FaceGalleryServicer
 from cluster.faces import MAX_IMAGE_BYTES, MAX_S3_IMAGE_BYTES
@@ -26,7 +26,7 @@ logger = logging.getLogger("gallery")
 
 
 def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards: int = 2, host: str = "127.0.0.1",
-          port: int = 50051, s3_endpoint: str = "", shard_num_cpus: float = 1.0, shard_num_gpus: float = 0.0,
+          port: int = 50051, s3_endpoint: str = "", shard_num_cpus: float = 1.0, shard_num_gpus: float = -1.0,
           train_threshold: int = tuning.DEFAULT_TRAIN_THRESHOLD, max_workers: int = 32, face_workers: int = 1,
           face_num_cpus: float = 1.0, face_num_gpus: float = -1.0, max_image_bytes: int = MAX_IMAGE_BYTES,
           max_s3_image_bytes: int = MAX_S3_IMAGE_BYTES, auth_tokens_file: str = "", audit_store: str = "") -> None:
@@ -40,12 +40,13 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
         port: gRPC port.
         s3_endpoint: S3 endpoint URL for S3-compatible stores (default: AWS_ENDPOINT_URL or AWS).
         shard_num_cpus: CPUs reserved per shard worker.
-        shard_num_gpus: GPUs per shard worker (fractions share one).
+        shard_num_gpus: GPUs per shard worker (fractions share one); -1: a share of the GPUs when Ray has some
+            and FAISS is built for GPUs (faiss-gpu), else none.
         train_threshold: faces before a collection trains IVF-PQ.
         max_workers: concurrent RPCs.
         face_workers: face model actors for the image RPCs; 0 serves no face model (those RPCs answer UNIMPLEMENTED).
         face_num_cpus: CPUs reserved per face worker.
-        face_num_gpus: GPUs per face worker; -1: one each when Ray has GPUs, else none.
+        face_num_gpus: GPUs per face worker; -1: a share of the GPUs when Ray has some, else none.
         max_image_bytes: largest image accepted as bytes in a request.
         max_s3_image_bytes: largest image read from S3.
         auth_tokens_file: JSON {"<token>": "<caller identity>"}; when set, every call needs a known bearer token.
@@ -54,12 +55,13 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
     object_store = ObjectStore(store, s3_endpoint=s3_endpoint or None)
     lease = WriterLease.acquire(object_store)  # before anything starts: a second gateway on the store stops here
     runtime.start_ray(ray_address)
+    shard_gpus, face_gpus = gpus_per_actor(num_shards, shard_num_gpus, face_workers, face_num_gpus,
+                                           cluster_gpus=ray.cluster_resources().get("GPU", 0))
     workers = runtime.start_workers(num_shards, store, s3_endpoint=s3_endpoint or None, num_cpus=shard_num_cpus,
-                                    num_gpus=shard_num_gpus, omp_threads=max(1, int(shard_num_cpus)))
+                                    num_gpus=shard_gpus, omp_threads=max(1, int(shard_num_cpus)))
     face_actors, model = [], None
     if face_workers:
-        face_actors = runtime.start_face_workers(face_workers, num_cpus=face_num_cpus,
-                                                 num_gpus=None if face_num_gpus < 0 else face_num_gpus)
+        face_actors = runtime.start_face_workers(face_workers, num_cpus=face_num_cpus, num_gpus=face_gpus)
         model = ray.get(face_actors[0].ready.remote())
     gallery = Gallery(object_store, workers, model=model, default_train_threshold=train_threshold, lease=lease)
     tokens = load_tokens(auth_tokens_file) if auth_tokens_file else None
@@ -77,6 +79,20 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
         stop.wait()
     gallery.close()
     audit.close()
+
+
+def gpus_per_actor(num_shards: int, shard_num_gpus: float, face_workers: int, face_num_gpus: float, *,
+                   cluster_gpus: float, faiss_gpu: bool | None = None) -> tuple[float, float]:
+    """GPUs per shard worker and per face worker: the actors left to -1 share evenly what the others leave free.
+
+    Shard workers take GPUs only where FAISS is built for them (`faiss_gpu`; None: this process's FAISS).
+    """
+    auto_shards = shard_num_gpus < 0 and (gpu.built_for_gpus() if faiss_gpu is None else faiss_gpu)
+    auto_faces = face_num_gpus < 0
+    taken = num_shards * max(shard_num_gpus, 0.0) + face_workers * max(face_num_gpus, 0.0)
+    sharing = (num_shards if auto_shards else 0) + (face_workers if auto_faces else 0)
+    share = gpu.gpu_share(sharing, cluster_gpus - taken)
+    return (share if auto_shards else max(shard_num_gpus, 0.0)), (share if auto_faces else face_num_gpus)
 
 
 def _add_arguments(parser: argparse.ArgumentParser, fn) -> None:

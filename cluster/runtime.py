@@ -7,6 +7,7 @@ import os
 
 import ray
 
+from cluster.gpu import gpu_share
 from cluster.worker import ShardWorker
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,8 @@ def start_workers(num_workers: int, store_uri: str, *, s3_endpoint: str | None =
     Ray restarts a crashed worker, which reloads its partitions from the store.
     Actors are named "{cluster_name}-shard-{i}-of-{num_workers}", so a restarted
     gateway finds the workers it left. `env_vars` reach the workers on every node
-    (e.g. AWS credentials for an S3 store).
+    (e.g. AWS credentials for an S3 store). Workers given GPUs (`num_gpus` > 0)
+    search trained partitions on them.
     """
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
@@ -51,7 +53,8 @@ def start_workers(num_workers: int, store_uri: str, *, s3_endpoint: str | None =
                              max_restarts=-1, max_task_retries=0,
                              num_cpus=num_cpus, num_gpus=num_gpus,
                              runtime_env={"env_vars": env_vars} if env_vars else None)
-               .remote(i, num_workers, store_uri, s3_endpoint=s3_endpoint, omp_threads=omp_threads)
+               .remote(i, num_workers, store_uri, s3_endpoint=s3_endpoint, omp_threads=omp_threads,
+                       use_gpu=num_gpus > 0)
                for i in range(num_workers)]
     ray.get([w.ready.remote() for w in workers])
     return workers
@@ -64,8 +67,8 @@ def start_face_workers(num_workers: int, *, num_cpus: float = 1, num_gpus: float
     Args:
         num_workers: actors, each with its own copy of the model; >= 1.
         num_cpus: CPUs reserved per actor (torch uses as many threads).
-        num_gpus: GPUs per actor; None: one each when the Ray cluster has GPUs (shared
-            fractionally when there are fewer GPUs than actors), else none.
+        num_gpus: GPUs per actor; None: one each when the Ray cluster has GPUs (an equal
+            fraction of one when there are fewer GPUs than actors), else none.
         batch_size: face crops per forward pass.
         cluster_name: prefix of the actor names, as for `start_workers`.
 
@@ -75,8 +78,7 @@ def start_face_workers(num_workers: int, *, num_cpus: float = 1, num_gpus: float
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     if num_gpus is None:
-        gpus = ray.cluster_resources().get("GPU", 0)
-        num_gpus = min(1.0, gpus / num_workers) if gpus else 0
+        num_gpus = gpu_share(num_workers, ray.cluster_resources().get("GPU", 0))
     from cluster.face_pool import FaceWorker  # torch and OpenCV load only where faces are served
 
     actor = ray.remote(FaceWorker)

@@ -10,7 +10,9 @@ holds an IVF-PQ index populated from the collection's shared trained index;
 the gateway assigns queries to lists once (`Iq`, `Dq`) and each partition
 scans them with `search_preassigned`, then re-ranks its PQ candidates against
 the fp16 vectors. A deleted face is removed from the index and its slot
-marked dead, and re-ranking drops dead slots, so it cannot come back.
+marked dead, and re-ranking drops dead slots, so it cannot come back. With a
+GPU, each IVF-PQ version also has a copy there that searches run on
+(cluster/gpu.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import threading
 import faiss
 import numpy as np
 
+from cluster import gpu
 from cluster.records import FaceBatch, FaceRecord
 
 logger = logging.getLogger(__name__)
@@ -54,6 +57,7 @@ class ShardIndex:
         dimension: vector dimension.
         partition: this partition's number, 0 <= partition < num_partitions.
         num_partitions: partitions of the collection.
+        gpu_device: CUDA device to search IVF-PQ versions on; None: CPU only.
 
     Example:
         >>> shard = ShardIndex(4, 0, 1)
@@ -62,7 +66,7 @@ class ShardIndex:
         array([[0]])
     """
 
-    def __init__(self, dimension: int, partition: int, num_partitions: int):
+    def __init__(self, dimension: int, partition: int, num_partitions: int, *, gpu_device: int | None = None):
         if not 0 <= partition < num_partitions:
             raise ValueError(f"partition {partition} not in [0, {num_partitions})")
         self.d = dimension
@@ -77,6 +81,8 @@ class ShardIndex:
         self._fp16 = faiss.ScalarQuantizer(dimension, faiss.ScalarQuantizer.QT_fp16)
         self._built: dict[int, faiss.Index] = {}  # built for a version, awaiting activate()
         self._previous: tuple[int, faiss.Index] | None = None  # kept until the gateway has switched too
+        self._gpu_device = gpu_device
+        self._gpu_copies: dict[int, gpu.GpuCopy] = {}  # by version: the active one, the previous, a built one
         self._lock = threading.RLock()
 
     def _new_flat(self) -> faiss.Index:
@@ -170,9 +176,18 @@ class ShardIndex:
                                         f"asked {version}")
             if version == 0:
                 return exact_search(index, xq, k)
-            index.nprobe = Iq.shape[1]  # search_preassigned scans Iq's columns; the lock makes this safe
-            _, candidates = index.search_preassigned(xq, rerank_k or k, Iq, Dq)
+            depth, nprobe = rerank_k or k, Iq.shape[1]
+            copy = self._gpu_copies.get(version)
+            if copy is not None and copy.can_search(depth, nprobe):
+                labels = copy.search(xq, depth, nprobe)
+                candidates = gpu.first_live(labels, self._live(labels), depth)
+            else:
+                index.nprobe = nprobe  # search_preassigned scans Iq's columns; the lock makes this safe
+                _, candidates = index.search_preassigned(xq, depth, Iq, Dq)
             return self._rerank(xq, candidates, k)
+
+    def _live(self, labels: np.ndarray) -> np.ndarray:
+        return (labels >= 0) & self._alive[np.where(labels >= 0, self._positions(labels), 0)]
 
     def _rerank(self, xq: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         nq, depth = candidates.shape
@@ -183,7 +198,7 @@ class ShardIndex:
         for start in range(0, nq, chunk):
             labels = candidates[start:start + chunk]
             positions = np.where(labels >= 0, self._positions(labels), 0)
-            valid = (labels >= 0) & self._alive[positions]
+            valid = self._live(labels)
             # faiss decodes fp16 with SIMD, ~3x faster than numpy's astype (benchmarks/serving.py)
             stored = self._fp16.decode(codes[positions.ravel()]).reshape(len(labels), depth, self.d)
             scores = np.matmul(stored, xq[start:start + chunk, :, None])[:, :, 0]
@@ -212,7 +227,10 @@ class ShardIndex:
             self._vectors[batch.positions] = batch.vectors
             self._alive[batch.positions] = True
             if n:
-                self._index.add_with_ids(batch.vectors.astype(np.float32), self.labels(batch.positions))
+                x, labels = batch.vectors.astype(np.float32), self.labels(batch.positions)
+                self._index.add_with_ids(x, labels)
+                if self.version in self._gpu_copies:
+                    self._gpu_copies[self.version].add(x, labels)
 
     def _grow(self, end: int) -> None:
         capacity = self._vectors.shape[0]
@@ -235,6 +253,8 @@ class ShardIndex:
                 for pos in positions:
                     self._records[pos] = None
                 self._index.remove_ids(faiss.IDSelectorBatch(self.labels(positions)))
+                if self.version in self._gpu_copies:
+                    self._gpu_copies[self.version].removed(positions.size, self._index)
             return found
 
     # ---- index versions ----------------------------------------------------
@@ -251,7 +271,11 @@ class ShardIndex:
         for start in range(0, positions.size, 65_536):
             chunk = positions[start:start + 65_536]
             index.add_with_ids(self._vectors[chunk].astype(np.float32), self.labels(chunk))
-        self._built[version] = index
+        copy = gpu.GpuCopy(index, self._gpu_device) if self._gpu_device is not None else None
+        with self._lock:
+            if copy is not None:
+                self._gpu_copies[version] = copy
+            self._built[version] = index
         return index
 
     def activate(self, version: int) -> None:
@@ -262,22 +286,32 @@ class ShardIndex:
             self._previous = (self.version, self._index)
             self._index = self._built.pop(version)
             self.version = version
+            for unused in self._built:
+                self._gpu_copies.pop(unused, None)
             self._built.clear()
 
     def retire_previous(self) -> None:
         """Frees the index of the version before the active one, once no query can ask for it."""
         with self._lock:
+            if self._previous is not None:
+                self._gpu_copies.pop(self._previous[0], None)
             self._previous = None
 
     def set_index(self, version: int, index: faiss.Index) -> None:
         """Installs a populated index (loaded from a snapshot) as the live one."""
+        copy = self._gpu_copies.get(version) if self._built.get(version) is index else None
+        if copy is None and self._gpu_device is not None:
+            copy = gpu.GpuCopy(index, self._gpu_device)
         with self._lock:
             self._index, self.version = index, version
+            self._built.pop(version, None)
+            self._gpu_copies = {version: copy} if copy is not None else {}
 
     def rebuild_exact(self) -> None:
         """Rebuilds the exact index from the alive slots (after loading a snapshot)."""
         with self._lock:
             self._index = self._new_flat()
+            self._gpu_copies.clear()
             positions = np.flatnonzero(self._alive)
             if positions.size:
                 self._index.add_with_ids(self._vectors[positions].astype(np.float32), self.labels(positions))

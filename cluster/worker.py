@@ -27,6 +27,7 @@ import faiss
 import numpy as np
 import ray
 
+from cluster import gpu
 from cluster import manifest as manifests
 from cluster.channel import ChannelAddress, ChannelServer
 from cluster.manifest import CollectionManifest, PartitionManifest, Segment
@@ -68,12 +69,18 @@ class ShardWorker:
         store_uri: object store root (a folder or s3://bucket/prefix).
         s3_endpoint: S3 endpoint override.
         omp_threads: FAISS threads; 0 keeps FAISS's default.
+        use_gpu: search trained partitions on this process's first GPU (Ray's CUDA_VISIBLE_DEVICES
+            names the one it gave the actor); without a GPU or a GPU build of FAISS, on CPU.
     """
 
     def __init__(self, worker_id: int, num_workers: int, store_uri: str, *, s3_endpoint: str | None = None,
-                 omp_threads: int = 0):
+                 omp_threads: int = 0, use_gpu: bool = False):
         if omp_threads:
             faiss.omp_set_num_threads(omp_threads)
+        self.gpu_device = 0 if use_gpu and gpu.available() else None
+        if use_gpu and self.gpu_device is None:
+            logger.warning("worker %d searches on CPU: %s", worker_id,
+                           "no GPU visible" if gpu.built_for_gpus() else "FAISS has no GPU support (faiss-cpu)")
         self.worker_id = worker_id
         self.num_workers = num_workers
         self.store = ObjectStore(store_uri, s3_endpoint=s3_endpoint)
@@ -91,6 +98,10 @@ class ShardWorker:
     def ready(self) -> dict:
         """Sizes of the partitions held, for health checks."""
         return {cid: {p: s.size for p, s in parts.items()} for cid, parts in self._partitions.items()}
+
+    def device(self) -> str:
+        """Where this worker searches trained partitions: "cuda:N" or "cpu"."""
+        return "cpu" if self.gpu_device is None else f"cuda:{self.gpu_device}"
 
     def search_channel(self, gateway_node_id: str) -> ChannelAddress:
         """Where this process serves `search` to a gateway on the given Ray node (opened on first call)."""
@@ -123,7 +134,7 @@ class ShardWorker:
 
     def _load_partition(self, manifest: CollectionManifest, p: int, part: PartitionManifest,
                         trained: faiss.Index | None) -> ShardIndex:
-        shard = ShardIndex(manifest.dimension, p, manifest.num_partitions)
+        shard = ShardIndex(manifest.dimension, p, manifest.num_partitions, gpu_device=self.gpu_device)
         self._applied[(manifest.collection_id, p)] = set()
         if part.snapshot:
             shard.add(batch_from_parquet(self.store.get(part.snapshot), manifest.dimension))

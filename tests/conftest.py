@@ -33,9 +33,9 @@ class GalleryFactory:
         self._started: list[tuple[Gallery, list]] = []
 
     def start(self, store_uri: str, *, num_workers: int = 2, s3_endpoint: str | None = None,
-              env_vars: dict[str, str] | None = None, **kwargs) -> Gallery:
+              env_vars: dict[str, str] | None = None, num_gpus: float = 0, **kwargs) -> Gallery:
         workers = runtime.start_workers(num_workers, store_uri, s3_endpoint=s3_endpoint, env_vars=env_vars,
-                                        cluster_name=f"test-{uuid.uuid4().hex[:8]}", num_cpus=0.5)
+                                        cluster_name=f"test-{uuid.uuid4().hex[:8]}", num_cpus=0.5, num_gpus=num_gpus)
         gallery = Gallery(ObjectStore(store_uri, s3_endpoint=s3_endpoint), workers, **kwargs)
         self._started.append((gallery, workers))
         return gallery
