@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -31,27 +29,12 @@ from cluster import runtime
 from cluster.gallery import Gallery
 from cluster.server import running_server
 from cluster.store import ObjectStore
+from host import describe  # benchmarks/host.py
 from jobs.enroll import enroll
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "faces"
 PHOTOS = ("obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg", "gauss.webp", "newton.png", "t1.jpg",
           "solvay_conference_1927.jpg")
-
-
-def machine() -> dict:
-    """What the figures ran on."""
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        models = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")]
-        cpu = models[0] if models else cpu
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "python": sys.version.split()[0], "ray": ray.__version__}
-    gpus = ray.cluster_resources().get("GPU", 0)
-    if gpus:
-        import torch
-
-        info.update(gpus=int(gpus), gpu=torch.cuda.get_device_name(0))
-    return info
 
 
 def _manifest(folder: Path, images: int) -> Path:
@@ -90,7 +73,7 @@ def main(images: int = 96, repeats: int = 3, num_actors: int = 0, images_per_bat
         gallery.close()
         runtime.stop_workers(workers)
     faces_per_s = statistics.median(r["faces_per_s"] for r in runs)
-    result = {"benchmark": "enroll", "machine": machine(), "images": images, "faces": runs[0]["faces"],
+    result = {"benchmark": "enroll", "machine": describe(ray=ray.__version__), "images": images, "faces": runs[0]["faces"],
               "num_actors": num_actors, "device": "cuda" if gpus else "cpu", "images_per_batch": images_per_batch,
               "repeats": repeats, "faces_per_s": round(faces_per_s, 2),
               "images_per_s": round(faces_per_s * images / max(runs[0]["faces"], 1), 2),

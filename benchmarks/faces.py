@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -22,6 +20,7 @@ import numpy as np
 import torch
 
 from cluster.faces import FaceDetector, FaceNetEmbedder, FacePipeline, decode_image
+from host import describe  # benchmarks/host.py
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "faces"
 
@@ -35,21 +34,6 @@ def timeit(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def machine(threads: int) -> dict:
-    """What the figures ran on."""
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        models = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
-                  if ln.startswith("model name")]
-        cpu = models[0] if models else cpu
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(),
-            "torch_threads": threads, "torch": torch.__version__, "opencv": cv2.__version__}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def main(batch_sizes: str = "1,4,16,32,64", repeats: int = 3, threads: int = 0) -> dict:
@@ -66,7 +50,8 @@ def main(batch_sizes: str = "1,4,16,32,64", repeats: int = 3, threads: int = 0) 
     images = {"crowd_2560x1852": np.vstack([np.hstack([small, small])] * 2),
               "group_1280x886": decode_image((DATA / "t1.jpg").read_bytes())}
     detector = FaceDetector()
-    result = {"machine": machine(torch.get_num_threads()), "detect": {}, "align": {}, "embed": {}}
+    result = {"machine": describe(torch=torch.__version__, torch_threads=str(torch.get_num_threads()),
+                                   opencv=cv2.__version__), "detect": {}, "align": {}, "embed": {}}
 
     for name, image in images.items():
         n = len(detector.detect(image, max_faces=1000))

@@ -28,7 +28,6 @@ import contextlib
 import json
 import os
 import pathlib
-import platform
 import shutil
 import signal
 import socket
@@ -48,6 +47,7 @@ from cluster import tuning, vectors  # noqa: E402
 from cluster.client import GalleryClient  # noqa: E402
 from cluster.gpu import GpuCopy  # noqa: E402
 from cluster.synthetic import clustered_embeddings, noisy_probes  # noqa: E402
+from host import describe  # noqa: E402  (benchmarks/host.py)
 from gallery.v1 import gallery_pb2 as pb  # noqa: E402
 
 K = 10
@@ -61,14 +61,6 @@ def timed(what: str, into: dict | None = None):
     print(f"  {what}: {elapsed:.1f} s", flush=True)
     if into is not None:
         into[what] = elapsed
-
-
-def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                 platform.processor())
-    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{platform.node()}: {os.cpu_count()} CPUs ({model}), {memory_gib:.0f} GiB, {platform.platform()}, " \
-           f"faiss {faiss.__version__}"
 
 
 def _process_cpu_s(pid: int) -> float:
@@ -205,7 +197,8 @@ def main(num_vectors: int = 1_000_000, dimension: int = 512, num_queries: int = 
     """Runs the benchmark; returns the figures of the final JSON line."""
     if quick:
         num_vectors, num_queries, duration_s = 50_000, 300, 3.0
-    print(f"machine: {machine()}")
+    machine = describe(faiss=faiss.__version__)
+    print(f"machine: {machine}")
     cpus_per_shard = shard_cpus(num_shards)
     print(f"cluster: {num_shards} shards x {cpus_per_shard} CPUs{' + a GPU share each' if use_gpu else ''}; "
           f"in-process: {faiss.omp_get_max_threads()} threads{' + the GPU' if use_gpu else ''}")
@@ -333,7 +326,7 @@ def main(num_vectors: int = 1_000_000, dimension: int = 512, num_queries: int = 
         "bytes_per_vector": cluster_figures["bytes_per_vector"], "build_s": cluster_figures["build_s"],
         "baseline_build_s": local_figures["build_s"],
         "cpu_ms_per_query": {"batch_1": cpu_1, "batch_256": cpu_256},
-        "baseline_cpu_ms_per_query": {"batch_1": local_cpu_1, "batch_256": local_cpu_256}, "machine": machine(),
+        "baseline_cpu_ms_per_query": {"batch_1": local_cpu_1, "batch_256": local_cpu_256}, "machine": machine,
     }
     targets = {"qps_ratio >= 0.8": figures["qps_ratio"] >= 0.8, "p50_added_ms <= 3": p50_added <= 3,
                "recall_at_1 >= 0.99": figures["recall_at_1"] >= 0.99,
