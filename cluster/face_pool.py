@@ -72,15 +72,14 @@ class FaceWorker:
         image = self._decode(data, max_bytes)
         faces = self.pipeline.detect(image, max_faces)
         chosen = [i for i, f in enumerate(faces) if f.quality >= min_quality][:embed_max_faces]
-        embedded = self.pipeline.embed_faces(image, [faces[i] for i in chosen]) if chosen else []
-        out = list(faces)
-        for i, face in zip(chosen, embedded):
-            out[i] = face
-        return ImageFaces(image.shape[1], image.shape[0], out)
+        return ImageFaces(image.shape[1], image.shape[0], self._embed_chosen([image], [faces], [chosen])[0])
 
-    def analyze_many(self, images: list[bytes], *, max_faces: int = 100, max_bytes: int | None = None
-                     ) -> list[ImageFaces | Exception]:
-        """Like `analyze` for many images in shared model batches; a bad image yields its error, in place."""
+    def analyze_many(self, images: list[bytes], *, max_faces: int = 100, max_bytes: int | None = None,
+                     min_quality: float = 0.0) -> list[ImageFaces | Exception]:
+        """Like `analyze` for many images in shared model batches; a bad image yields its error, in place.
+
+        Faces under `min_quality` are not embedded: they come back as `DetectedFace`.
+        """
         from cluster.faces import InvalidImageError
 
         decoded: list = []
@@ -89,11 +88,21 @@ class FaceWorker:
                 decoded.append(self._decode(data, max_bytes))
             except InvalidImageError as e:
                 decoded.append(e)
-        good = [i for i, d in enumerate(decoded) if not isinstance(d, Exception)]
-        faces = self.pipeline.analyze_batch([decoded[i] for i in good], max_faces) if good else []
-        out: list[ImageFaces | Exception] = list(decoded)
-        for i, found in zip(good, faces):
-            out[i] = ImageFaces(decoded[i].shape[1], decoded[i].shape[0], found)
+        good = [decoded[i] for i, d in enumerate(decoded) if not isinstance(d, Exception)]
+        detected = [self.pipeline.detect(image, max_faces) for image in good]
+        chosen = [[j for j, f in enumerate(faces) if f.quality >= min_quality] for faces in detected]
+        found = iter(self._embed_chosen(good, detected, chosen))
+        return [d if isinstance(d, Exception) else ImageFaces(d.shape[1], d.shape[0], next(found)) for d in decoded]
+
+    def _embed_chosen(self, images: list, detected: list[list], chosen: list[list[int]]) -> list[list]:
+        """Each image's detected faces with the chosen ones (by index) embedded, all images in shared batches."""
+        out = [list(faces) for faces in detected]
+        if not any(chosen):
+            return out
+        embedded = self.pipeline.embed_batch(images, [[faces[j] for j in idx] for faces, idx in zip(detected, chosen)])
+        for row, idx, faces in zip(out, chosen, embedded):
+            for j, face in zip(idx, faces):
+                row[j] = face
         return out
 
     @staticmethod

@@ -83,7 +83,7 @@ class FaceEmbedder:
         todo = [i for i in range(n) if not reasons[i]]
         images = batch.column("image").to_pylist()
         found = self.worker.analyze_many([images[i] for i in todo], max_faces=self.max_faces,
-                                         max_bytes=self.max_image_bytes) if todo else []
+                                         max_bytes=self.max_image_bytes, min_quality=self.min_quality) if todo else []
         ids, hashes = batch.column("external_image_id").to_pylist(), batch.column("image_sha256").to_pylist()
         size = np.zeros((n, 2), np.int32)
         detected, below = np.zeros(n, np.int32), np.zeros(n, np.int32)

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import enroll_data as data
-from cluster.faces import MAX_S3_IMAGE_BYTES
+from cluster.faces import MAX_S3_IMAGE_BYTES, Face
 from gallery.v1 import gallery_pb2 as pb
 from jobs.build_index import needs_index
 from jobs.commit import new_faces
@@ -116,6 +116,18 @@ def test_embedder_reasons_faces_and_stable_ids(tmp_path, embedder):
     errors = segment_errors(out)
     assert errors.column("reason").to_pylist() == ["low_quality", "no_face", "invalid_image", "invalid_image"]
     assert errors.column("external_image_id").to_pylist() == ["small.jpg", "sky.png", "cut.jpg", "notes.jpg"]
+
+
+def test_faces_under_the_quality_filter_are_never_embedded(embedder):
+    group = data.photo(data.GROUP)
+    everything = embedder.worker.analyze_many([group], min_quality=0.0)[0].faces
+    filtered = embedder.worker.analyze_many([group], min_quality=embedder.min_quality)[0].faces
+    passing = [f.quality >= embedder.min_quality for f in everything]
+    assert [isinstance(f, Face) for f in filtered] == passing and not all(passing)
+    for all_embedded, kept in zip(everything, filtered):
+        assert all_embedded.box == kept.box
+        if isinstance(kept, Face):
+            np.testing.assert_allclose(kept.embedding, all_embedded.embedding, atol=1e-5)
 
 
 def test_new_faces_carry_detail_metadata_and_embedding(tmp_path, embedder):
