@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from cluster.calibration import Calibration, impostor_scores
 from cluster.errors import FailedPrecondition, NotFound
 from cluster.manifest import CollectionManifest
 from cluster.runtime import MAINTENANCE
-from cluster.training import load_index, train_ivfpq
+from cluster.training import load_index, train_ivfpq, usable_cpus
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,15 @@ CALIBRATE_FROM = 200  # faces before a raw collection is first calibrated
 MIN_FACES_TO_TRAIN = 256  # IVF-PQ's 8-bit codebooks need at least 256 training vectors
 
 
+@ray.remote(num_cpus=1, max_calls=1)
 def _train_remote(xt: np.ndarray, nlist: int, pq_m: int) -> bytes:
+    """Trains on every CPU of its node at low priority: the node's searches still come first.
+
+    Ray reserves one CPU for the task, so that it is placed, and would hold FAISS to one thread;
+    the worker process exits after the task (max_calls=1), and its niceness and threads with it.
+    """
+    os.nice(10)
+    faiss.omp_set_num_threads(usable_cpus())
     return train_ivfpq(xt, nlist, pq_m)
 
 
@@ -141,7 +150,7 @@ class IndexMaintenance:
         nlist = tuning.nlist_for(m.face_count)
         pq_m = tuning.pq_m_for(m.dimension)
         xt, persons = self._sample(collection_id, tuning.training_sample_size(m.face_count, nlist), seed=m.sequence)
-        trained_bytes = ray.get(ray.remote(_train_remote).options(num_cpus=1).remote(xt, nlist, pq_m))
+        trained_bytes = ray.get(_train_remote.remote(xt, nlist, pq_m))
         calibration = None
         if not m.embedding_model:
             keep = slice(0, CALIBRATION_SAMPLE)

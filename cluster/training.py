@@ -1,6 +1,8 @@
 """Training the IVF-PQ index a collection's partitions share."""
 
 import logging
+import math
+import os
 import time
 
 import faiss
@@ -29,6 +31,19 @@ def train_ivfpq(xt: np.ndarray, nlist: int, pq_m: int) -> bytes:
     index.train(np.ascontiguousarray(xt, dtype=np.float32))
     logger.info("trained IVF%d,PQ%d on %d vectors in %.1f s", nlist, pq_m, n, time.perf_counter() - start)
     return faiss.serialize_index(index).tobytes()
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on, within its cgroup's CPU quota (a container's limit)."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus
 
 
 def load_index(data: bytes) -> faiss.Index:
