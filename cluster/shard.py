@@ -180,14 +180,16 @@ class ShardIndex:
             copy = self._gpu_copies.get(version)
             if copy is not None and copy.can_search(depth, nprobe):
                 labels = copy.search(xq, depth, nprobe)
-                candidates = gpu.first_live(labels, self._live(labels), depth)
+                candidates = gpu.first_live(labels, self._slots_and_liveness(labels)[1], depth)
             else:
                 index.nprobe = nprobe  # search_preassigned scans Iq's columns; the lock makes this safe
                 _, candidates = index.search_preassigned(xq, depth, Iq, Dq)
             return self._rerank(xq, candidates, k)
 
-    def _live(self, labels: np.ndarray) -> np.ndarray:
-        return (labels >= 0) & self._alive[np.where(labels >= 0, self._positions(labels), 0)]
+    def _slots_and_liveness(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The slot of each label (0 for -1), and whether it holds a live face."""
+        positions = np.where(labels >= 0, self._positions(labels), 0)
+        return positions, (labels >= 0) & self._alive[positions]
 
     def _rerank(self, xq: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         nq, depth = candidates.shape
@@ -197,8 +199,7 @@ class ShardIndex:
         chunk = max(1, _RERANK_FLOATS // (depth * self.d))
         for start in range(0, nq, chunk):
             labels = candidates[start:start + chunk]
-            positions = np.where(labels >= 0, self._positions(labels), 0)
-            valid = self._live(labels)
+            positions, valid = self._slots_and_liveness(labels)
             # faiss decodes fp16 with SIMD, ~3x faster than numpy's astype (benchmarks/serving.py)
             stored = self._fp16.decode(codes[positions.ravel()]).reshape(len(labels), depth, self.d)
             scores = np.matmul(stored, xq[start:start + chunk, :, None])[:, :, 0]
