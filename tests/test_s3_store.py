@@ -98,17 +98,18 @@ def test_writer_lease_on_s3_is_exclusive_expires_and_is_lost_when_taken(s3_serve
     def s3_store():
         return ObjectStore(f"s3://{s3_bucket}/leased", s3_endpoint=s3_server)
 
-    first = WriterLease.acquire(s3_store(), ttl_s=1.5)
+    # ttl_s leaves a loaded 2-core CI machine seconds for each renewal (a GET and a PUT)
+    first = WriterLease.acquire(s3_store(), ttl_s=5)
     with pytest.raises(StoreInUse, match="served by another gateway"):
-        WriterLease.acquire(s3_store(), ttl_s=1.5, wait_s=2.5)  # first keeps renewing meanwhile
+        WriterLease.acquire(s3_store(), ttl_s=5, wait_s=8)  # past its ttl_s: first keeps renewing meanwhile
     first.check()
     first.release()
-    second = WriterLease.acquire(s3_store(), ttl_s=1.5, wait_s=0)
+    second = WriterLease.acquire(s3_store(), ttl_s=5, wait_s=0)
 
     # Another gateway takes the lease over (say this one was paused past its ttl): this one stops writing.
     s3_store().put(LEASE_KEY, json.dumps({"owner": "other", "host": "elsewhere", "pid": 7, "renewed_at": time.time(),
                                           "ttl_s": 60}).encode())
-    wait_until(lambda: second._lost != "", 5, "the lease loss noticed")
+    wait_until(lambda: second._lost != "", 10, "the lease loss noticed")
     with pytest.raises(Unavailable, match="lost the writer lease .*taken by elsewhere pid 7"):
         second.check()
     second.release()
@@ -117,5 +118,5 @@ def test_writer_lease_on_s3_is_exclusive_expires_and_is_lost_when_taken(s3_serve
     # A lease left by a gateway that died elsewhere is free once it is ttl_s old.
     s3_store().put(LEASE_KEY, json.dumps({"owner": "dead", "host": "elsewhere", "pid": 7,
                                           "renewed_at": time.time() - 10, "ttl_s": 5}).encode())
-    WriterLease.acquire(s3_store(), ttl_s=1.5, wait_s=0).release()
+    WriterLease.acquire(s3_store(), ttl_s=5, wait_s=0).release()
     assert not s3_store().exists(LEASE_KEY)
