@@ -256,6 +256,7 @@ def main(num_vectors: int = 1_000_000, dimension: int = 512, num_queries: int = 
     print("cluster (gallery serve, gRPC on 127.0.0.1):")
     store, port = tempfile.mkdtemp(prefix="gallery-bench-"), free_port()
     log = open(os.path.join(store, "serve.log"), "wb")
+    print(f"  gallery serve logs to {log.name}", flush=True)
     server = subprocess.Popen([sys.executable, "-m", "cluster.cli", "serve", "--store", os.path.join(store, "data"),
                                "--port", str(port), "--num-shards", str(num_shards),
                                "--train-threshold", str(num_vectors), "--face-workers", "0",
@@ -273,15 +274,17 @@ def main(num_vectors: int = 1_000_000, dimension: int = 512, num_queries: int = 
                     raise RuntimeError(f"gallery serve did not start; see {log.name}")
                 time.sleep(0.5)
         with timed("build (ingest over gRPC + train + populate shards)", build):
-            client.create_collection("bench", dimension=dimension)
-            for start in range(0, num_vectors, 10_000):
-                end = min(start + 10_000, num_vectors)
-                client.add("bench", [str(i) for i in range(start, end)], xb[start:end])
-            while True:
-                description = client.describe("bench")
-                if description.index_state == pb.INDEX_STATE_IVF_PQ and not description.training:
-                    break
-                time.sleep(1)
+            with timed("of which ingest over gRPC"):
+                client.create_collection("bench", dimension=dimension)
+                for start in range(0, num_vectors, 10_000):
+                    end = min(start + 10_000, num_vectors)
+                    client.add("bench", [str(i) for i in range(start, end)], xb[start:end])
+            with timed("of which train + populate shards"):
+                while True:
+                    description = client.describe("bench")
+                    if description.index_state == pb.INDEX_STATE_IVF_PQ and not description.training:
+                        break
+                    time.sleep(1)
 
         def cluster_search(x):
             return client.search("bench", x, K, nprobe=nprobe)
