@@ -7,18 +7,27 @@ stays in the copy: a search fetches as many more candidates as the copy holds
 dead faces and keeps the first `depth` live ones, which are those the CPU index
 would have given (up to the float16 lookup tables' rounding of PQ distances).
 Past `MAX_DEAD` deletions the copy is made again from the CPU index.
+
+A process shares one set of FAISS GPU resources per device (scratch memory,
+streams, cuBLAS handle) among all its copies, whatever the number of
+collections. Those resources are not thread-safe, so every call that touches a
+copy, its freeing included, holds one process-wide lock.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 
 import faiss
 import numpy as np
 
 MAX_K = 2048  # faiss's GPU k-selection limit; nprobe has the same one
 MAX_DEAD = 1024
-_TEMP_MEMORY = 256 << 20  # scratch space of one copy's searches; faiss allocates beyond it when a batch needs more
+_TEMP_MEMORY = 256 << 20  # scratch space of a device's searches; faiss allocates beyond it when a batch needs more
+
+_lock = threading.RLock()
+_resources: dict[int, faiss.StandardGpuResources] = {}  # by device; they live as long as the process
 
 
 def built_for_gpus() -> bool:
@@ -60,8 +69,16 @@ def first_live(labels: np.ndarray, live: np.ndarray, depth: int) -> np.ndarray:
     return np.where(np.take_along_axis(live, order, axis=1), kept, -1)
 
 
+def _resources_for(device: int) -> faiss.StandardGpuResources:
+    if device not in _resources:
+        resources = faiss.StandardGpuResources()
+        resources.setTempMemory(_TEMP_MEMORY)
+        _resources[device] = resources
+    return _resources[device]
+
+
 class GpuCopy:
-    """A GPU mirror of a CPU IVF-PQ index, with its own FAISS GPU resources (they are not shared across threads).
+    """A GPU mirror of a CPU IVF-PQ index.
 
     Args:
         index: the populated CPU index.
@@ -69,31 +86,38 @@ class GpuCopy:
     """
 
     def __init__(self, index: faiss.Index, device: int = 0):
-        self._resources = faiss.StandardGpuResources()
-        self._resources.setTempMemory(_TEMP_MEMORY)
         self._device = device
-        self.index = self._copy(index)
         self.dead = 0  # deleted faces the copy still holds
+        with _lock:
+            self.index = self._copy(index)
 
     def _copy(self, index: faiss.Index) -> faiss.Index:
         options = faiss.GpuClonerOptions()
         # float16 lookup tables: in float32, 64 sub-quantizers x 256 entries (64 KiB) can exceed a block's shared memory
         options.useFloat16 = True
-        return faiss.index_cpu_to_gpu(self._resources, self._device, index, options)
+        return faiss.index_cpu_to_gpu(_resources_for(self._device), self._device, index, options)
 
     def can_search(self, depth: int, nprobe: int) -> bool:
         return depth + self.dead <= MAX_K and nprobe <= MAX_K
 
     def search(self, xq: np.ndarray, depth: int, nprobe: int) -> np.ndarray:
         """(nq, depth + dead) candidate labels by PQ score, dead faces among them."""
-        self.index.nprobe = nprobe
-        return self.index.search(xq, depth + self.dead)[1]
+        with _lock:
+            self.index.nprobe = nprobe
+            return self.index.search(xq, depth + self.dead)[1]
 
     def add(self, x: np.ndarray, labels: np.ndarray) -> None:
-        self.index.add_with_ids(x, labels)
+        with _lock:
+            self.index.add_with_ids(x, labels)
 
     def removed(self, count: int, index: faiss.Index) -> None:
         """`count` faces were removed from the CPU `index`; copies it again once too many linger here."""
         self.dead += count
         if self.dead > MAX_DEAD:
-            self.index, self.dead = self._copy(index), 0
+            with _lock:
+                self.index, self.dead = self._copy(index), 0  # the old copy is freed here, under the lock
+
+    def release(self) -> None:
+        """Frees the GPU memory now (under the lock, not whenever Python collects the copy)."""
+        with _lock:
+            self.index = None

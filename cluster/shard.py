@@ -275,6 +275,7 @@ class ShardIndex:
         copy = gpu.GpuCopy(index, self._gpu_device) if self._gpu_device is not None else None
         with self._lock:
             if copy is not None:
+                self._drop_gpu_copies([version])
                 self._gpu_copies[version] = copy
             self._built[version] = index
         return index
@@ -287,15 +288,14 @@ class ShardIndex:
             self._previous = (self.version, self._index)
             self._index = self._built.pop(version)
             self.version = version
-            for unused in self._built:
-                self._gpu_copies.pop(unused, None)
+            self._drop_gpu_copies(list(self._built))
             self._built.clear()
 
     def retire_previous(self) -> None:
         """Frees the index of the version before the active one, once no query can ask for it."""
         with self._lock:
             if self._previous is not None:
-                self._gpu_copies.pop(self._previous[0], None)
+                self._drop_gpu_copies([self._previous[0]])
             self._previous = None
 
     def set_index(self, version: int, index: faiss.Index) -> None:
@@ -306,17 +306,30 @@ class ShardIndex:
         with self._lock:
             self._index, self.version = index, version
             self._built.pop(version, None)
-            self._gpu_copies = {version: copy} if copy is not None else {}
+            self._drop_gpu_copies([v for v, c in self._gpu_copies.items() if c is not copy])
+            if copy is not None:
+                self._gpu_copies[version] = copy
 
     def rebuild_exact(self) -> None:
         """Rebuilds the exact index from the alive slots (after loading a snapshot)."""
         with self._lock:
             self._index = self._new_flat()
-            self._gpu_copies.clear()
+            self.release_gpu_copies()
             positions = np.flatnonzero(self._alive)
             if positions.size:
                 self._index.add_with_ids(self._vectors[positions].astype(np.float32), self.labels(positions))
             self.version = 0
+
+    def release_gpu_copies(self) -> None:
+        """Frees this partition's GPU memory (its collection is being dropped, or searched exactly)."""
+        with self._lock:
+            self._drop_gpu_copies(list(self._gpu_copies))
+
+    def _drop_gpu_copies(self, versions: list[int]) -> None:
+        for version in versions:
+            copy = self._gpu_copies.pop(version, None)
+            if copy is not None:
+                copy.release()
 
     def snapshot(self) -> FaceBatch:
         """Every alive face with its slot, for a snapshot object."""

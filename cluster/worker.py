@@ -150,7 +150,8 @@ class ShardWorker:
         return shard
 
     def drop_collection(self, collection_id: str) -> None:
-        self._partitions.pop(collection_id, None)
+        for shard in self._partitions.pop(collection_id, {}).values():
+            shard.release_gpu_copies()
         for key in [k for k in self._applied if k[0] == collection_id]:
             del self._applied[key]
 
