@@ -10,7 +10,7 @@ import grpc
 from cluster.faces_api import FaceService, face_detail
 from cluster.gallery import Gallery
 from cluster.s3_images import S3Object
-from cluster.servicer import (GalleryServicer, _deadline, _status_errors, calibration_message, candidates_message,
+from cluster.servicer import (GalleryServicer, _deadline, _status_errors, add_candidates, calibration_message,
                               face_message)
 from gallery.v1 import gallery_pb2 as pb
 
@@ -94,11 +94,12 @@ class FaceGalleryServicer(GalleryServicer):
             min_similarity=_optional(request, "min_similarity"), all_faces=request.all_faces,
             quality_filter=_quality_filter(request.quality_filter), timeout_s=_deadline(context))
         results = search.results
-        return pb.SearchFacesByImageResponse(
-            results=[pb.FaceSearchResult(searched_face=face_detail(f, search.width, search.height),
-                                         candidates=candidates_message(results, q))
-                     for q, f in enumerate(search.faces)],
-            gallery_size=results.gallery_size, calibration=calibration_message(results.calibration))
+        response = pb.SearchFacesByImageResponse(gallery_size=results.gallery_size,
+                                                 calibration=calibration_message(results.calibration))
+        for face, candidates in zip(search.faces, results.candidates):
+            add_candidates(response.results.add(searched_face=face_detail(face, search.width, search.height)).candidates,
+                           candidates)
+        return response
 
     @_face_rpc
     @_status_errors
@@ -106,9 +107,10 @@ class FaceGalleryServicer(GalleryServicer):
         record, results = self.faces.search_faces(request.collection_id, request.face_id, k=request.k,
                                                   min_similarity=_optional(request, "min_similarity"),
                                                   timeout_s=_deadline(context))
-        return pb.SearchFacesResponse(searched_face_id=record.face_id, candidates=candidates_message(results, 0),
-                                      gallery_size=results.gallery_size,
-                                      calibration=calibration_message(results.calibration))
+        response = pb.SearchFacesResponse(searched_face_id=record.face_id, gallery_size=results.gallery_size,
+                                          calibration=calibration_message(results.calibration))
+        add_candidates(response.candidates, results.candidates[0])
+        return response
 
     @_face_rpc
     @_status_errors

@@ -10,7 +10,7 @@ import numpy as np
 
 from cluster import errors, vectors
 from cluster.calibration import Calibration
-from cluster.gallery import Gallery, SearchResults
+from cluster.gallery import Candidate, Gallery
 from cluster.records import FaceRecord
 from gallery.v1 import gallery_pb2 as pb
 from gallery.v1 import gallery_pb2_grpc
@@ -58,14 +58,28 @@ def embeddings_array(messages, dimension: int, what: str) -> np.ndarray:
     return np.stack(rows) if rows else np.empty((0, dimension), dtype=np.float32)
 
 
-def face_message(record: FaceRecord) -> pb.Face:
-    face = pb.Face(face_id=record.face_id, external_image_id=record.external_image_id, image_uri=record.image_uri,
-                   metadata=record.metadata)
+def fill_face(face: pb.Face, record: FaceRecord) -> pb.Face:
+    """Writes a record into a Face message in place and returns it.
+
+    Responses are built in place, field by field: a message built apart and then
+    passed to its parent's constructor is copied there, once per level (256
+    queries x 10 candidates: 4.5 ms in place, 11.6 ms built apart).
+    """
+    face.face_id = record.face_id
+    face.external_image_id = record.external_image_id
+    face.image_uri = record.image_uri
+    if record.metadata:
+        face.metadata.update(record.metadata)
     if record.detail:
         face.detail.ParseFromString(record.detail)
     if record.embedding is not None:
-        face.embedding.CopyFrom(pb.Embedding(values=vectors.encode(record.embedding), dimension=record.embedding.size))
+        face.embedding.values = vectors.encode(record.embedding)
+        face.embedding.dimension = record.embedding.size
     return face
+
+
+def face_message(record: FaceRecord) -> pb.Face:
+    return fill_face(pb.Face(), record)
 
 
 def calibration_message(calibration: Calibration | None) -> pb.Calibration:
@@ -76,10 +90,11 @@ def calibration_message(calibration: Calibration | None) -> pb.Calibration:
                           default_min_similarity=calibration.default_min_similarity)
 
 
-def candidates_message(results: SearchResults, q: int) -> list[pb.Candidate]:
-    return [pb.Candidate(face=face_message(c.record), similarity=c.similarity, false_match_rate=c.false_match_rate,
-                         gallery_false_match_probability=c.gallery_false_match_probability)
-            for c in results.candidates[q]]
+def add_candidates(field, candidates: list[Candidate]) -> None:
+    """Appends candidates to a repeated Candidate field, in place."""
+    for c in candidates:
+        fill_face(field.add(similarity=c.similarity, false_match_rate=c.false_match_rate,
+                            gallery_false_match_probability=c.gallery_false_match_probability).face, c.record)
 
 
 class GalleryServicer(gallery_pb2_grpc.GalleryServicer):
@@ -147,10 +162,12 @@ class GalleryServicer(gallery_pb2_grpc.GalleryServicer):
             request.collection_id, xq, request.k, nprobe=request.nprobe,
             min_similarity=request.min_similarity if request.HasField("min_similarity") else None,
             timeout_s=_deadline(context))
-        return pb.SearchByEmbeddingResponse(
-            results=[pb.SearchResult(candidates=candidates_message(results, q)) for q in range(xq.shape[0])],
+        response = pb.SearchByEmbeddingResponse(
             gallery_size=results.gallery_size, calibration=calibration_message(results.calibration),
             index_state=pb.INDEX_STATE_IVF_PQ if results.index_version else pb.INDEX_STATE_EXACT)
+        for candidates in results.candidates:
+            add_candidates(response.results.add().candidates, candidates)
+        return response
 
     @_status_errors
     def ListFaces(self, request, context):
