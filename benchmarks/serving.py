@@ -11,7 +11,10 @@ Prints QPS at batch 1 and 256 with concurrent clients, latency p50/p99 at
 batch 1, recall@1/@10 against exact search, bytes per vector and build time,
 then one JSON line. With each QPS figure it prints where the CPU went, per
 query: the gateway process, the shard workers, this process (the clients, or
-the in-process index) and the rest of the machine (Linux, from /proc).
+the in-process index) and the rest of the machine (Linux, from /proc). It also
+measures gRPC alone: the same clients at batch 1 against a server that answers
+every query with canned candidates and searches nothing, the least any gRPC
+service costs per query on this machine.
 
     python benchmarks/serving.py            # 1M vectors: tens of minutes on 2 cores
     python benchmarks/serving.py --quick    # 50k vectors, under a minute
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import multiprocessing
 import os
 import pathlib
 import shutil
@@ -36,8 +40,10 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent import futures
 
 import faiss
+import grpc
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -49,6 +55,7 @@ from cluster.gpu import GpuCopy  # noqa: E402
 from cluster.synthetic import clustered_embeddings, noisy_probes  # noqa: E402
 from host import describe  # noqa: E402  (benchmarks/host.py)
 from gallery.v1 import gallery_pb2 as pb  # noqa: E402
+from gallery.v1 import gallery_pb2_grpc  # noqa: E402
 
 K = 10
 
@@ -187,6 +194,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class CannedSearch(gallery_pb2_grpc.GalleryServicer):
+    """Answers SearchByEmbedding with k made-up candidates per query, searching nothing: gRPC's own cost."""
+
+    def SearchByEmbedding(self, request, context):
+        response = pb.SearchByEmbeddingResponse(gallery_size=1_000_000, index_state=pb.INDEX_STATE_IVF_PQ)
+        for _ in request.queries:
+            candidates = response.results.add().candidates
+            for j in range(request.k):
+                candidates.add(similarity=0.5, false_match_rate=1e-6,
+                               gallery_false_match_probability=1e-3).face.face_id = str(j)
+        return response
+
+
+def serve_canned(port: int) -> None:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
+    gallery_pb2_grpc.add_GalleryServicer_to_server(CannedSearch(), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    server.wait_for_termination()
+
+
+def grpc_alone(xq: np.ndarray, clients: int, duration_s: float) -> tuple[float, dict[str, float]]:
+    """Batch-1 QPS and CPU per query of the benchmark's clients against `CannedSearch` in its own process."""
+    port = free_port()
+    server = multiprocessing.get_context("spawn").Process(target=serve_canned, args=(port,), daemon=True)
+    server.start()
+    try:
+        with GalleryClient(f"127.0.0.1:{port}") as client:
+            grpc.channel_ready_future(client.channel).result(timeout=60)
+            return measure_throughput(lambda x: client.search("canned", x, K), xq, 1, clients, duration_s,
+                                      {"server": [server.pid], "this process (clients)": [os.getpid()]}, "batch 1")
+    finally:
+        server.terminate()
+        server.join()
+
+
 def shard_cpus(num_shards: int) -> int:
     """CPUs per shard worker: the machine's less two for the gateway and the clients, at least one."""
     return max(1, ((os.cpu_count() or 1) - 2) // num_shards)
@@ -252,6 +295,9 @@ def main(num_vectors: int = 1_000_000, dimension: int = 512, num_queries: int = 
         "bytes_per_vector": base.code_size + 8 + 2 * dimension, "build_s": build["build"],
     }
     local = base = gpu_base = None  # frees memory (and the GPU) before the cluster loads the same vectors
+
+    print("gRPC alone (a server that answers with canned candidates and searches nothing):")
+    canned_qps, canned_cpu = grpc_alone(xq, clients, duration_s)
 
     print("cluster (gallery serve, gRPC on 127.0.0.1):")
     store, port = tempfile.mkdtemp(prefix="gallery-bench-"), free_port()
@@ -329,11 +375,17 @@ def main(num_vectors: int = 1_000_000, dimension: int = 512, num_queries: int = 
         "bytes_per_vector": cluster_figures["bytes_per_vector"], "build_s": cluster_figures["build_s"],
         "baseline_build_s": local_figures["build_s"],
         "cpu_ms_per_query": {"batch_1": cpu_1, "batch_256": cpu_256},
-        "baseline_cpu_ms_per_query": {"batch_1": local_cpu_1, "batch_256": local_cpu_256}, "machine": machine,
+        "baseline_cpu_ms_per_query": {"batch_1": local_cpu_1, "batch_256": local_cpu_256},
+        "grpc_alone": {"qps_batch_1": canned_qps, "cpu_ms_per_query": canned_cpu}, "machine": machine,
     }
     targets = {"qps_ratio >= 0.8": figures["qps_ratio"] >= 0.8, "p50_added_ms <= 3": p50_added <= 3,
                "recall_at_1 >= 0.99": figures["recall_at_1"] >= 0.99,
                "recall_at_10 >= 0.95": figures["recall_at_10"] >= 0.95}
+    if canned_cpu and local_cpu_1:
+        # Where the in-process run kept every CPU busy, a served query costs at least its search plus gRPC.
+        search_ms, grpc_ms = sum(local_cpu_1.values()), sum(canned_cpu.values())
+        print(f"gRPC alone: {grpc_ms:.2f} CPU ms per batch-1 query; with the search's {search_ms:.2f}, a service through "
+              f"gRPC on a CPU-bound machine serves at most {search_ms / (search_ms + grpc_ms):.2f}x in-process at batch 1")
     for target, met in targets.items():
         print(f"target {target}: {'met' if met else 'MISSED'}")
     print(json.dumps(figures))
