@@ -6,8 +6,9 @@ out at once, with no thread hand-off. Queries that arrive while every slot is
 busy wait in the queue; when a dispatch ends with queries waiting, the next
 batch goes out from a background thread rather than from the caller whose batch
 just ended: that caller returns to answer its own client meanwhile, instead of
-holding its reply back for the length of other callers' batches (8 clients at
-batch 1 on 2 cores kept the shards idle ~20% of the time that way). Queries
+holding its reply back for the length of other callers' batches, and its client
+sends its next query sooner (8 clients at batch 1, 1M faces on 2 cores: 3.95
+queries per dispatch on average, 3.45 when the caller served on). Queries
 with the same key (collection, k, nprobe) are concatenated; when a batch fails,
 every caller in it gets the error.
 """
