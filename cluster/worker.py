@@ -68,15 +68,16 @@ class ShardWorker:
         num_workers: workers in the cluster.
         store_uri: object store root (a folder or s3://bucket/prefix).
         s3_endpoint: S3 endpoint override.
-        omp_threads: FAISS threads; 0 keeps FAISS's default.
+        omp_threads: FAISS threads per search or build; 0 keeps OpenMP's default (Ray sets
+            OMP_NUM_THREADS to the actor's CPUs).
         use_gpu: search trained partitions on this process's first GPU (Ray's CUDA_VISIBLE_DEVICES
             names the one it gave the actor); without a GPU or a GPU build of FAISS, on CPU.
     """
 
     def __init__(self, worker_id: int, num_workers: int, store_uri: str, *, s3_endpoint: str | None = None,
                  omp_threads: int = 0, use_gpu: bool = False):
-        if omp_threads:
-            faiss.omp_set_num_threads(omp_threads)
+        self._omp_threads = omp_threads
+        self._use_omp_threads()
         self.gpu_device = 0 if use_gpu and gpu.available() else None
         if use_gpu and self.gpu_device is None:
             logger.warning("worker %d searches on CPU: %s", worker_id,
@@ -90,6 +91,12 @@ class ShardWorker:
         self._channel: ChannelServer | None = None
         for manifest in manifests.load_all(self.store):
             self.open_collection(manifest.to_json())
+
+    def _use_omp_threads(self) -> None:
+        # OpenMP's thread count is per calling thread, and searches and builds run on the search channel's
+        # and Ray's threads, which start from the process default, not from the constructor's setting.
+        if self._omp_threads:
+            faiss.omp_set_num_threads(self._omp_threads)
 
     def pid(self) -> int:
         """Process id (tests kill it to simulate a crash)."""
@@ -215,6 +222,7 @@ class ShardWorker:
         handling of numpy arguments costs ~1 ms more per call (measured with
         2 workers), which is a third of the budget of a batch-1 query.
         """
+        self._use_omp_threads()
         r: SearchRequest = pickle.loads(request)
         partitions = sorted(self._partitions.get(r.collection_id, {}))
         if r.collection_id not in self._partitions:
@@ -257,6 +265,7 @@ class ShardWorker:
     def build(self, collection_id: str, version: int, trained_key: str, keys: dict[int, tuple[str, str]]
               ) -> dict[int, PartitionManifest]:
         """Builds each partition's index for `version` and writes snapshot + index objects."""
+        self._use_omp_threads()
         trained = load_index(self.store.get(trained_key))
         out = {}
         for p, (snapshot_key, index_key) in keys.items():

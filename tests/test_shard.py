@@ -1,4 +1,7 @@
-"""ShardIndex as a plain class: exact search, deletes, IVF-PQ with re-ranking, slots."""
+"""ShardIndex as a plain class: exact search, deletes, IVF-PQ with re-ranking, slots; a worker's FAISS threads."""
+
+import pickle
+import threading
 
 import faiss
 import numpy as np
@@ -9,6 +12,7 @@ from cluster.records import FaceBatch, FaceRecord
 from cluster.shard import ShardIndex, StaleIndexVersion, exact_search
 from cluster.synthetic import clustered_embeddings, noisy_probes
 from cluster.training import load_index, train_ivfpq
+from cluster.worker import SearchRequest, ShardWorker
 
 
 def _batch(xb, start=0):
@@ -86,3 +90,32 @@ def test_scan_pages_through_alive_slots():
         page, start = shard.scan(start, 4)
         seen += [r.face_id for r in page]
     assert seen == [f"face-{i}" for i in range(10) if i != 3]
+
+
+def test_worker_searches_with_its_faiss_threads_on_any_thread(tmp_path):
+    """OpenMP's thread count is per thread: searches arrive on channel and Ray threads, not the constructor's."""
+    main_threads = faiss.omp_get_max_threads()
+    threads = {}
+
+    def new_thread_default():
+        threads["default"] = faiss.omp_get_max_threads()
+
+    probe = threading.Thread(target=new_thread_default)
+    probe.start()
+    probe.join()
+    wanted = threads["default"] + 1
+    try:
+        worker = ShardWorker(0, 1, str(tmp_path), omp_threads=wanted)
+        request = pickle.dumps(SearchRequest("absent", np.zeros((1, 4), np.float32), 1, 0, None, None, 1))
+
+        def search_from_another_thread():
+            with pytest.raises(KeyError, match="does not hold collection 'absent'"):
+                worker.search(request)
+            threads["search"] = faiss.omp_get_max_threads()
+
+        thread = threading.Thread(target=search_from_another_thread)
+        thread.start()
+        thread.join()
+    finally:
+        faiss.omp_set_num_threads(main_threads)  # the constructor set this thread's count too
+    assert threads["search"] == wanted
