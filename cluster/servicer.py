@@ -17,8 +17,6 @@ from gallery.v1 import gallery_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
-# PQ's 8-bit codebooks have 256 centroids each, and k-means needs at least one training point per centroid.
-
 _STATUS = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     errors.NotFound: grpc.StatusCode.NOT_FOUND,

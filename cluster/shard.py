@@ -28,7 +28,9 @@ from cluster.records import FaceBatch, FaceRecord
 
 logger = logging.getLogger(__name__)
 
-_RERANK_FLOATS = 4_000_000  # bounds the (queries, depth, d) float32 temporary of one re-rank step: 16 MB
+# Bounds the (queries, depth, d) float32 temporary of one re-rank step: 4 MB stays in cache, where
+# 16 MB did not (1M faces, batch 256: 0.088 vs 0.108 ms per query and partition).
+_RERANK_FLOATS = 1_000_000
 
 
 def exact_search(index: faiss.Index, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -62,6 +62,19 @@ def rerank_depth(k: int) -> int:
     return max(10 * k, 100)
 
 
+def partition_rerank_depth(rerank_k: int, k: int, num_partitions: int) -> int:
+    """PQ candidates each partition re-ranks, so that together they cover the collection's top `rerank_k`.
+
+    Faces are spread over partitions by a hash of their id, so one partition holds a
+    Binomial(rerank_k, 1/P) share of a query's top candidates; four standard deviations above
+    the mean covers that share for all but ~4e-5 of queries (100 over 2 partitions: 70 each,
+    140 re-ranked in all instead of 200). At least k, so the merged top-k stays exact.
+    """
+    p = 1 / num_partitions
+    share = rerank_k * p + 4 * math.sqrt(rerank_k * p * (1 - p))
+    return max(k, min(rerank_k, math.ceil(share)))
+
+
 def should_train(face_count: int, trained_on: int, train_threshold: int) -> bool:
     """A collection trains when it first reaches the threshold, then when it outgrows its quantizer."""
     if face_count < train_threshold:

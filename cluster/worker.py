@@ -50,7 +50,7 @@ class SearchRequest:
     version: int  # index version the coarse assignment was made with; 0: exact
     Iq: np.ndarray | None  # (nq, nprobe) IVF lists to scan
     Dq: np.ndarray | None
-    rerank_k: int
+    rerank_k: int  # PQ candidates each partition re-ranks
 
 
 @dataclass

@@ -84,6 +84,15 @@ def test_nprobe_covers_the_rerank_depth():
     assert tuning.nprobe_for(16, 10_000, 256, 12_000) == 256  # k=1000 on a small collection: every list
 
 
+def test_partitions_rerank_their_share_of_the_top_candidates():
+    assert tuning.partition_rerank_depth(100, 10, 1) == 100
+    assert tuning.partition_rerank_depth(100, 10, 2) == 70
+    assert tuning.partition_rerank_depth(100, 10, 64) == 10  # never fewer than k
+    # faces land in partitions by hash: a partition's share of a query's top 100 is binomial
+    shares = np.random.default_rng(0).binomial(100, 1 / 4, size=100_000)
+    assert (shares > tuning.partition_rerank_depth(100, 10, 4)).mean() < 1e-4
+
+
 def test_training_policy():
     assert not tuning.should_train(19_999, 0, 20_000)
     assert tuning.should_train(20_000, 0, 20_000)
