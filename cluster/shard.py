@@ -34,17 +34,30 @@ _RERANK_FLOATS = 1_000_000
 
 
 def exact_search(index: faiss.Index, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Searches a flat index a few queries per call, so that faiss scores pairs with its SIMD kernel.
+    """Searches a flat index with faiss's SIMD kernel only, so that a pair's score never depends on the batch.
 
-    From `faiss.cvar.distance_compute_blas_threshold` queries per call (20 by default)
-    faiss uses BLAS, whose kernels depend on the matrices' shapes: a face's score would
-    then depend on how the collection is split across shards. Exact search only serves
-    small collections; elsewhere (training, coarse assignment) BLAS stays on.
+    faiss (1.15) scores with BLAS instead from `faiss.cvar.distance_compute_blas_threshold`
+    query floats per call (128000: 250 queries at 512-d), and over slices of the database
+    when a call has fewer queries than OpenMP threads and the database holds >= 10k
+    vectors. BLAS rounds differently (1e-7 here): a face's score would depend on the
+    queries batched with it and on how the collection is split across shards. Calls of
+    at most 16 queries, each with no more threads than queries, keep to the SIMD kernel.
+    Exact search only serves small collections; elsewhere (training, coarse assignment)
+    BLAS stays on.
     """
-    step = max(1, min(16, faiss.cvar.distance_compute_blas_threshold - 1))
-    if xq.shape[0] <= step:
-        return index.search(xq, k)
-    parts = [index.search(xq[start:start + step], k) for start in range(0, xq.shape[0], step)]
+    nq, d = xq.shape
+    step = max(1, min(16, (faiss.cvar.distance_compute_blas_threshold - 1) // d))
+    threads = faiss.omp_get_max_threads()
+    parts = []
+    try:
+        for start in range(0, nq, step):
+            chunk = xq[start:start + step]
+            faiss.omp_set_num_threads(min(threads, chunk.shape[0]))
+            parts.append(index.search(chunk, k))
+    finally:
+        faiss.omp_set_num_threads(threads)
+    if len(parts) == 1:
+        return parts[0]
     return np.vstack([D for D, _ in parts]), np.vstack([I for _, I in parts])
 
 

@@ -59,6 +59,25 @@ def test_merge_matches_one_flat_index():
     np.testing.assert_array_equal(D, D_ref)
 
 
+def test_exact_scores_do_not_depend_on_the_batch():
+    """faiss switches to BLAS for a query alone against >= 10k vectors on several threads; exact search must not."""
+    xb = clustered_embeddings(12_000, 128, seed=5)
+    xq = clustered_embeddings(20, 128, seed=6)
+    index = faiss.IndexFlatIP(128)
+    index.add(xb)
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)
+    try:
+        D_batch, I_batch = exact_search(index, xq, 10)
+        for i in (0, 17):  # in the first chunk of 16 queries, and alone in the last
+            D, I = exact_search(index, xq[i:i + 1], 10)
+            np.testing.assert_array_equal(I[0], I_batch[i])
+            np.testing.assert_array_equal(D[0], D_batch[i])
+        assert faiss.omp_get_max_threads() == 2
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
 def test_merge_pads_when_shards_hold_fewer_than_k():
     D, I = merge_topk([(np.array([[0.9, -np.inf]], np.float32), np.array([[7, -1]])),
                        (np.array([[0.5]], np.float32), np.array([[3]]))], 4)
