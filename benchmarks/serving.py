@@ -382,10 +382,16 @@ def main(num_vectors: int = 1_000_000, dimension: int = 512, num_queries: int = 
                "recall_at_1 >= 0.99": figures["recall_at_1"] >= 0.99,
                "recall_at_10 >= 0.95": figures["recall_at_10"] >= 0.95}
     if canned_cpu and local_cpu_1:
-        # Where the in-process run kept every CPU busy, a served query costs at least its search plus gRPC.
+        # Where the in-process run kept every CPU busy, a served query costs at least its search plus gRPC,
+        # and the cluster's at least what its shards spent plus gRPC.
         search_ms, grpc_ms = sum(local_cpu_1.values()), sum(canned_cpu.values())
         print(f"gRPC alone: {grpc_ms:.2f} CPU ms per batch-1 query; with the search's {search_ms:.2f}, a service through "
               f"gRPC on a CPU-bound machine serves at most {search_ms / (search_ms + grpc_ms):.2f}x in-process at batch 1")
+        if cpu_1.get("shards"):
+            bound = search_ms / (cpu_1["shards"] + grpc_ms)
+            figures["qps_ratio_batch_1_bound"] = bound
+            print(f"shards: {cpu_1['shards']:.2f} CPU ms per batch-1 query; with gRPC's, the cluster serves at most "
+                  f"{bound:.2f}x in-process at batch 1 on a CPU-bound machine, whatever its gateway costs")
     for target, met in targets.items():
         print(f"target {target}: {'met' if met else 'MISSED'}")
     print(json.dumps(figures))
