@@ -67,8 +67,9 @@ def partition_rerank_depth(rerank_k: int, k: int, num_partitions: int) -> int:
 
     Faces are spread over partitions by a hash of their id, so one partition holds a
     Binomial(rerank_k, 1/P) share of a query's top candidates; four standard deviations above
-    the mean covers that share for all but ~4e-5 of queries (100 over 2 partitions: 70 each,
-    140 re-ranked in all instead of 200). At least k, so the merged top-k stays exact.
+    the mean covers that share for all but 2e-5 to 7e-5 of queries and partitions (2 to 8
+    partitions; 100 over 2: 70 each, 140 re-ranked in all instead of 200). At least k, so that
+    a partition holding all of a query's top k returns them all.
     """
     p = 1 / num_partitions
     share = rerank_k * p + 4 * math.sqrt(rerank_k * p * (1 - p))
