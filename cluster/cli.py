@@ -81,7 +81,10 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
                         servicer=FaceGalleryServicer(gallery, faces)) as (_, bound):
         print(f"gallery.v1 serving on {host}:{bound} (store {store}, {num_shards} shards, "
               f"{face_workers} face workers{f' with {model.name}' if model else ''})", flush=True)
-        stop.wait()
+        # A signal that lands on another thread runs its Python handler only once the main thread runs
+        # Python again: an endless wait here could leave SIGTERM unanswered (seen once in CI).
+        while not stop.wait(timeout=0.5):
+            pass
     gallery.close()
     audit.close()
 

@@ -1,6 +1,8 @@
 """`gallery serve` as a user runs it: start, enroll over gRPC, stop with SIGTERM, start again, everything is back."""
 
+import ctypes
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -37,12 +39,37 @@ class Served:
         except grpc.RpcError:
             return False
 
-    def stop(self) -> int:
+    def stop(self, *, to_a_thread: bool = False) -> int:
+        """SIGTERM, to the process or to one of its threads other than the main one."""
         self.channel.close()
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(60)
-        self.log.close()
-        return code
+        if to_a_thread:
+            signal_a_thread_other_than_main(self.process.pid, signal.SIGTERM)
+        else:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()  # rather than leave it, and its Ray, to the tests that follow
+            self.process.wait()
+            raise
+        finally:
+            self.log.close()
+
+
+_SYS_TGKILL = {"x86_64": 234, "aarch64": 131}
+
+
+def signal_a_thread_other_than_main(pid: int, sig: int) -> None:
+    """What Linux may do with a signal sent to a process: deliver it to any thread that does not block it."""
+    for tid in sorted(int(t) for t in os.listdir(f"/proc/{pid}/task")):
+        status = open(f"/proc/{pid}/task/{tid}/status").read()
+        blocked = int(next(line for line in status.splitlines() if line.startswith("SigBlk:")).split()[1], 16)
+        if tid != pid and not blocked & (1 << (sig - 1)):
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.syscall(_SYS_TGKILL[platform.machine()], pid, tid, sig) != 0:
+                raise OSError(ctypes.get_errno(), f"tgkill {pid} {tid}")
+            return
+    raise RuntimeError(f"no thread of {pid} but the main one takes signal {sig}")
 
 
 @pytest.mark.slow
@@ -72,4 +99,4 @@ def test_serve_stop_serve_keeps_collections_and_faces(tmp_path):
             D, ids = client.search("visitors", xb[[9, 20]], k=1)
         assert ids == [["v9"], ["v20"]] and D[:, 0] == pytest.approx([1.0, 1.0], abs=1e-3)
     finally:
-        assert served.stop() == 0
+        assert served.stop(to_a_thread=platform.machine() in _SYS_TGKILL) == 0
