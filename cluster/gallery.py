@@ -454,10 +454,10 @@ class Gallery(IndexMaintenance):
         Iq = Dq = None
         rerank_k = k
         if live.version:
-            rerank_k = tuning.rerank_depth(k)
-            nprobe = tuning.nprobe_for(nprobe, rerank_k, live.nlist, state.manifest.face_count)
+            collection_depth = tuning.rerank_depth(k)
+            nprobe = tuning.nprobe_for(nprobe, collection_depth, live.nlist, state.manifest.face_count)
             Dq, Iq = live.quantizer.search(xq, nprobe)
-            rerank_k = tuning.partition_rerank_depth(rerank_k, k, state.manifest.num_partitions)
+            rerank_k = tuning.partition_rerank_depth(collection_depth, k, state.manifest.num_partitions)
         request = SearchRequest(state.manifest.collection_id, xq, k, live.version, Iq, Dq, rerank_k)
         with _ray_errors():
             replies = [pickle.loads(reply) for reply in self._fan_out_to_workers(
