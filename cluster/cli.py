@@ -19,6 +19,7 @@ from cluster.faces_api import FaceService
 from cluster.gallery import Gallery
 from cluster.interceptors import AuditInterceptor, AuthInterceptor, load_tokens
 from cluster.lease import StoreInUse, WriterLease
+from cluster.manifest import UnsafeStore, check_store
 from cluster.s3_images import S3ImageReader
 from cluster.server import running_server
 from cluster.store import ObjectStore
@@ -55,6 +56,11 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
     """
     object_store = ObjectStore(store, s3_endpoint=s3_endpoint or None)
     lease = WriterLease.acquire(object_store)  # before anything starts: a second gateway on the store stops here
+    try:
+        check_store(object_store)
+    except UnsafeStore:
+        lease.release()
+        raise
     runtime.start_ray(ray_address)
     shard_gpus, face_gpus = gpus_per_actor(num_shards, shard_num_gpus, face_workers, face_num_gpus,
                                            cluster_gpus=ray.cluster_resources().get("GPU", 0))
@@ -127,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     command = args.pop("command")
     try:
         {"serve": serve}[command](**args)
-    except StoreInUse as e:
+    except (StoreInUse, UnsafeStore) as e:
         parser.exit(1, f"gallery {command}: {e}\n")
 
 

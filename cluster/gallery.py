@@ -174,7 +174,7 @@ class Gallery(IndexMaintenance):
         return _Collection(m, live, calibration)
 
     def _get(self, collection_id: str) -> _Collection:
-        state = self._collections.get(collection_id)
+        state = self._collections.get(manifests.check_collection_id(collection_id))
         if state is None or state.deleted:
             raise NotFound(f"collection {collection_id!r} does not exist")
         return state
@@ -207,8 +207,7 @@ class Gallery(IndexMaintenance):
             InvalidArgument: bad id, no dimension and no face model.
             AlreadyExists: the id is taken.
         """
-        if not manifests.COLLECTION_ID_PATTERN.match(collection_id or ""):
-            raise InvalidArgument(f"collection_id {collection_id!r}: use 1-255 characters of [a-zA-Z0-9_.-]")
+        manifests.check_collection_id(collection_id)
         model_name = ""
         if dimension == 0:
             if self.model is None:

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from dataclasses import dataclass, field
 
-from cluster.store import ObjectStore
+from cluster.store import ObjectStore, UnsafeKey, check_name, object_key
 
 FORMAT_VERSION = 1
-COLLECTION_ID_PATTERN = re.compile(r"^[a-zA-Z0-9_.\-]{1,255}$")
+_COLLECTIONS = "collections"
+_MANIFEST = "manifest.json"
+
+
+class UnsafeStore(RuntimeError):
+    """The store holds a collection whose name is not a safe id (written by a version that accepted it)."""
 
 
 @dataclass
@@ -80,12 +84,21 @@ class CollectionManifest:
         return cls(**raw, partitions=partitions)
 
 
+def check_collection_id(collection_id: str) -> str:
+    """Returns the id if it is safe as a folder of the store: 1-255 of [A-Za-z0-9_.-], not only dots.
+
+    Raises:
+        UnsafeKey (an InvalidArgument) otherwise: "..", "a/b", "nl\\n", "" and the like.
+    """
+    return check_name(collection_id, "collection_id")
+
+
 def prefix(collection_id: str) -> str:
-    return f"collections/{collection_id}/"
+    return object_key(_COLLECTIONS, check_collection_id(collection_id)) + "/"
 
 
 def manifest_key(collection_id: str) -> str:
-    return f"{prefix(collection_id)}manifest.json"
+    return prefix(collection_id) + _MANIFEST
 
 
 def save(store: ObjectStore, manifest: CollectionManifest) -> None:
@@ -98,8 +111,37 @@ def load(store: ObjectStore, collection_id: str) -> CollectionManifest:
 
 
 def load_all(store: ObjectStore) -> list[CollectionManifest]:
-    keys = [k for k in store.list("collections/") if k.endswith("/manifest.json") and k.count("/") == 2]
-    return [CollectionManifest.from_json(store.get(k)) for k in keys]
+    """Every collection's manifest, after `check_store`."""
+    manifests = []
+    for key in check_store(store):
+        m = CollectionManifest.from_json(store.get(key))
+        if m.collection_id != key.split("/")[1]:
+            raise UnsafeStore(f"store {store.uri}: {key} names collection {m.collection_id!r}")
+        manifests.append(m)
+    return manifests
+
+
+def check_store(store: ObjectStore) -> list[str]:
+    """The keys of the store's collection manifests, once every collection name in it is known to be safe.
+
+    Raises:
+        UnsafeStore: a collection folder whose name is not a safe id, or a manifest at the root (left by a
+            collection named ".." in versions that accepted it).
+    """
+    if store.exists(_MANIFEST):
+        raise UnsafeStore(f"store {store.uri} holds {_MANIFEST} at its root, where a collection named '..' put it "
+                          "in an earlier version; move the store's objects aside and restore them from a backup")
+    keys = []
+    for key in store.list(_COLLECTIONS + "/"):
+        folder = key.split("/")[1]
+        try:
+            check_collection_id(folder)
+        except UnsafeKey as e:
+            raise UnsafeStore(f"store {store.uri} holds a collection folder {folder!r}, which is not a safe "
+                              f"collection id ({e}); rename or remove it before serving this store") from e
+        if key == manifest_key(folder):
+            keys.append(key)
+    return keys
 
 
 def gc_collection(store: ObjectStore, manifest: CollectionManifest) -> int:

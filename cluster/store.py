@@ -6,6 +6,11 @@ never see half an object, which is what makes manifests safe to commit last.
 A process killed between the write and the rename leaves its temporary file
 behind; it is hidden (".name.tmp-…", as Parquet dataset readers skip dot-files),
 never listed, and removed with its prefix.
+
+Keys come from callers' ids (a collection id is a folder of the store), so every
+key passes `check_key` before it reaches the filesystem: a key is a path of
+names below the root and can never name the root itself, a parent of it, or
+anything outside it, on a local folder and on S3 alike.
 """
 
 from __future__ import annotations
@@ -19,11 +24,50 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+from cluster.errors import InvalidArgument
+
 logger = logging.getLogger(__name__)
 
 _TEMPORARY_MARK = ".tmp-"
 # also matches the unhidden names ("name.tmp-…") that earlier versions left
 _TEMPORARY_NAME = re.compile(re.escape(_TEMPORARY_MARK) + r"[0-9a-f]{32}$")
+# The names an id may give an object: what is safe as a file name on every OS and as an S3 key.
+SAFE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,255}")
+# A key's own parts are freer (job and audit keys carry "=" or "+") but never a separator, a control
+# character or a traversal.
+_KEY_PART = re.compile(r"[^\x00-\x1f\x7f/\\]{1,255}")
+
+
+class UnsafeKey(InvalidArgument):
+    """A key or id that would reach outside its place in the store."""
+
+
+def check_name(name: str, what: str) -> str:
+    """Returns `name` if it is one safe object name (1-255 of [A-Za-z0-9_.-], not "." or ".."); else UnsafeKey."""
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name) or set(name) == {"."}:
+        raise UnsafeKey(f"{what} {name!r}: use 1-255 characters of [A-Za-z0-9_.-], not only dots")
+    return name
+
+
+def check_key(key: str, *, prefix: bool = False) -> str:
+    """Returns `key` if it names an object below the root (or, with prefix, a folder of it, "" for all).
+
+    Raises:
+        UnsafeKey: an empty part ("a//b", "/a"), ".", "..", a backslash or a control character.
+    """
+    if prefix and key == "":
+        return key  # the root
+    parts = key.split("/")
+    if prefix and len(parts) > 1 and parts[-1] == "":
+        parts.pop()  # "collections/" is the folder "collections"
+    if any(not _KEY_PART.fullmatch(p) or set(p) == {"."} for p in parts):
+        raise UnsafeKey(f"object key {key!r} is not a path of names below the store's root")
+    return key
+
+
+def object_key(*names: str) -> str:
+    """Joins safe names into a key ("collections", "staff", "manifest.json"); UnsafeKey for any other name."""
+    return "/".join(check_name(n, "object name") for n in names)
 
 
 class ObjectStore:
@@ -60,8 +104,9 @@ class ObjectStore:
         else:
             raise ValueError(f"store uri: scheme {parsed.scheme!r} unsupported, use a path or s3://bucket/prefix")
 
-    def _path(self, key: str) -> str:
-        return posixpath.join(self.root, key)
+    def _path(self, key: str, *, prefix: bool = False) -> str:
+        """The filesystem path of a key, which `check_key` has confined to the root."""
+        return posixpath.join(self.root, check_key(key, prefix=prefix))
 
     def put(self, key: str, data: bytes) -> None:
         """Writes one object atomically."""
@@ -96,7 +141,7 @@ class ObjectStore:
         return [key for key in self._files(prefix) if not _is_temporary(key)]
 
     def _files(self, prefix: str) -> list[str]:
-        selector = pafs.FileSelector(self._path(prefix), recursive=True, allow_not_found=True)
+        selector = pafs.FileSelector(self._path(prefix, prefix=True), recursive=True, allow_not_found=True)
         infos = self.fs.get_file_info(selector)
         start = len(self.root) + 1
         return sorted(info.path[start:] for info in infos if info.type == pafs.FileType.File)
@@ -109,6 +154,8 @@ class ObjectStore:
 
     def delete_prefix(self, prefix: str) -> None:
         """Deletes every object under prefix, with the temporary files of interrupted writes."""
+        if not prefix.endswith("/") or prefix == "/":
+            raise UnsafeKey(f"delete_prefix {prefix!r}: a folder below the root ending in '/' (never the whole store)")
         for key in self._files(prefix):
             self.delete(key)
 

@@ -34,6 +34,7 @@ import ray.data
 
 from cluster import runtime
 from cluster.client import GalleryClient
+from cluster.manifest import check_collection_id
 from cluster.store import ObjectStore
 from jobs import _cli
 from jobs.build_index import build_index
@@ -179,6 +180,7 @@ def enroll(manifest: str, collection: str, output: str, gateway: str = "127.0.0.
     for name, value in (("manifest", manifest), ("collection", collection), ("output", output)):
         if not value:
             raise ValueError(f"{name} is required")
+    check_collection_id(collection)  # it names a folder of the output store
     quality_filter_threshold(quality_filter)
     if not 1 <= max_faces <= 1000:
         raise ValueError(f"max_faces must be in [1, 1000], got {max_faces}")
