@@ -1,7 +1,7 @@
 """Measure FaceNet's genuine and impostor scores on the real test photos; save the impostors.
 
 Writes `cluster/faces/data/facenet_impostor_scores.npy` (float32), which
-`cluster.calibration.Calibration` reads, and prints a summary ending with one JSON
+`cluster.index.calibration.Calibration` reads, and prints a summary ending with one JSON
 line. Identities: the three Obama photos are one person; every other face is its
 own person (Biden, Gauss, Newton, the six people of the InsightFace photo, and the
 29 delegates of the 1927 Solvay conference photo).

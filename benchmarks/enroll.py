@@ -24,12 +24,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
-
-from cluster import runtime
-from cluster.gallery import Gallery
-from cluster.server import running_server
-from cluster.store import ObjectStore
 from host import describe  # benchmarks/host.py
+
+from cluster.gateway.gallery import Gallery
+from cluster.serve import runtime
+from cluster.serve.server import running_server
+from cluster.storage.object_store import ObjectStore
 from jobs.enroll import enroll
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "faces"

@@ -18,9 +18,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from host import describe  # benchmarks/host.py
 
 from cluster.faces import FaceDetector, FaceNetEmbedder, FacePipeline, decode_image
-from host import describe  # benchmarks/host.py
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "faces"
 

@@ -49,13 +49,15 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cluster import tuning, vectors  # noqa: E402
-from cluster.client import GalleryClient  # noqa: E402
-from cluster.gpu import GpuCopy  # noqa: E402
-from cluster.synthetic import clustered_embeddings, noisy_probes  # noqa: E402
-from host import describe  # noqa: E402  (benchmarks/host.py)
 from gallery.v1 import gallery_pb2 as pb  # noqa: E402
 from gallery.v1 import gallery_pb2_grpc  # noqa: E402
+from host import describe  # noqa: E402  (benchmarks/host.py)
+
+from cluster import vectors  # noqa: E402
+from cluster.client import GalleryClient  # noqa: E402
+from cluster.index import tuning
+from cluster.index.gpu import GpuCopy  # noqa: E402
+from cluster.index.synthetic import clustered_embeddings, noisy_probes  # noqa: E402
 
 K = 10
 
@@ -303,7 +305,7 @@ def main(num_vectors: int = 1_000_000, dimension: int = 512, num_queries: int = 
     store, port = tempfile.mkdtemp(prefix="gallery-bench-"), free_port()
     log = open(os.path.join(store, "serve.log"), "wb")
     print(f"  gallery serve logs to {log.name}", flush=True)
-    server = subprocess.Popen([sys.executable, "-m", "cluster.cli", "serve", "--store", os.path.join(store, "data"),
+    server = subprocess.Popen([sys.executable, "-m", "cluster.serve.cli", "serve", "--store", os.path.join(store, "data"),
                                "--port", str(port), "--num-shards", str(num_shards),
                                "--train-threshold", str(num_vectors), "--face-workers", "0",
                                "--shard-num-cpus", str(cpus_per_shard), "--shard-num-gpus", str(-1 if use_gpu else 0)],

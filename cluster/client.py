@@ -13,11 +13,11 @@ from collections.abc import Mapping, Sequence
 
 import grpc
 import numpy as np
-
-from cluster import vectors
-from cluster.server import MAX_MESSAGE_BYTES
 from gallery.v1 import gallery_pb2 as pb
 from gallery.v1 import gallery_pb2_grpc
+
+from cluster.api.limits import MAX_MESSAGE_BYTES
+from cluster.index import vectors
 
 
 class GalleryClient:

@@ -16,20 +16,21 @@ import time
 from dataclasses import asdict, dataclass
 
 from gallery.v1 import gallery_pb2 as pb
+
 from jobs import _cli
 from jobs.commit import gateway_client
 from jobs.progress import timed
 
 logger = logging.getLogger(__name__)
 
-MIN_FACES = 256  # PQ's 8-bit codebooks need one training point per centroid (cluster/servicer.py)
+MIN_FACES = 256  # PQ's 8-bit codebooks need one training point per centroid (cluster/serve/servicer.py)
 
 
 def needs_index(face_count: int, trained_on: int, train_threshold: int, min_growth: float) -> bool:
     """Whether to (re)train: the collection has reached its train threshold, and has no index yet or holds
     `min_growth` times the faces its index was trained on.
 
-    Why 2x by default: the gateway retrains on its own only at 8x (cluster/tuning.py), when IVF lists are 8x
+    Why 2x by default: the gateway retrains on its own only at 8x (cluster/index/tuning.py), when IVF lists are 8x
     longer than at training and nlist has fallen ~3x below the 4*sqrt(n) rule; a bulk load can afford a
     retrain sooner, at 2x, where lists are twice as long and nlist ~1.4x below the rule.
     """

@@ -14,9 +14,9 @@ import time
 import grpc
 import numpy as np
 import pyarrow as pa
+from gallery.v1 import gallery_pb2 as pb
 
 from cluster.client import GalleryClient
-from gallery.v1 import gallery_pb2 as pb
 
 logger = logging.getLogger(__name__)
 

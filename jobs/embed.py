@@ -64,8 +64,8 @@ class FaceEmbedder:
 
     def __init__(self, *, quality_filter: str = "AUTO", max_faces: int = 100,
                  max_image_bytes: int = MAX_S3_IMAGE_BYTES, device: str | None = None, batch_size: int = 32):
-        from cluster.face_pool import FaceWorker
         from cluster.faces import quality_filter_threshold
+        from cluster.faces.worker import FaceWorker
 
         if not 1 <= max_faces <= 1000:
             raise ValueError(f"max_faces must be in [1, 1000], got {max_faces}")

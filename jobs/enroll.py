@@ -32,10 +32,10 @@ import pyarrow.compute as pc
 import ray
 import ray.data
 
-from cluster import runtime
 from cluster.client import GalleryClient
-from cluster.manifest import check_collection_id
-from cluster.store import ObjectStore
+from cluster.serve import runtime
+from cluster.storage.manifest import check_collection_id
+from cluster.storage.object_store import ObjectStore
 from jobs import _cli
 from jobs.build_index import build_index
 from jobs.commit import MAX_FACES_PER_REQUEST, add_faces, gateway_client, new_faces

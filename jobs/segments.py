@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cluster.store import ObjectStore
+from cluster.storage.object_store import ObjectStore
 
 # Per face: the manifest row's columns, then the face.
 ROW_COLUMNS = ["external_image_id", "image_uri", "person_id", "metadata", "manifest", "manifest_row", "image_sha256",

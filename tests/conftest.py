@@ -10,13 +10,13 @@ import uuid
 import grpc
 import pytest
 import ray
-
-from cluster import runtime
-from cluster.gallery import Gallery
-from cluster.server import running_server
-from cluster.store import ObjectStore
 from gallery.v1 import gallery_pb2_grpc
 from support import S3_CREDENTIALS, free_port, wait_until
+
+from cluster.gateway.gallery import Gallery
+from cluster.serve import runtime
+from cluster.serve.server import running_server
+from cluster.storage.object_store import ObjectStore
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import faiss
 import numpy as np
 import pytest
 
-from cluster.batching import QueryBatcher
+from cluster.gateway.batching import QueryBatcher
 
 D = 16
 

@@ -7,8 +7,8 @@ from multiprocessing.connection import AuthenticationError, Client
 
 import pytest
 
-from cluster.channel import ChannelClosed, ChannelPool, ChannelServer, exchange
-from cluster.shard import StaleIndexVersion
+from cluster.index.shard_index import StaleIndexVersion
+from cluster.shards.channel import ChannelClosed, ChannelPool, ChannelServer, exchange
 
 NODE = "node-a"
 

@@ -9,14 +9,14 @@ import sys
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from cluster import vectors
-from cluster.client import GalleryClient
-from cluster.synthetic import clustered_embeddings
-from support import free_port, wait_until
 from gallery.v1 import gallery_pb2 as pb
 from gallery.v1 import gallery_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support import free_port, wait_until
+
+from cluster.client import GalleryClient
+from cluster.index import vectors
+from cluster.index.synthetic import clustered_embeddings
 
 
 class Served:
@@ -24,7 +24,7 @@ class Served:
         self.port = port
         self.log = open(log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "cluster.cli", "serve", "--store", str(store), "--port", str(port),
+            [sys.executable, "-m", "cluster.serve.cli", "serve", "--store", str(store), "--port", str(port),
              "--num-shards", "2", "--shard-num-cpus", "0.5", "--face-workers", "0"],
             stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "RAY_ADDRESS": ""})
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
@@ -89,7 +89,7 @@ def test_serve_stop_serve_keeps_collections_and_faces(tmp_path):
     served = Served(store, port, tmp_path / "serve.log")
     try:
         # A second gateway on the same store would overwrite the first one's manifests: it refuses to start.
-        second = subprocess.run([sys.executable, "-m", "cluster.cli", "serve", "--store", str(store),
+        second = subprocess.run([sys.executable, "-m", "cluster.serve.cli", "serve", "--store", str(store),
                                  "--port", str(free_port()), "--face-workers", "0"],
                                 capture_output=True, text=True, timeout=60, env={**os.environ, "RAY_ADDRESS": ""})
         assert second.returncode == 1

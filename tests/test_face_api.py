@@ -14,18 +14,19 @@ import grpc
 import numpy as np
 import pytest
 import ray
-from PIL import Image
-
-from cluster import runtime, vectors
-from cluster.errors import InvalidArgument
-from cluster.face_servicer import FaceGalleryServicer
-from cluster.faces_api import FaceService
-from cluster.gallery import Gallery
-from cluster.s3_images import S3ImageReader, S3Object
-from cluster.server import running_server
-from cluster.store import ObjectStore
 from gallery.v1 import gallery_pb2 as pb
 from gallery.v1 import gallery_pb2_grpc
+from PIL import Image
+
+from cluster.errors import InvalidArgument
+from cluster.gateway.face_service import FaceService
+from cluster.gateway.gallery import Gallery
+from cluster.index import vectors
+from cluster.serve import runtime
+from cluster.serve.face_servicer import FaceGalleryServicer
+from cluster.serve.server import running_server
+from cluster.storage.object_store import ObjectStore
+from cluster.storage.s3_images import S3ImageReader, S3Object
 
 DATA = Path(__file__).resolve().parent / "data" / "faces"
 OBAMA = ("obama.jpg", "obama2.jpg")  # enrolled; obama3.jpg is the probe

@@ -7,14 +7,14 @@ import faiss
 import numpy as np
 import pytest
 import ray
-
-from cluster import vectors
-from cluster.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition
-from cluster.records import FaceRecord
-from cluster.shard import exact_search
-from cluster.synthetic import clustered_embeddings, noisy_probes
-from cluster.worker import SearchRequest
 from support import wait_until
+
+from cluster.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition
+from cluster.index import vectors
+from cluster.index.shard_index import exact_search
+from cluster.index.synthetic import clustered_embeddings, noisy_probes
+from cluster.shards.protocol import SearchRequest
+from cluster.storage.records import FaceRecord
 
 
 def _records(n, start=0, **metadata):

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import ray
 
-from cluster import gpu, tuning
-from cluster.cli import gpus_per_actor
-from cluster.records import FaceBatch, FaceRecord
-from cluster.shard import ShardIndex
-from cluster.synthetic import clustered_embeddings, noisy_probes
-from cluster.training import load_index, train_ivfpq
-from cluster.worker import ShardWorker
+from cluster.index import gpu, tuning
+from cluster.index.shard_index import ShardIndex
+from cluster.index.synthetic import clustered_embeddings, noisy_probes
+from cluster.index.training import load_index, train_ivfpq
+from cluster.serve.cli import gpus_per_actor
+from cluster.shards.worker import ShardWorker
+from cluster.storage.records import FaceBatch, FaceRecord
 
 needs_gpu = pytest.mark.skipif(not gpu.available(), reason="needs a GPU and faiss-gpu")
 

@@ -4,12 +4,12 @@ import faiss
 import numpy as np
 import pytest
 
-from cluster import tuning, vectors
-from cluster.calibration import Calibration, impostor_scores
 from cluster.errors import InvalidArgument
-from cluster.merge import merge_topk
-from cluster.shard import exact_search
-from cluster.synthetic import clustered_embeddings
+from cluster.index import tuning, vectors
+from cluster.index.calibration import Calibration, impostor_scores
+from cluster.index.merge import merge_topk
+from cluster.index.shard_index import exact_search
+from cluster.index.synthetic import clustered_embeddings
 
 
 def test_wire_roundtrip_is_little_endian_float32():

@@ -10,13 +10,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from support import S3_CREDENTIALS, wait_until
 
 from cluster.errors import Unavailable
-from cluster.lease import LEASE_KEY, StoreInUse, WriterLease
-from cluster.records import FaceRecord
-from cluster.store import ObjectStore
-from cluster.synthetic import clustered_embeddings
-from support import S3_CREDENTIALS, wait_until
+from cluster.index.synthetic import clustered_embeddings
+from cluster.storage.lease import LEASE_KEY, StoreInUse, WriterLease
+from cluster.storage.object_store import ObjectStore
+from cluster.storage.records import FaceRecord
 
 
 def test_object_store_on_s3(s3_server, s3_bucket):
@@ -38,7 +38,7 @@ def test_write_killed_before_its_rename_leaves_nothing_readers_see(tmp_path):
     # The process dies (SIGKILL, no cleanup) with the whole object written but not yet renamed into place.
     killed = subprocess.run([sys.executable, "-c", f"""
 import os, signal
-from cluster.store import ObjectStore
+from cluster.storage.object_store import ObjectStore
 os.replace = lambda *_: os.kill(os.getpid(), signal.SIGKILL)
 ObjectStore({str(tmp_path)!r}).put("segments/2.parquet", open({str(tmp_path / "segments" / "1.parquet")!r}, "rb").read())
 """])
@@ -82,8 +82,8 @@ def test_one_writer_lease_per_local_store_released_however_the_holder_exits(tmp_
 
     holder = subprocess.Popen([sys.executable, "-c", f"""
 import sys, time
-from cluster.lease import WriterLease
-from cluster.store import ObjectStore
+from cluster.storage.lease import WriterLease
+from cluster.storage.object_store import ObjectStore
 WriterLease.acquire(ObjectStore({str(tmp_path)!r})); print("held", flush=True); time.sleep(600)
 """], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"

@@ -3,12 +3,12 @@
 import grpc
 import numpy as np
 import pytest
+from gallery.v1 import gallery_pb2 as pb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from cluster import vectors
-from cluster.synthetic import clustered_embeddings
-from gallery.v1 import gallery_pb2 as pb
+from cluster.index import vectors
+from cluster.index.synthetic import clustered_embeddings
 
 D = 16
 

@@ -7,12 +7,13 @@ import faiss
 import numpy as np
 import pytest
 
-from cluster import tuning
-from cluster.records import FaceBatch, FaceRecord
-from cluster.shard import ShardIndex, StaleIndexVersion, exact_search
-from cluster.synthetic import clustered_embeddings, noisy_probes
-from cluster.training import load_index, train_ivfpq
-from cluster.worker import SearchRequest, ShardWorker
+from cluster.index import tuning
+from cluster.index.shard_index import ShardIndex, StaleIndexVersion, exact_search
+from cluster.index.synthetic import clustered_embeddings, noisy_probes
+from cluster.index.training import load_index, train_ivfpq
+from cluster.shards.protocol import SearchRequest
+from cluster.shards.worker import ShardWorker
+from cluster.storage.records import FaceBatch, FaceRecord
 
 
 def _batch(xb, start=0):

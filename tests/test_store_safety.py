@@ -13,15 +13,15 @@ from dataclasses import dataclass
 import boto3
 import grpc
 import pytest
-
-from cluster import manifest as manifests
-from cluster import vectors
-from cluster.manifest import UnsafeStore
-from cluster.records import FaceRecord
-from cluster.store import ObjectStore, UnsafeKey, check_key
-from cluster.synthetic import clustered_embeddings
 from gallery.v1 import gallery_pb2 as pb
 from support import S3_CREDENTIALS
+
+from cluster.index import vectors
+from cluster.index.synthetic import clustered_embeddings
+from cluster.storage import manifest as manifests
+from cluster.storage.manifest import UnsafeStore
+from cluster.storage.object_store import ObjectStore, UnsafeKey, check_key
+from cluster.storage.records import FaceRecord
 
 UNSAFE_IDS = [".", "..", "...", "nl\n", "a/b", "../a", "a\\b", "", "x" * 256, "a\x00b", " a", "a b", "é"]
 SAFE_IDS = ["staff", "a.b-c_d", "A", "x" * 255, ".hidden", "a..b"]
@@ -169,7 +169,7 @@ def test_a_manifest_naming_another_collection_is_refused(tmp_path):
 def test_gallery_serve_refuses_an_unsafe_store_before_starting(tmp_path):
     (tmp_path / "store").mkdir()
     (tmp_path / "store" / "manifest.json").write_bytes(b"{}")  # where the ".." collection's manifest landed
-    served = subprocess.run([sys.executable, "-m", "cluster.cli", "serve", "--store", str(tmp_path / "store"),
+    served = subprocess.run([sys.executable, "-m", "cluster.serve.cli", "serve", "--store", str(tmp_path / "store"),
                              "--port", "0"],
                             capture_output=True, text=True, timeout=60)
     assert served.returncode == 1

@@ -4,15 +4,15 @@ import json
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from cluster import vectors
-from cluster.audit import AuditLog, read_audit
-from cluster.interceptors import AuditInterceptor, AuthInterceptor, load_tokens
-from cluster.server import running_server
-from cluster.synthetic import clustered_embeddings
 from gallery.v1 import gallery_pb2 as pb
 from gallery.v1 import gallery_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cluster.index import vectors
+from cluster.index.synthetic import clustered_embeddings
+from cluster.serve.audit import AuditLog, read_audit
+from cluster.serve.interceptors import AuditInterceptor, AuthInterceptor, load_tokens
+from cluster.serve.server import running_server
 
 TOKENS = {"s3cret-alice": "alice@agency", "s3cret-bob": "bob@agency"}
 

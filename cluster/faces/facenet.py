@@ -134,5 +134,5 @@ class FaceNetEmbedder(TorchEmbedder):
 
     @staticmethod
     def impostor_scores() -> np.ndarray:
-        """Impostor cosine scores measured on real photos (float32), for `cluster.calibration`."""
+        """Impostor cosine scores measured on real photos (float32), for `cluster.index.calibration`."""
         return np.load(IMPOSTOR_SCORES_PATH)

@@ -9,10 +9,10 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
+from cluster.api.limits import MAX_IMAGE_BYTES, MAX_S3_IMAGE_BYTES  # noqa: F401 (re-exported)
+
 logger = logging.getLogger(__name__)
 
-MAX_IMAGE_BYTES = 5 * 2**20  # bytes sent inline in a request (Rekognition's limit)
-MAX_S3_IMAGE_BYTES = 15 * 2**20  # objects read from S3 (Rekognition's limit)
 # 50 MP admits 48-MP phone photos; a bigger canvas from a few MB of input is a
 # decompression bomb, and would cost 150 MB of RGB per image in a worker.
 MAX_IMAGE_PIXELS = 50_000_000

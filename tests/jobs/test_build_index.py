@@ -6,13 +6,13 @@ import threading
 
 import grpc
 import pytest
-
-from cluster import tuning
-from cluster.client import GalleryClient
-from cluster.interceptors import AuthInterceptor
-from cluster.server import running_server
-from cluster.synthetic import clustered_embeddings
 from gallery.v1 import gallery_pb2 as pb
+
+from cluster.client import GalleryClient
+from cluster.index import tuning
+from cluster.index.synthetic import clustered_embeddings
+from cluster.serve.interceptors import AuthInterceptor
+from cluster.serve.server import running_server
 from jobs.build_index import build_index
 
 D = 32

@@ -17,15 +17,15 @@ import urllib.request
 from pathlib import Path
 
 import boto3
+import enroll_data as data
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
-
-import enroll_data as data
-from cluster.server import running_server
 from support import S3_CREDENTIALS, free_port, wait_until
+
+from cluster.serve.server import running_server
 from jobs.enroll import enroll
 from jobs.storage import filesystem
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 import time
 
+import enroll_data as data
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-import enroll_data as data
-from cluster.faces import MAX_S3_IMAGE_BYTES, Face
 from gallery.v1 import gallery_pb2 as pb
+
+from cluster.faces import MAX_S3_IMAGE_BYTES, Face
 from jobs.build_index import needs_index
 from jobs.commit import new_faces
 from jobs.embed import FaceEmbedder, face_id

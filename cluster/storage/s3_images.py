@@ -7,8 +7,8 @@ import os
 import threading
 from dataclasses import dataclass
 
+from cluster.api.limits import MAX_S3_IMAGE_BYTES
 from cluster.errors import InvalidArgument, Unavailable
-from cluster.faces import MAX_S3_IMAGE_BYTES
 
 logger = logging.getLogger(__name__)
 

@@ -106,3 +106,12 @@ def impostor_scores(xb: np.ndarray, person_ids: list[str] | None = None, *, max_
         same_person = (labels[:, None] == labels[None, :]) & known[:, None] & known[None, :]
         upper &= ~same_person
     return similarities[upper]
+
+
+@dataclass(frozen=True)
+class EmbeddingModel:
+    """The face model whose embeddings image requests produce."""
+
+    name: str
+    dimension: int
+    calibration: Calibration | None = None  # the model's impostor scores, when known

@@ -12,7 +12,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from cluster.store import ObjectStore, UnsafeKey, check_name, object_key
+from cluster.storage.object_store import ObjectStore, UnsafeKey, check_name, object_key
 
 FORMAT_VERSION = 1
 _COLLECTIONS = "collections"

@@ -13,7 +13,7 @@ import time
 
 import grpc
 
-from cluster.audit import AuditLog, elapsed_ms
+from cluster.serve.audit import AuditLog, elapsed_ms
 
 logger = logging.getLogger(__name__)
 

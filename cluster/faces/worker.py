@@ -9,8 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from cluster.calibration import Calibration
-from cluster.gallery import EmbeddingModel
+from cluster.index.calibration import Calibration, EmbeddingModel
 
 logger = logging.getLogger(__name__)
 

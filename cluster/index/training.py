@@ -8,7 +8,7 @@ import time
 import faiss
 import numpy as np
 
-from cluster.tuning import COARSE_KMEANS_ITERATIONS
+from cluster.index.tuning import COARSE_KMEANS_ITERATIONS
 
 logger = logging.getLogger(__name__)
 

@@ -24,23 +24,29 @@ from dataclasses import dataclass, field
 import numpy as np
 import ray
 
-from cluster import manifest as manifests
-from cluster import tuning, vectors
-from cluster.batching import QueryBatcher
-from cluster.calibration import Calibration, gallery_probability
-from cluster.errors import (AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound,
-                            ResourceExhausted, Unavailable)
-from cluster.fanout import SearchFanOut
-from cluster.lease import WriterLease
-from cluster.maintenance import IndexMaintenance, LiveIndex, quantizer_of
-from cluster.manifest import CollectionManifest, PartitionManifest, Segment
-from cluster.merge import merge_topk
-from cluster.records import FaceBatch, FaceRecord
-from cluster.runtime import MAINTENANCE
-from cluster.shard import StaleIndexVersion
-from cluster.store import ObjectStore
-from cluster.training import load_index
-from cluster.worker import SearchRequest
+from cluster.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+from cluster.gateway.batching import QueryBatcher
+from cluster.gateway.maintenance import IndexMaintenance, LiveIndex, quantizer_of
+from cluster.index import tuning, vectors
+from cluster.index.calibration import Calibration, EmbeddingModel, gallery_probability
+from cluster.index.merge import merge_topk
+from cluster.index.shard_index import StaleIndexVersion
+from cluster.index.training import load_index
+from cluster.shards.fanout import SearchFanOut
+from cluster.shards.protocol import MAINTENANCE, SearchRequest
+from cluster.storage import manifest as manifests
+from cluster.storage.lease import WriterLease
+from cluster.storage.manifest import CollectionManifest, PartitionManifest, Segment
+from cluster.storage.object_store import ObjectStore
+from cluster.storage.records import FaceBatch, FaceRecord
 
 logger = logging.getLogger(__name__)
 
@@ -49,15 +55,6 @@ MAX_QUERIES = 1024
 MAX_FACES_PER_ADD = 10_000
 MAX_IDS_PER_CALL = 4096
 MAX_FACE_ID_LENGTH = 255
-
-
-@dataclass(frozen=True)
-class EmbeddingModel:
-    """The face model whose embeddings image requests produce."""
-
-    name: str
-    dimension: int
-    calibration: Calibration | None = None
 
 
 @dataclass
@@ -102,7 +99,7 @@ class Gallery(IndexMaintenance):
         max_segments: segments a partition accumulates before it is compacted.
         call_timeout_s: bound on one call to the workers.
         background_maintenance: train and calibrate collections in the background as they grow.
-        lease: the store's writer lease (see cluster/lease.py), which the gallery then owns and releases on
+        lease: the store's writer lease (see cluster/storage/lease.py), which the gallery then owns and releases on
             close; None takes it here. StoreInUse when another gateway holds it.
 
     Example:

@@ -27,7 +27,7 @@ import time
 import uuid
 
 from cluster.errors import Unavailable
-from cluster.store import ObjectStore
+from cluster.storage.object_store import ObjectStore
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ scans them with `search_preassigned`, then re-ranks its PQ candidates against
 the fp16 vectors. A deleted face is removed from the index and its slot
 marked dead, and re-ranking drops dead slots, so it cannot come back. With a
 GPU, each IVF-PQ version also has a copy there that searches run on
-(cluster/gpu.py).
+(cluster/index/gpu.py).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import threading
 import faiss
 import numpy as np
 
-from cluster import gpu
-from cluster.records import FaceBatch, FaceRecord
+from cluster.index import gpu
+from cluster.storage.records import FaceBatch, FaceRecord
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import time
 import uuid
 from datetime import datetime, timezone
 
-from cluster.store import ObjectStore
+from cluster.storage.object_store import ObjectStore
 
 logger = logging.getLogger(__name__)
 

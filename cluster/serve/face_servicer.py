@@ -6,14 +6,19 @@ import functools
 import logging
 
 import grpc
-
-from cluster.faces_api import FaceService, face_detail
-from cluster.gallery import Gallery
-from cluster.s3_images import S3Object
-from cluster.servicer import (GalleryServicer, _deadline, _status_errors, add_candidates, calibration_message,
-                              face_message)
 from gallery.v1 import gallery_pb2 as pb
 
+from cluster.gateway.face_service import FaceService, face_detail
+from cluster.gateway.gallery import Gallery
+from cluster.serve.servicer import (
+    GalleryServicer,
+    _deadline,
+    _status_errors,
+    add_candidates,
+    calibration_message,
+    face_message,
+)
+from cluster.storage.s3_images import S3Object
 
 logger = logging.getLogger(__name__)
 

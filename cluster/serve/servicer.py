@@ -7,13 +7,14 @@ import logging
 
 import grpc
 import numpy as np
-
-from cluster import errors, vectors
-from cluster.calibration import Calibration
-from cluster.gallery import Candidate, Gallery
-from cluster.records import FaceRecord
 from gallery.v1 import gallery_pb2 as pb
 from gallery.v1 import gallery_pb2_grpc
+
+from cluster import errors
+from cluster.gateway.gallery import Candidate, Gallery
+from cluster.index import vectors
+from cluster.index.calibration import Calibration
+from cluster.storage.records import FaceRecord
 
 logger = logging.getLogger(__name__)
 

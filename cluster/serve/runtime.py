@@ -7,13 +7,13 @@ import os
 
 import ray
 
-from cluster.gpu import gpu_share
-from cluster.worker import ShardWorker
+from cluster.index.gpu import gpu_share
+from cluster.shards.protocol import MAINTENANCE
+from cluster.shards.worker import ShardWorker
 
 logger = logging.getLogger(__name__)
 
 NAMESPACE = "gallery"
-MAINTENANCE = "maintenance"  # concurrency group of ShardWorker's long calls (build, compact, sample)
 
 
 def start_ray(address: str = "local", *, num_cpus: int | None = None) -> None:
@@ -79,7 +79,7 @@ def start_face_workers(num_workers: int, *, num_cpus: float = 1, num_gpus: float
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     if num_gpus is None:
         num_gpus = gpu_share(num_workers, ray.cluster_resources().get("GPU", 0))
-    from cluster.face_pool import FaceWorker  # torch and OpenCV load only where faces are served
+    from cluster.faces.worker import FaceWorker  # torch and OpenCV load only where faces are served
 
     actor = ray.remote(FaceWorker)
     # Ray leaves CUDA visible to CPU-only actors on some setups: name the device outright.

@@ -1,7 +1,7 @@
 """Sending one search request to every shard worker: over the workers' direct channels, or Ray actor calls.
 
 A search of a tiny collection fanned out to two workers takes 0.22 ms (p50,
-2 cores) over the channels (cluster/channel.py) and 1.35 ms as Ray actor calls. Actor calls remain the way in while a
+2 cores) over the channels (cluster/shards/channel.py) and 1.35 ms as Ray actor calls. Actor calls remain the way in while a
 channel is unknown or broken: when a worker crashed, its channel breaks, that
 request goes out as actor calls (which wait for Ray to restart the worker, or
 fail as UNAVAILABLE), and the workers' new channel addresses are fetched in the
@@ -17,8 +17,8 @@ from collections.abc import Sequence
 
 import ray
 
-from cluster.channel import ChannelClosed, ChannelPool, exchange
 from cluster.errors import DeadlineExceeded
+from cluster.shards.channel import ChannelClosed, ChannelPool, exchange
 
 logger = logging.getLogger(__name__)
 

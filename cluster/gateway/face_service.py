@@ -19,15 +19,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import ray
-
-from cluster.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from cluster.face_pool import ImageFaces
-from cluster.faces import MAX_IMAGE_BYTES, DetectedFace, InvalidImageError, quality_filter_threshold
-from cluster.gallery import MAX_K, Gallery, SearchResults
-from cluster.records import FaceRecord
-from cluster.s3_images import S3ImageReader, S3Object
 from gallery.v1 import gallery_pb2 as pb
 
+from cluster.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from cluster.faces import MAX_IMAGE_BYTES, DetectedFace, InvalidImageError, quality_filter_threshold
+from cluster.faces.worker import ImageFaces
+from cluster.gateway.gallery import MAX_K, Gallery, SearchResults
+from cluster.storage.records import FaceRecord
+from cluster.storage.s3_images import S3ImageReader, S3Object
 
 logger = logging.getLogger(__name__)
 

@@ -11,18 +11,19 @@ import threading
 
 import ray
 
-from cluster import gpu, runtime, tuning
-from cluster.audit import AuditLog
-from cluster.face_servicer import FaceGalleryServicer
-from cluster.faces import MAX_IMAGE_BYTES, MAX_S3_IMAGE_BYTES
-from cluster.faces_api import FaceService
-from cluster.gallery import Gallery
-from cluster.interceptors import AuditInterceptor, AuthInterceptor, load_tokens
-from cluster.lease import StoreInUse, WriterLease
-from cluster.manifest import UnsafeStore, check_store
-from cluster.s3_images import S3ImageReader
-from cluster.server import running_server
-from cluster.store import ObjectStore
+from cluster.api.limits import MAX_IMAGE_BYTES, MAX_S3_IMAGE_BYTES
+from cluster.gateway.face_service import FaceService
+from cluster.gateway.gallery import Gallery
+from cluster.index import gpu, tuning
+from cluster.serve import runtime
+from cluster.serve.audit import AuditLog
+from cluster.serve.face_servicer import FaceGalleryServicer
+from cluster.serve.interceptors import AuditInterceptor, AuthInterceptor, load_tokens
+from cluster.serve.server import running_server
+from cluster.storage.lease import StoreInUse, WriterLease
+from cluster.storage.manifest import UnsafeStore, check_store
+from cluster.storage.object_store import ObjectStore
+from cluster.storage.s3_images import S3ImageReader
 
 logger = logging.getLogger("gallery")
 

@@ -21,13 +21,13 @@ import faiss
 import numpy as np
 import ray
 
-from cluster import manifest as manifests
-from cluster import tuning
-from cluster.calibration import Calibration, impostor_scores
 from cluster.errors import FailedPrecondition, NotFound
-from cluster.manifest import CollectionManifest
-from cluster.runtime import MAINTENANCE
-from cluster.training import load_index, train_ivfpq, usable_cpus
+from cluster.index import tuning
+from cluster.index.calibration import Calibration, impostor_scores
+from cluster.index.training import load_index, train_ivfpq, usable_cpus
+from cluster.shards.protocol import MAINTENANCE
+from cluster.storage import manifest as manifests
+from cluster.storage.manifest import CollectionManifest
 
 logger = logging.getLogger(__name__)
 

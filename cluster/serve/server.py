@@ -8,17 +8,17 @@ from collections.abc import Iterator, Sequence
 from concurrent import futures
 
 import grpc
+from gallery.v1 import gallery_pb2, gallery_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from cluster.gallery import Gallery
-from cluster.servicer import GalleryServicer
-from gallery.v1 import gallery_pb2, gallery_pb2_grpc
+from cluster.api.limits import MAX_MESSAGE_BYTES
+from cluster.gateway.gallery import Gallery
+from cluster.serve.servicer import GalleryServicer
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = gallery_pb2.DESCRIPTOR.services_by_name["Gallery"].full_name
-MAX_MESSAGE_BYTES = 64 * 2**20  # 10,000 faces of 512 float32 with metadata fit; larger requests get RESOURCE_EXHAUSTED
 
 
 def create_server(gallery: Gallery, address: str = "127.0.0.1:0", *, max_workers: int = 32,

@@ -7,7 +7,7 @@ Ray restarts after a crash comes back with every committed face.
 Writes run one at a time in Ray's default concurrency group; index builds,
 compactions and sampling run in the "maintenance" group, so a long build does
 not stop searches. Searches come in on the worker's direct channel
-(cluster/channel.py) or, while the gateway has none open, as actor calls; each
+(cluster/shards/channel.py) or, while the gateway has none open, as actor calls; each
 partition's lock orders them with writes.
 
 Writes are two-phase, driven by the gateway under the collection's write lock:
@@ -21,43 +21,30 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-from dataclasses import dataclass
 
 import faiss
 import numpy as np
 import ray
 
-from cluster import gpu
-from cluster import manifest as manifests
-from cluster.channel import ChannelAddress, ChannelServer
-from cluster.manifest import CollectionManifest, PartitionManifest, Segment
-from cluster.merge import merge_topk
-from cluster.records import FaceBatch, FaceRecord, batch_from_parquet, batch_to_parquet, ids_from_parquet, ids_to_parquet
-from cluster.shard import ShardIndex
-from cluster.store import ObjectStore
-from cluster.training import load_index
+from cluster.index import gpu
+from cluster.index.merge import merge_topk
+from cluster.index.shard_index import ShardIndex
+from cluster.index.training import load_index
+from cluster.shards.channel import ChannelAddress, ChannelServer
+from cluster.shards.protocol import SearchReply, SearchRequest
+from cluster.storage import manifest as manifests
+from cluster.storage.manifest import CollectionManifest, PartitionManifest, Segment
+from cluster.storage.object_store import ObjectStore
+from cluster.storage.records import (
+    FaceBatch,
+    FaceRecord,
+    batch_from_parquet,
+    batch_to_parquet,
+    ids_from_parquet,
+    ids_to_parquet,
+)
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class SearchRequest:
-    """The same for every worker; each searches the partitions of the collection it holds."""
-
-    collection_id: str
-    xq: np.ndarray  # (nq, d) normalised
-    k: int
-    version: int  # index version the coarse assignment was made with; 0: exact
-    Iq: np.ndarray | None  # (nq, nprobe) IVF lists to scan
-    Dq: np.ndarray | None
-    rerank_k: int  # PQ candidates each partition re-ranks
-
-
-@dataclass
-class SearchReply:
-    D: np.ndarray
-    I: np.ndarray
-    records: dict[int, FaceRecord]  # of the labels in I
 
 
 class ShardWorker:

@@ -1,0 +1,35 @@
+"""What the gateway sends a shard worker to search, and what comes back: pickled over the worker's channel.
+
+The gateway imports this module, not the worker: it needs the messages, never the worker's process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cluster.storage.records import FaceRecord
+
+# Concurrency group of ShardWorker's long calls (build, compact, sample): one at a time, beside searches and writes.
+MAINTENANCE = "maintenance"
+
+
+@dataclass
+class SearchRequest:
+    """The same for every worker; each searches the partitions of the collection it holds."""
+
+    collection_id: str
+    xq: np.ndarray  # (nq, d) normalised
+    k: int
+    version: int  # index version the coarse assignment was made with; 0: exact
+    Iq: np.ndarray | None  # (nq, nprobe) IVF lists to scan
+    Dq: np.ndarray | None
+    rerank_k: int  # PQ candidates each partition re-ranks
+
+
+@dataclass
+class SearchReply:
+    D: np.ndarray
+    I: np.ndarray
+    records: dict[int, FaceRecord]  # of the labels in I
