@@ -53,9 +53,8 @@ from gallery.v1 import gallery_pb2 as pb  # noqa: E402
 from gallery.v1 import gallery_pb2_grpc  # noqa: E402
 from host import describe  # noqa: E402  (benchmarks/host.py)
 
-from cluster import vectors  # noqa: E402
 from cluster.client import GalleryClient  # noqa: E402
-from cluster.index import tuning
+from cluster.index import tuning, vectors  # noqa: E402
 from cluster.index.gpu import GpuCopy  # noqa: E402
 from cluster.index.synthetic import clustered_embeddings, noisy_probes  # noqa: E402
 
