@@ -29,6 +29,7 @@ from host import describe  # benchmarks/host.py
 from cluster.gateway.gallery import Gallery
 from cluster.serve import runtime
 from cluster.serve.server import running_server
+from cluster.shards.ray_shards import RayShards
 from cluster.storage.object_store import ObjectStore
 from jobs.enroll import enroll
 
@@ -52,9 +53,8 @@ def main(images: int = 96, repeats: int = 3, num_actors: int = 0, images_per_bat
     gpus = int(ray.cluster_resources().get("GPU", 0))
     num_actors = num_actors or (gpus or max(1, min(2, os.cpu_count() or 1)))
     work = Path(tempfile.mkdtemp(prefix="bench-enroll-"))
-    workers = runtime.start_workers(2, str(work / "store"), cluster_name=f"bench-{uuid.uuid4().hex[:6]}",
-                                    num_cpus=0.25)
-    gallery = Gallery(ObjectStore(str(work / "store")), workers)
+    shards = RayShards.start(2, str(work / "store"), cluster_name=f"bench-{uuid.uuid4().hex[:6]}", num_cpus=0.25)
+    gallery = Gallery(ObjectStore(str(work / "store")), shards)
     warmup, manifest = _manifest(work / "warmup", len(PHOTOS)), _manifest(work / "manifest", images)
     runs = []
     try:
@@ -71,7 +71,7 @@ def main(images: int = 96, repeats: int = 3, num_actors: int = 0, images_per_bat
                       f"{runs[-1]['faces_per_s']:.1f} faces/s end to end", flush=True)
     finally:
         gallery.close()
-        runtime.stop_workers(workers)
+        shards.stop()
     faces_per_s = statistics.median(r["faces_per_s"] for r in runs)
     result = {"benchmark": "enroll", "machine": describe(ray=ray.__version__), "images": images, "faces": runs[0]["faces"],
               "num_actors": num_actors, "device": "cuda" if gpus else "cpu", "images_per_batch": images_per_batch,

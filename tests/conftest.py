@@ -16,6 +16,8 @@ from support import S3_CREDENTIALS, free_port, wait_until
 from cluster.gateway.gallery import Gallery
 from cluster.serve import runtime
 from cluster.serve.server import running_server
+from cluster.shards.backend import LocalShards
+from cluster.shards.ray_shards import RayShards
 from cluster.storage.object_store import ObjectStore
 
 
@@ -27,28 +29,39 @@ def ray_session():
 
 
 class GalleryFactory:
-    """Starts galleries with their own workers; `restart` models stopping and starting the service."""
+    """Starts galleries with their own shard workers; stopping one and starting another on the same store
+    models stopping and starting the service.
+
+    `backend="ray"` runs the workers as Ray actors of the session's local Ray; "local" runs them in this process.
+    """
 
     def __init__(self):
-        self._started: list[tuple[Gallery, list]] = []
+        self._started: list[Gallery] = []
 
     def start(self, store_uri: str, *, num_workers: int = 2, s3_endpoint: str | None = None,
-              env_vars: dict[str, str] | None = None, num_gpus: float = 0, **kwargs) -> Gallery:
-        workers = runtime.start_workers(num_workers, store_uri, s3_endpoint=s3_endpoint, env_vars=env_vars,
-                                        cluster_name=f"test-{uuid.uuid4().hex[:8]}", num_cpus=0.5, num_gpus=num_gpus)
-        gallery = Gallery(ObjectStore(store_uri, s3_endpoint=s3_endpoint), workers, **kwargs)
-        self._started.append((gallery, workers))
+              env_vars: dict[str, str] | None = None, num_gpus: float = 0, backend: str = "ray",
+              **kwargs) -> Gallery:
+        if backend == "local":
+            shards = LocalShards(num_workers, store_uri, s3_endpoint=s3_endpoint)
+        else:
+            shards = RayShards.start(num_workers, store_uri, s3_endpoint=s3_endpoint, env_vars=env_vars,
+                                     cluster_name=f"test-{uuid.uuid4().hex[:8]}", num_cpus=0.5, num_gpus=num_gpus)
+        try:
+            gallery = Gallery(ObjectStore(store_uri, s3_endpoint=s3_endpoint), shards, **kwargs)
+        except BaseException:
+            shards.stop()
+            raise
+        self._started.append(gallery)
         return gallery
 
     def stop(self, gallery: Gallery) -> None:
-        for entry in list(self._started):
-            if entry[0] is gallery:
-                gallery.close()
-                runtime.stop_workers(entry[1])
-                self._started.remove(entry)
+        if gallery in self._started:
+            gallery.close()
+            gallery.shards.stop()
+            self._started.remove(gallery)
 
     def stop_all(self) -> None:
-        for gallery, _ in list(self._started):
+        for gallery in list(self._started):
             self.stop(gallery)
 
 

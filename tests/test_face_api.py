@@ -25,6 +25,7 @@ from cluster.index import vectors
 from cluster.serve import runtime
 from cluster.serve.face_servicer import FaceGalleryServicer
 from cluster.serve.server import running_server
+from cluster.shards.ray_shards import RayShards
 from cluster.storage.object_store import ObjectStore
 from cluster.storage.s3_images import S3ImageReader, S3Object
 
@@ -65,7 +66,7 @@ def served(ray_session, s3_server, tmp_path_factory):
     name = f"test-{uuid.uuid4().hex[:8]}"
     face_workers = runtime.start_face_workers(1, num_cpus=2, num_gpus=0, cluster_name=name)
     store = str(tmp_path_factory.mktemp("store"))
-    shards = runtime.start_workers(2, store, cluster_name=name, num_cpus=0.5)
+    shards = RayShards.start(2, store, cluster_name=name, num_cpus=0.5)
     gallery = Gallery(ObjectStore(store), shards, model=ray.get(face_workers[0].ready.remote()))
     service = FaceService(gallery, face_workers, s3=S3ImageReader(s3_server))
     try:
@@ -74,7 +75,8 @@ def served(ray_session, s3_server, tmp_path_factory):
             yield gallery_pb2_grpc.GalleryStub(channel), gallery, service
     finally:
         gallery.close()
-        runtime.stop_workers(shards + face_workers)
+        shards.stop()
+        runtime.stop_face_workers(face_workers)
 
 
 @pytest.fixture(scope="module")

@@ -142,7 +142,7 @@ def test_crashed_worker_comes_back_from_the_store(galleries, tmp_path):
     gallery.create_collection("c", dimension=16)
     gallery.add("c", _records(400), xb)
     before = gallery.search("c", xb[:10], 5)
-    ray.kill(gallery.workers[0], no_restart=False)
+    ray.kill(gallery.shards.workers[0], no_restart=False)
     assert _ids(_search_after_crash(gallery, xb[:10], 5)) == _ids(before)
 
 
@@ -172,21 +172,22 @@ def test_search_channels_answer_as_actor_calls_do_and_reopen_after_a_crash(galle
     xb = clustered_embeddings(500, 16, seed=18)
     gallery.create_collection("c", dimension=16)
     gallery.add("c", _records(500), xb)
-    fan_out = gallery._fan_out_to_workers
+    fan_out = gallery.shards.fan_out
     request = pickle.dumps(SearchRequest("c", vectors.normalize(xb[:20]), 7, 0, None, None, 7))
+    answered = fan_out.channel_searches
     through_channels = [pickle.loads(r) for r in fan_out(request, 10)]
-    assert fan_out._pools is not None and all(pool._idle for pool in fan_out._pools)  # the channels answered
-    through_ray = [pickle.loads(r) for r in ray.get([w.search.remote(request) for w in gallery.workers])]
+    assert fan_out.channel_searches == answered + 1  # the channels answered
+    through_ray = [pickle.loads(r) for r in ray.get([w.search.remote(request) for w in gallery.shards.workers])]
     for a, b in zip(through_channels, through_ray):
         np.testing.assert_array_equal(a.I, b.I)
         np.testing.assert_array_equal(a.D, b.D)
     expected = gallery.search("c", xb[:20], 7)
-    old = fan_out._pools
-    ray.kill(gallery.workers[1], no_restart=False)
+    old = fan_out.channel_addresses()
+    ray.kill(gallery.shards.workers[1], no_restart=False)
 
     def reopened() -> bool:  # searches meanwhile go out as actor calls, or fail as UNAVAILABLE
         assert _ids(_search_after_crash(gallery, xb[:20], 7)) == _ids(expected)
-        return fan_out._pools is not None and fan_out._pools is not old
+        return fan_out.channel_addresses() not in (None, old)
 
     wait_until(reopened, 60, "channels to reopen")
-    assert fan_out._pools[1].address != old[1].address  # the restarted worker listens anew
+    assert fan_out.channel_addresses()[1] != old[1]  # the restarted worker listens anew

@@ -108,7 +108,7 @@ def test_gpu_shard_never_returns_deleted_faces_and_follows_adds(trained_pair):
 def test_cluster_with_gpu_shards_serves_and_restarts(galleries, tmp_path):
     store = str(tmp_path / "store")
     gallery = galleries.start(store, num_gpus=0.25, default_train_threshold=10_000, background_maintenance=False)
-    assert ray.get([w.device.remote() for w in gallery.workers]) == ["cuda:0", "cuda:0"]
+    assert ray.get([w.device.remote() for w in gallery.shards.workers]) == ["cuda:0", "cuda:0"]
     xb = clustered_embeddings(12_000, 512, seed=24)
     gallery.create_collection("c", dimension=512)
     for start in range(0, len(xb), 6000):

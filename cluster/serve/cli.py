@@ -20,6 +20,7 @@ from cluster.serve.audit import AuditLog
 from cluster.serve.face_servicer import FaceGalleryServicer
 from cluster.serve.interceptors import AuditInterceptor, AuthInterceptor, load_tokens
 from cluster.serve.server import running_server
+from cluster.shards.ray_shards import RayShards
 from cluster.storage.lease import StoreInUse, WriterLease
 from cluster.storage.manifest import UnsafeStore, check_store
 from cluster.storage.object_store import ObjectStore
@@ -65,13 +66,13 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
     runtime.start_ray(ray_address)
     shard_gpus, face_gpus = gpus_per_actor(num_shards, shard_num_gpus, face_workers, face_num_gpus,
                                            cluster_gpus=ray.cluster_resources().get("GPU", 0))
-    workers = runtime.start_workers(num_shards, store, s3_endpoint=s3_endpoint or None, num_cpus=shard_num_cpus,
-                                    num_gpus=shard_gpus, omp_threads=max(1, int(shard_num_cpus)))
+    shards = RayShards.start(num_shards, store, s3_endpoint=s3_endpoint or None, num_cpus=shard_num_cpus,
+                             num_gpus=shard_gpus, omp_threads=max(1, int(shard_num_cpus)))
     face_actors, model = [], None
     if face_workers:
         face_actors = runtime.start_face_workers(face_workers, num_cpus=face_num_cpus, num_gpus=face_gpus)
         model = ray.get(face_actors[0].ready.remote())
-    gallery = Gallery(object_store, workers, model=model, default_train_threshold=train_threshold, lease=lease)
+    gallery = Gallery(object_store, shards, model=model, default_train_threshold=train_threshold, lease=lease)
     tokens = load_tokens(auth_tokens_file) if auth_tokens_file else None
     audit = AuditLog(ObjectStore(audit_store, s3_endpoint=s3_endpoint or None) if audit_store else object_store)
     interceptors = [AuditInterceptor(audit, tokens)] + ([AuthInterceptor(tokens)] if tokens else [])

@@ -1,4 +1,5 @@
-"""Starting Ray, the shard workers and the face workers: the only module that decides where things run."""
+"""Starting Ray and the face workers. With `cluster/shards/ray_shards.py` (the shard workers), the only code
+that decides where things run."""
 
 from __future__ import annotations
 
@@ -8,12 +9,9 @@ import os
 import ray
 
 from cluster.index.gpu import gpu_share
-from cluster.shards.protocol import MAINTENANCE
-from cluster.shards.worker import ShardWorker
+from cluster.shards.ray_shards import NAMESPACE
 
 logger = logging.getLogger(__name__)
-
-NAMESPACE = "gallery"
 
 
 def start_ray(address: str = "local", *, num_cpus: int | None = None) -> None:
@@ -35,31 +33,6 @@ def start_ray(address: str = "local", *, num_cpus: int | None = None) -> None:
     logger.info("ray: %s", ray.cluster_resources())
 
 
-def start_workers(num_workers: int, store_uri: str, *, s3_endpoint: str | None = None, num_cpus: float = 1,
-                  num_gpus: float = 0, omp_threads: int = 1, cluster_name: str = "gallery",
-                  env_vars: dict[str, str] | None = None) -> list:
-    """Starts (or, in a long-lived cluster, finds) the named shard actors.
-
-    Ray restarts a crashed worker, which reloads its partitions from the store.
-    Actors are named "{cluster_name}-shard-{i}-of-{num_workers}", so a restarted
-    gateway finds the workers it left. `env_vars` reach the workers on every node
-    (e.g. AWS credentials for an S3 store). Workers given GPUs (`num_gpus` > 0)
-    search trained partitions on them.
-    """
-    if num_workers < 1:
-        raise ValueError(f"num_workers must be >= 1, got {num_workers}")
-    actor = ray.remote(concurrency_groups={MAINTENANCE: 1})(ShardWorker)
-    workers = [actor.options(name=f"{cluster_name}-shard-{i}-of-{num_workers}", namespace=NAMESPACE, get_if_exists=True,
-                             max_restarts=-1, max_task_retries=0,
-                             num_cpus=num_cpus, num_gpus=num_gpus,
-                             runtime_env={"env_vars": env_vars} if env_vars else None)
-               .remote(i, num_workers, store_uri, s3_endpoint=s3_endpoint, omp_threads=omp_threads,
-                       use_gpu=num_gpus > 0)
-               for i in range(num_workers)]
-    ray.get([w.ready.remote() for w in workers])
-    return workers
-
-
 def start_face_workers(num_workers: int, *, num_cpus: float = 1, num_gpus: float | None = None, batch_size: int = 32,
                        cluster_name: str = "gallery") -> list:
     """Starts (or finds) the named FaceWorker actors that detect and embed for image requests.
@@ -70,7 +43,7 @@ def start_face_workers(num_workers: int, *, num_cpus: float = 1, num_gpus: float
         num_gpus: GPUs per actor; None: one each when the Ray cluster has GPUs (an equal
             fraction of one when there are fewer GPUs than actors), else none.
         batch_size: face crops per forward pass.
-        cluster_name: prefix of the actor names, as for `start_workers`.
+        cluster_name: prefix of the actor names, as for `RayShards.start`.
 
     Returns:
         Actor handles, each ready (model loaded).
@@ -94,7 +67,7 @@ def start_face_workers(num_workers: int, *, num_cpus: float = 1, num_gpus: float
     return workers
 
 
-def stop_workers(workers: list) -> None:
-    """Ends the workers for good (no restart); their data stays in the store."""
+def stop_face_workers(workers: list) -> None:
+    """Ends the face workers for good (no restart)."""
     for worker in workers:
         ray.kill(worker, no_restart=True)

@@ -40,6 +40,7 @@ class SearchFanOut:
         self._resolving = False
         self._closed = False
         self._lock = threading.Lock()
+        self.channel_searches = 0  # searches answered over the channels, rather than as actor calls
         try:
             self._install(self._fetch_addresses(timeout_s))
         except Exception:
@@ -70,8 +71,14 @@ class SearchFanOut:
             else:
                 for pool, connection in zip(pools, connections):
                     pool.give_back(connection)
+                self.channel_searches += 1
                 return replies
         return ray.get([w.search.remote(request) for w in self.workers], timeout=timeout_s)
+
+    def channel_addresses(self) -> list | None:
+        """The workers' channel addresses in use, None while searches go out as actor calls."""
+        pools = self._pools
+        return None if pools is None else [pool.address for pool in pools]
 
     def close(self) -> None:
         with self._lock:

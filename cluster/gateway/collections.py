@@ -1,0 +1,180 @@
+"""The gateway's collections: their state in memory, their manifests in the store, and the commit point.
+
+The gateway owns each collection's manifest. Every change to a collection becomes durable in one place,
+`Collections.commit`, and only while this gateway holds the store's writer lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import faiss
+
+from cluster.errors import AlreadyExists, InvalidArgument, NotFound
+from cluster.index.calibration import Calibration, EmbeddingModel
+from cluster.index.training import load_index
+from cluster.shards.backend import ShardBackend
+from cluster.storage import manifest as manifests
+from cluster.storage.lease import WriterLease
+from cluster.storage.manifest import CollectionManifest, PartitionManifest
+from cluster.storage.object_store import ObjectStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LiveIndex:
+    """What a search needs, swapped in one assignment when a new index goes live."""
+
+    version: int = 0  # 0: exact search
+    quantizer: object = None  # faiss coarse quantizer of the live version
+    trained: object = None  # keeps the index that owns `quantizer` alive
+    nlist: int = 0
+
+    @classmethod
+    def from_trained(cls, version: int, trained: faiss.Index, nlist: int) -> LiveIndex:
+        return cls(version, faiss.extract_index_ivf(trained).quantizer, trained, nlist)
+
+
+@dataclass
+class CollectionState:
+    """One collection as the gateway holds it. `manifest` and `live` are replaced whole, never edited."""
+
+    manifest: CollectionManifest
+    live: LiveIndex
+    calibration: Calibration | None
+    write_lock: threading.Lock = field(default_factory=threading.Lock)  # writes, training and compaction
+    maintenance: threading.Thread | None = None
+    deleted: bool = False
+
+
+def partition_of(face_id: str, num_partitions: int) -> int:
+    """Partition of a face: stable across processes and restarts (unlike hash())."""
+    return zlib.crc32(face_id.encode()) % num_partitions
+
+
+def by_worker(partitions: Sequence[int], num_workers: int) -> dict[int, list[int]]:
+    """The given partitions grouped by the worker that holds them (partition p: worker p % num_workers)."""
+    out: dict[int, list[int]] = {}
+    for p in partitions:
+        out.setdefault(p % num_workers, []).append(p)
+    return out
+
+
+def ids_by_worker(face_ids: Sequence[str], num_partitions: int, num_workers: int) -> dict[int, dict[int, list[str]]]:
+    """Face ids grouped worker -> partition -> ids."""
+    out: dict[int, dict[int, list[str]]] = {}
+    for f in face_ids:
+        p = partition_of(f, num_partitions)
+        out.setdefault(p % num_workers, {}).setdefault(p, []).append(f)
+    return out
+
+
+class Collections:
+    """The registry of collections: open, create, look up, delete, and commit their manifests.
+
+    Args:
+        store: the object store holding manifests and data.
+        shards: the shard workers (told to open and drop collections).
+        lease: the store's writer lease, checked before every commit.
+        model: the face model, for collections created without a dimension.
+        default_train_threshold: faces before a new collection trains IVF-PQ.
+    """
+
+    def __init__(self, store: ObjectStore, shards: ShardBackend, lease: WriterLease, *,
+                 model: EmbeddingModel | None, default_train_threshold: int):
+        self.store = store
+        self.shards = shards
+        self.lease = lease
+        self.model = model
+        self.default_train_threshold = default_train_threshold
+        self._states: dict[str, CollectionState] = {}
+        self._lock = threading.Lock()
+
+    def load(self) -> int:
+        """Opens every collection of the store, on the gateway and on the workers; returns how many."""
+        loaded = manifests.load_all(self.store)
+        self.shards.call("open_collection", [(w, (m.to_json(),)) for m in loaded for w in range(self.shards.num_workers)])
+        for m in loaded:
+            self._states[m.collection_id] = self._open(m)
+        return len(loaded)
+
+    def _open(self, m: CollectionManifest) -> CollectionState:
+        live = LiveIndex()
+        if m.index_version:
+            live = LiveIndex.from_trained(m.index_version, load_index(self.store.get(m.trained_index)), m.nlist)
+        calibration = None
+        if m.embedding_model and self.model and self.model.name == m.embedding_model:
+            calibration = self.model.calibration
+        elif m.calibration:
+            calibration = Calibration.from_bytes(self.store.get(m.calibration))
+        return CollectionState(m, live, calibration)
+
+    def commit(self, m: CollectionManifest) -> None:
+        """The commit point of every change to a collection, while this gateway holds the writer lease."""
+        self.lease.check()
+        manifests.save(self.store, m)
+
+    def get(self, collection_id: str) -> CollectionState:
+        state = self._states.get(manifests.check_collection_id(collection_id))
+        if state is None or state.deleted:
+            raise NotFound(f"collection {collection_id!r} does not exist")
+        return state
+
+    def states(self) -> list[CollectionState]:
+        return list(self._states.values())
+
+    def create(self, collection_id: str, *, dimension: int = 0, train_threshold: int = 0) -> CollectionManifest:
+        """Creates an empty collection.
+
+        Raises:
+            InvalidArgument: bad id, no dimension and no face model.
+            AlreadyExists: the id is taken.
+        """
+        manifests.check_collection_id(collection_id)
+        model_name = ""
+        if dimension == 0:
+            if self.model is None:
+                raise InvalidArgument("dimension is 0 and this server has no face model: give a dimension")
+            dimension, model_name = self.model.dimension, self.model.name
+        if not 1 <= dimension <= 4096:
+            raise InvalidArgument(f"dimension must be in [1, 4096], got {dimension}")
+        num_partitions = self.shards.num_workers  # one partition per worker at creation
+        with self._lock:
+            if collection_id in self._states:
+                raise AlreadyExists(f"collection {collection_id!r} already exists")
+            m = CollectionManifest(collection_id, dimension, num_partitions,
+                                   train_threshold or self.default_train_threshold, time.time(), model_name,
+                                   partitions=[PartitionManifest() for _ in range(num_partitions)])
+            self.commit(m)
+            self._states[collection_id] = self._open(m)
+        self.shards.call_all("open_collection", m.to_json())
+        return m
+
+    def list_ids(self, max_results: int = 100, next_token: str = "") -> tuple[list[str], str]:
+        """A page of collection ids in order, and the token of the next page ("" at the end)."""
+        if not 0 <= max_results <= 1000:
+            raise InvalidArgument(f"max_results must be in [0, 1000], got {max_results}")
+        names = sorted(n for n, s in self._states.items() if not s.deleted and n > next_token)
+        page = names[:max_results or 100]
+        return page, page[-1] if len(names) > len(page) else ""
+
+    def delete(self, collection_id: str) -> int:
+        """Deletes a collection and every object of it; returns how many faces it held."""
+        state = self.get(collection_id)
+        with state.write_lock:
+            if state.deleted:
+                raise NotFound(f"collection {collection_id!r} does not exist")
+            self.lease.check()
+            self.store.delete(manifests.manifest_key(collection_id))  # the commit point
+            state.deleted = True
+            with self._lock:
+                del self._states[collection_id]
+            self.shards.call_all("drop_collection", collection_id)
+            self.store.delete_prefix(manifests.prefix(collection_id))
+            return state.manifest.face_count

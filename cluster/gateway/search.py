@@ -1,0 +1,128 @@
+"""The search path: concurrent queries batched, assigned to IVF lists once, fanned out, merged, calibrated.
+
+Searches never take a collection's write lock. A query is assigned to IVF lists here, once, with the
+collection's live quantizer; every worker searches its partitions with that assignment, and the workers'
+top-k are merged exactly. An index switch that lands between the assignment and the workers' answer is
+detected by version and the batch is searched again.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+
+import numpy as np
+
+from cluster.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted
+from cluster.gateway.batching import QueryBatcher
+from cluster.gateway.collections import Collections, CollectionState
+from cluster.index import tuning, vectors
+from cluster.index.calibration import Calibration, gallery_probability
+from cluster.index.merge import merge_topk
+from cluster.index.shard_index import StaleIndexVersion
+from cluster.shards.backend import ShardBackend
+from cluster.shards.protocol import SearchRequest
+from cluster.storage.records import FaceRecord
+
+MAX_K = 1000
+MAX_QUERIES = 1024
+
+
+@dataclass
+class Candidate:
+    """A face that scored high enough to be shown for human review: never an identification."""
+
+    record: FaceRecord
+    similarity: float
+    false_match_rate: float  # -1 when uncalibrated
+    gallery_false_match_probability: float
+
+
+@dataclass
+class SearchResults:
+    candidates: list[list[Candidate]]  # per query, best first
+    gallery_size: int
+    calibration: Calibration | None
+    index_version: int
+
+
+class SearchPath:
+    """Top-k search of collections over the shard workers.
+
+    Args:
+        collections: the registry the collections' live state is read from.
+        shards: the workers searched.
+        call_timeout_s: bound on one fan-out.
+    """
+
+    def __init__(self, collections: Collections, shards: ShardBackend, *, call_timeout_s: float):
+        self.collections = collections
+        self.shards = shards
+        self.call_timeout_s = call_timeout_s
+        self._batcher = QueryBatcher(self._search_batch)
+
+    def close(self) -> None:
+        self._batcher.close()
+
+    def search(self, state: CollectionState, xq: np.ndarray, k: int, *, nprobe: int = 0,
+               min_similarity: float | None = None, timeout_s: float | None = None) -> SearchResults:
+        """Top-k candidates for each query; see `Gallery.search`."""
+        m = state.manifest
+        if not 1 <= k <= MAX_K:
+            raise InvalidArgument(f"k must be in [1, {MAX_K}], got {k}")
+        if xq.ndim != 2 or xq.shape[1] != m.dimension:
+            raise InvalidArgument(f"queries: shape {xq.shape}, expected (nq, {m.dimension})")
+        if not 1 <= xq.shape[0] <= MAX_QUERIES:
+            raise (ResourceExhausted if xq.shape[0] else InvalidArgument)(
+                f"queries: {xq.shape[0]} given, 1 to {MAX_QUERIES} per request")
+        if nprobe < 0:
+            raise InvalidArgument(f"nprobe must be >= 0, got {nprobe}")
+        xq = vectors.normalize(xq, what="queries")
+        if m.face_count == 0:
+            raise FailedPrecondition(f"collection {m.collection_id!r} is empty: enroll faces before searching")
+        started = time.monotonic()
+        future = self._batcher.submit((m.collection_id, k, nprobe), xq)
+        try:
+            D, I, records = future.result(timeout=timeout_s)
+        except FutureTimeout as e:
+            future.cancel()
+            raise DeadlineExceeded(f"search did not finish within {timeout_s:.3f} s") from e
+        if timeout_s is not None and time.monotonic() - started > timeout_s:  # it ran in this thread
+            raise DeadlineExceeded(f"search did not finish within {timeout_s:.3f} s")
+        calibration = state.calibration
+        if min_similarity is None:
+            min_similarity = calibration.default_min_similarity if calibration else -1.0
+        gallery_size = m.face_count
+        fmr = calibration.false_match_rate(D) if calibration else np.full(D.shape, -1.0)
+        gfmp = gallery_probability(fmr, gallery_size) if calibration else fmr
+        candidates = [[Candidate(records[int(label)], float(D[q, j]), float(fmr[q, j]), float(gfmp[q, j]))
+                       for j, label in enumerate(I[q]) if label >= 0 and D[q, j] >= min_similarity]
+                      for q in range(I.shape[0])]
+        return SearchResults(candidates, gallery_size, calibration, state.live.version)
+
+    def _search_batch(self, key: tuple[str, int, int], xq: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+        collection_id, k, nprobe = key
+        state = self.collections.get(collection_id)
+        try:
+            return self._fan_out(state, xq, k, nprobe)
+        except StaleIndexVersion:  # an index switch completed between reading `live` and the shards' answer
+            return self._fan_out(state, xq, k, nprobe)
+
+    def _fan_out(self, state: CollectionState, xq: np.ndarray, k: int, nprobe: int
+                 ) -> tuple[np.ndarray, np.ndarray, dict]:
+        live = state.live
+        Iq = Dq = None
+        rerank_k = k
+        if live.version:
+            collection_depth = tuning.rerank_depth(k)
+            nprobe = tuning.nprobe_for(nprobe, collection_depth, live.nlist, state.manifest.face_count)
+            Dq, Iq = live.quantizer.search(xq, nprobe)
+            rerank_k = tuning.partition_rerank_depth(collection_depth, k, state.manifest.num_partitions)
+        request = SearchRequest(state.manifest.collection_id, xq, k, live.version, Iq, Dq, rerank_k)
+        replies = [pickle.loads(reply) for reply in self.shards.search(
+            pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL), self.call_timeout_s)]
+        D, I = merge_topk([(r.D, r.I) for r in replies], k)
+        records = {label: record for r in replies for label, record in r.records.items()}
+        return D, I, records
