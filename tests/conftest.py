@@ -11,7 +11,7 @@ import grpc
 import pytest
 import ray
 from gallery.v1 import gallery_pb2_grpc
-from support import S3_CREDENTIALS, free_port, wait_until
+from support import S3_CREDENTIALS, free_port, stop_process, wait_until
 
 from cluster.gateway.gallery import Gallery
 from cluster.serve import runtime
@@ -109,9 +109,10 @@ def s3_server(tmp_path_factory):
         wait_until(answers, 30, "moto S3 server")
         yield endpoint
     finally:
-        process.terminate()
-        process.wait(10)
-        log.close()
+        try:
+            stop_process(process, grace_s=10)
+        finally:
+            log.close()
 
 
 @pytest.fixture

@@ -1,7 +1,18 @@
 """Helpers shared by test modules (importable: conftest modules are not, with several conftest.py)."""
 
+from __future__ import annotations
+
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
 def free_port() -> int:
@@ -19,3 +30,75 @@ def wait_until(predicate, timeout_s: float, what: str) -> None:
 
 
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
+
+
+def stop_process(process: subprocess.Popen, grace_s: float, deliver: Callable[[int, int], None] = os.kill, *,
+                 process_group: bool = False) -> int:
+    """SIGTERM (sent with `deliver(pid, signal)`), then SIGKILL after `grace_s`; returns the exit status.
+
+    With `process_group` (a process started with `start_new_session`), what is left of its group once
+    it has ended is killed too: children it did not stop, such as the Ray processes of a `gallery serve`
+    stopped while it was starting Ray. Raises subprocess.TimeoutExpired, once killed, if it had to be.
+    """
+    try:
+        if process.poll() is None:
+            deliver(process.pid, signal.SIGTERM)
+        try:
+            return process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
+    finally:
+        if process_group:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # nothing left of it
+
+
+class Served:
+    """`gallery serve` in a process of its own (with its own private Ray) on 127.0.0.1:`port`, until `stop`.
+
+    A server that exits or is not serving within `ready_timeout_s` is stopped by its pid (killed if
+    SIGTERM does not end it) before the error is raised: no server outlives its test.
+    """
+
+    def __init__(self, store: str | Path, port: int, log_path: str | Path,
+                 flags: tuple[str, ...] = ("--num-shards", "2", "--shard-num-cpus", "0.5", "--face-workers", "0"),
+                 ready_timeout_s: float = 120):
+        self.address = f"127.0.0.1:{port}"
+        self.log_path = Path(log_path)
+        self.log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cluster.serve.cli", "serve", "--store", str(store), "--port", str(port), *flags],
+            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "RAY_ADDRESS": ""},
+            start_new_session=True)  # its own process group: `stop` reaches the Ray processes it leaves
+        self.channel = grpc.insecure_channel(self.address)
+        try:
+            wait_until(self._serving, ready_timeout_s, "gallery serve")
+        except BaseException:
+            try:
+                self.stop(grace_s=30)
+            except subprocess.TimeoutExpired:
+                pass  # killed; the error raised below says why it was stopped
+            raise
+
+    def _serving(self) -> bool:
+        if self.process.poll() is not None:
+            self.log.flush()
+            raise RuntimeError(f"gallery serve exited with {self.process.returncode}:\n"
+                               f"{self.log_path.read_text(errors='replace')[-3000:]}")
+        try:
+            response = health_pb2_grpc.HealthStub(self.channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+            return response.status == health_pb2.HealthCheckResponse.SERVING
+        except grpc.RpcError:
+            return False
+
+    def stop(self, *, grace_s: float = 60, deliver: Callable[[int, int], None] = os.kill) -> int:
+        """SIGTERM (through `deliver`, see `stop_process`); the exit status."""
+        self.channel.close()
+        try:
+            return stop_process(self.process, grace_s, deliver, process_group=True)
+        finally:
+            self.log.close()

@@ -1,4 +1,5 @@
-"""`gallery serve` as a user runs it: start, enroll over gRPC, stop with SIGTERM, start again, everything is back."""
+"""`gallery serve` as a user runs it: start, enroll over gRPC, stop with SIGTERM, start again, everything is back;
+and a server the tests start never outlives them, ready or not."""
 
 import ctypes
 import os
@@ -7,53 +8,14 @@ import signal
 import subprocess
 import sys
 
-import grpc
 import pytest
 from gallery.v1 import gallery_pb2 as pb
 from gallery.v1 import gallery_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support import free_port, wait_until
+from support import Served, free_port, stop_process, wait_until
 
 from cluster.client import GalleryClient
 from cluster.index import vectors
 from cluster.index.synthetic import clustered_embeddings
-
-
-class Served:
-    def __init__(self, store, port, log_path):
-        self.port = port
-        self.log = open(log_path, "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cluster.serve.cli", "serve", "--store", str(store), "--port", str(port),
-             "--num-shards", "2", "--shard-num-cpus", "0.5", "--face-workers", "0"],
-            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "RAY_ADDRESS": ""})
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        wait_until(self._serving, 120, "gallery serve")
-
-    def _serving(self) -> bool:
-        if self.process.poll() is not None:
-            raise RuntimeError(f"gallery serve exited with {self.process.returncode}")
-        try:
-            response = health_pb2_grpc.HealthStub(self.channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
-            return response.status == health_pb2.HealthCheckResponse.SERVING
-        except grpc.RpcError:
-            return False
-
-    def stop(self, *, to_a_thread: bool = False) -> int:
-        """SIGTERM, to the process or to one of its threads other than the main one."""
-        self.channel.close()
-        if to_a_thread:
-            signal_a_thread_other_than_main(self.process.pid, signal.SIGTERM)
-        else:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()  # rather than leave it, and its Ray, to the tests that follow
-            self.process.wait()
-            raise
-        finally:
-            self.log.close()
 
 
 _SYS_TGKILL = {"x86_64": 234, "aarch64": 131}
@@ -99,4 +61,64 @@ def test_serve_stop_serve_keeps_collections_and_faces(tmp_path):
             D, ids = client.search("visitors", xb[[9, 20]], k=1)
         assert ids == [["v9"], ["v20"]] and D[:, 0] == pytest.approx([1.0, 1.0], abs=1e-3)
     finally:
-        assert served.stop(to_a_thread=platform.machine() in _SYS_TGKILL) == 0
+        assert served.stop(deliver=signal_a_thread_other_than_main if platform.machine() in _SYS_TGKILL
+                           else os.kill) == 0
+
+
+def _processes_naming(text: str) -> list[int]:
+    """Pids of the live processes whose command line contains `text`."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if entry.isdigit() and text.encode() in f.read():
+                    pids.append(int(entry))
+        except OSError:
+            continue  # not a process, or one that just ended
+    return pids
+
+
+def test_a_serve_that_is_not_ready_in_time_is_stopped(tmp_path):
+    store = tmp_path / "never-ready"
+    with pytest.raises(TimeoutError, match="gallery serve not ready after 0.5 s"):
+        Served(store, free_port(), tmp_path / "serve.log", ready_timeout_s=0.5)
+    assert _processes_naming(str(store)) == []
+
+
+def test_a_process_that_ignores_sigterm_is_killed_after_the_grace_period():
+    ignores = subprocess.Popen([sys.executable, "-c", "import signal, time\n"
+                                "signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True)\n"
+                                "time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert ignores.stdout.readline().strip() == "ready"
+        with pytest.raises(subprocess.TimeoutExpired):
+            stop_process(ignores, grace_s=1)
+        assert ignores.returncode == -signal.SIGKILL
+    finally:
+        if ignores.poll() is None:
+            ignores.kill()
+            ignores.wait()
+
+
+def test_what_a_stopped_process_leaves_of_its_group_is_killed():
+    """As `gallery serve` ended by SIGTERM while it starts Ray leaves Ray's agents running."""
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time\n"
+                               "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+                               "print(child.pid, flush=True); time.sleep(600)"],
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        child = int(parent.stdout.readline())
+        assert stop_process(parent, grace_s=10, process_group=True) == -signal.SIGTERM
+        wait_until(lambda: not _alive(child), 10, "the child's end")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended, only its entry is left
+    except FileNotFoundError:
+        return False

@@ -23,7 +23,7 @@ from cluster.serve.server import running_server
 from cluster.shards.ray_shards import RayShards
 from cluster.storage.lease import StoreInUse, WriterLease
 from cluster.storage.manifest import UnsafeStore, check_store
-from cluster.storage.object_store import ObjectStore
+from cluster.storage.object_store import ObjectStore, UnusableStore
 from cluster.storage.s3_images import S3ImageReader
 
 logger = logging.getLogger("gallery")
@@ -56,7 +56,9 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
         auth_tokens_file: JSON {"<token>": "<caller identity>"}; when set, every call needs a known bearer token.
         audit_store: where audit/ records go (a folder or s3://bucket[/prefix]); default: the store.
     """
+    # Both stores are opened first, so that one that cannot be a store stops serve before the lease and Ray.
     object_store = ObjectStore(store, s3_endpoint=s3_endpoint or None)
+    audit_object_store = ObjectStore(audit_store, s3_endpoint=s3_endpoint or None) if audit_store else object_store
     lease = WriterLease.acquire(object_store)  # before anything starts: a second gateway on the store stops here
     try:
         check_store(object_store)
@@ -74,7 +76,7 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
         model = ray.get(face_actors[0].ready.remote())
     gallery = Gallery(object_store, shards, model=model, default_train_threshold=train_threshold, lease=lease)
     tokens = load_tokens(auth_tokens_file) if auth_tokens_file else None
-    audit = AuditLog(ObjectStore(audit_store, s3_endpoint=s3_endpoint or None) if audit_store else object_store)
+    audit = AuditLog(audit_object_store)
     interceptors = [AuditInterceptor(audit, tokens)] + ([AuthInterceptor(tokens)] if tokens else [])
     faces = FaceService(gallery, face_actors, s3=S3ImageReader(s3_endpoint or None, max_bytes=max_s3_image_bytes),
                         max_image_bytes=max_image_bytes) if face_actors else None
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     command = args.pop("command")
     try:
         {"serve": serve}[command](**args)
-    except (StoreInUse, UnsafeStore) as e:
+    except (StoreInUse, UnsafeStore, UnusableStore) as e:
         parser.exit(1, f"gallery {command}: {e}\n")
 
 

@@ -42,6 +42,10 @@ class UnsafeKey(InvalidArgument):
     """A key or id that would reach outside its place in the store."""
 
 
+class UnusableStore(ValueError):
+    """A store URI that cannot be a store: an unknown scheme, or a local path that is (or is below) a file."""
+
+
 def check_name(name: str, what: str) -> str:
     """Returns `name` if it is one safe object name (1-255 of [A-Za-z0-9_.-], not "." or ".."); else UnsafeKey."""
     if not isinstance(name, str) or not SAFE_NAME.fullmatch(name) or set(name) == {"."}:
@@ -77,6 +81,9 @@ class ObjectStore:
         uri: a local folder ("./data", "file:///srv/gallery") or "s3://bucket/prefix".
         s3_endpoint: S3 endpoint ("http://127.0.0.1:8333"); default: AWS_ENDPOINT_URL or AWS.
 
+    Raises:
+        UnusableStore: another scheme, or a local path that is a file or cannot be made a folder.
+
     Example:
         >>> store = ObjectStore("/tmp/gallery")
         >>> store.put("a/b.txt", b"hello"); store.get("a/b.txt")
@@ -98,11 +105,18 @@ class ObjectStore:
         elif parsed.scheme in ("", "file"):
             path = parsed.path if parsed.scheme == "file" else uri
             self.root = os.path.abspath(os.path.expanduser(path))
-            os.makedirs(self.root, exist_ok=True)
+            if os.path.exists(self.root) and not os.path.isdir(self.root):
+                raise UnusableStore(f"store {uri!r}: {self.root} is a file; give a folder (created when missing) "
+                                    "or s3://bucket/prefix")
+            try:
+                os.makedirs(self.root, exist_ok=True)
+            except OSError as e:  # a file on the way (NotADirectoryError), no permission, a read-only disk
+                raise UnusableStore(f"store {uri!r}: cannot create the folder {self.root}: {e.strerror}") from e
             self.fs = pafs.LocalFileSystem()
             self.is_local = True
         else:
-            raise ValueError(f"store uri: scheme {parsed.scheme!r} unsupported, use a path or s3://bucket/prefix")
+            raise UnusableStore(f"store {uri!r}: scheme {parsed.scheme!r} unsupported, "
+                                "use a path or s3://bucket/prefix")
 
     def _path(self, key: str, *, prefix: bool = False) -> str:
         """The filesystem path of a key, which `check_key` has confined to the root."""
