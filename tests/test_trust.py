@@ -1,6 +1,7 @@
-"""Bearer-token authentication and the audit log, through a real gRPC server."""
+"""Authentication, authorization, accountability and the audit log, through a real gRPC server on 127.0.0.1."""
 
 import json
+import os
 
 import grpc
 import pytest
@@ -10,69 +11,248 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cluster.index import vectors
 from cluster.index.synthetic import clustered_embeddings
+from cluster.serve import audit as audit_log
 from cluster.serve.audit import AuditLog, read_audit
-from cluster.serve.interceptors import AuditInterceptor, AuthInterceptor, load_tokens
+from cluster.serve.authz import PERMISSIONS
+from cluster.serve.interceptors import TrustInterceptor
 from cluster.serve.server import running_server
+from cluster.serve.tokens import REGISTRY_KEY, ROLES, TokenRegistry, ensure_admin_token, token_hash
+from cluster.storage.object_store import ObjectStore
 
-TOKENS = {"s3cret-alice": "alice@agency", "s3cret-bob": "bob@agency"}
-
-
-@pytest.fixture
-def secured(gallery, tmp_path):
-    path = tmp_path / "tokens.json"
-    path.write_text(json.dumps(TOKENS))
-    tokens = load_tokens(str(path))
-    audit = AuditLog(gallery.store, flush_interval_s=60)
-    with running_server(gallery, interceptors=[AuditInterceptor(audit, tokens), AuthInterceptor(tokens)]) as (_, port):
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield channel, audit
-    audit.close()
+D = 8
 
 
 def _bearer(token):
     return [("authorization", f"Bearer {token}")]
 
 
+def _embedding(x):
+    return pb.Embedding(values=vectors.encode(x), dimension=len(x))
+
+
+@pytest.fixture
+def secured(gallery, tmp_path):
+    """(stub, tokens by role, audit log) of a server whose tokens cover collection "c" only (admin: all)."""
+    registry = TokenRegistry(gallery.store)
+    tokens = {role: registry.create(role, role, ["*"] if role == "admin" else ["c"]) for role in ROLES}
+    audit = AuditLog(gallery.store)
+    with running_server(gallery, interceptors=[TrustInterceptor(audit, registry)]) as (_, port):
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = gallery_pb2_grpc.GalleryStub(channel)
+            xb = clustered_embeddings(20, D, seed=51)
+            for cid in ("c", "other"):
+                stub.CreateCollection(pb.CreateCollectionRequest(collection_id=cid, dimension=D),
+                                      metadata=_bearer(tokens["admin"]))
+                stub.AddEmbeddings(pb.AddEmbeddingsRequest(collection_id=cid, faces=[
+                    pb.NewFace(face_id=f"f{i}", embedding=_embedding(x)) for i, x in enumerate(xb)]),
+                    metadata=_bearer(tokens["admin"]))
+            yield stub, channel, tokens, audit, xb
+    audit.close()
+
+
+def _code(call, request, metadata):
+    try:
+        call(request, metadata=metadata)
+        return grpc.StatusCode.OK
+    except grpc.RpcError as e:
+        return e.code()
+
+
+def test_the_registry_keeps_only_hashes_and_revokes(tmp_path):
+    store = ObjectStore(str(tmp_path))
+    registry = TokenRegistry(store)
+    token = registry.create("door-3", "searcher", ["staff"])
+    assert token not in store.get(REGISTRY_KEY).decode() and token_hash(token) in store.get(REGISTRY_KEY).decode()
+    assert registry.authenticate(token).collections == ("staff",)
+    with pytest.raises(ValueError, match="exists"):
+        registry.create("door-3", "searcher")
+    with pytest.raises(ValueError, match="role"):
+        registry.create("x", "superuser")
+    assert registry.revoke("door-3") and not registry.revoke("door-3")
+    assert registry.authenticate(token) is None
+
+
+def test_the_embedded_default_writes_its_admin_token_once_with_mode_0600(tmp_path):
+    registry = TokenRegistry(ObjectStore(str(tmp_path / "store")))
+    path = str(tmp_path / "store.admin-token")
+    assert ensure_admin_token(registry, path) and not ensure_admin_token(registry, path)
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert registry.authenticate(open(path).read().strip()).role == "admin"
+
+
 def test_calls_need_a_known_token_but_health_does_not(secured):
-    channel, _ = secured
-    stub = gallery_pb2_grpc.GalleryStub(channel)
+    stub, channel, tokens, _, _ = secured
     request = pb.ListCollectionsRequest()
-    for metadata in ((), _bearer("wrong"), [("authorization", "s3cret-alice")]):
-        with pytest.raises(grpc.RpcError) as raised:
-            stub.ListCollections(request, metadata=metadata)
-        assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert stub.ListCollections(request, metadata=_bearer("s3cret-alice")).collections == []
+    for metadata in ((), _bearer("wrong"), [("authorization", tokens["admin"])]):
+        assert _code(stub.ListCollections, request, metadata) == grpc.StatusCode.UNAUTHENTICATED
+    listed = stub.ListCollections(request, metadata=_bearer(tokens["admin"])).collections
+    assert [c.collection_id for c in listed] == ["c", "other"]
     health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
     assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_every_call_is_audited_with_caller_purpose_and_candidates(secured, gallery):
-    channel, audit = secured
-    stub = gallery_pb2_grpc.GalleryStub(channel)
-    xb = clustered_embeddings(20, 8, seed=51)
-    alice = _bearer("s3cret-alice")
-    stub.CreateCollection(pb.CreateCollectionRequest(collection_id="c", dimension=8), metadata=alice)
-    stub.AddEmbeddings(pb.AddEmbeddingsRequest(collection_id="c", faces=[
-        pb.NewFace(face_id=f"f{i}", embedding=pb.Embedding(values=vectors.encode(x), dimension=8))
-        for i, x in enumerate(xb)]), metadata=alice)
-    query = pb.SearchByEmbeddingRequest(collection_id="c", k=2, purpose="case 2026-114",
-                                        queries=[pb.Embedding(values=vectors.encode(xb[4]), dimension=8)])
-    stub.SearchByEmbedding(query, metadata=_bearer("s3cret-bob"))
-    with pytest.raises(grpc.RpcError):
-        stub.SearchByEmbedding(query, metadata=_bearer("forged"))
-    with pytest.raises(grpc.RpcError):
-        stub.DescribeCollection(pb.DescribeCollectionRequest(collection_id="nope"), metadata=alice)
-    audit.flush()
-    records = read_audit(gallery.store)
+def _requests(xb):
+    """One request per gallery.v1 RPC, on collection "c"; searches state a purpose and a case."""
+    why = dict(purpose="door 3 alarm", case_id="case-7")
+    image = pb.Image(bytes=b"not an image")
+    return {
+        "CreateCollection": pb.CreateCollectionRequest(collection_id="c", dimension=D),
+        "DescribeCollection": pb.DescribeCollectionRequest(collection_id="c"),
+        "ListCollections": pb.ListCollectionsRequest(),
+        "DeleteCollection": pb.DeleteCollectionRequest(collection_id="c"),
+        "AddEmbeddings": pb.AddEmbeddingsRequest(collection_id="c", faces=[
+            pb.NewFace(face_id="f1", embedding=_embedding(xb[1]))]),
+        "SearchByEmbedding": pb.SearchByEmbeddingRequest(collection_id="c", k=2, queries=[_embedding(xb[1])], **why),
+        "ListFaces": pb.ListFacesRequest(collection_id="c"),
+        "GetFaces": pb.GetFacesRequest(collection_id="c", face_ids=["f1"]),
+        "DeleteFaces": pb.DeleteFacesRequest(collection_id="c", face_ids=["absent"]),
+        "DetectFaces": pb.DetectFacesRequest(image=image),
+        "IndexFaces": pb.IndexFacesRequest(collection_id="c", image=image),
+        "SearchFacesByImage": pb.SearchFacesByImageRequest(collection_id="c", image=image, **why),
+        "SearchFaces": pb.SearchFacesRequest(collection_id="c", face_id="f1", **why),
+        "CompareFaces": pb.CompareFacesRequest(source_image=image, target_image=image, **why),
+        "BuildIndex": pb.BuildIndexRequest(collection_id="c"),
+        "QueryAuditLog": pb.QueryAuditLogRequest(),
+    }
+
+
+def test_every_rpc_by_every_role(secured):
+    """A role outside an RPC's list gets PERMISSION_DENIED; a role inside it gets past authorization."""
+    stub, _, tokens, _, xb = secured
+    requests = _requests(xb)
+    assert set(requests) == set(PERMISSIONS) == set(pb.DESCRIPTOR.services_by_name["Gallery"].methods_by_name)
+    for method, request in requests.items():
+        if method == "DeleteCollection":
+            continue  # below, last: it would delete the collection the others use
+        for role in ROLES:
+            code = _code(getattr(stub, method), request, _bearer(tokens[role]))
+            allowed = role == "admin" or role in PERMISSIONS[method]
+            assert (code != grpc.StatusCode.PERMISSION_DENIED) == allowed, (method, role, code)
+            assert code != grpc.StatusCode.UNAUTHENTICATED
+    for role in ("searcher", "enroller", "auditor"):
+        assert _code(stub.DeleteCollection, requests["DeleteCollection"], _bearer(tokens[role])) == \
+            grpc.StatusCode.PERMISSION_DENIED
+    assert stub.DescribeCollection(pb.DescribeCollectionRequest(collection_id="c"),
+                                   metadata=_bearer(tokens["admin"])).face_count == 20
+
+
+def test_tokens_cover_their_collections_only(secured):
+    stub, _, tokens, _, xb = secured
+    searcher, enroller = _bearer(tokens["searcher"]), _bearer(tokens["enroller"])
+    search = pb.SearchByEmbeddingRequest(collection_id="other", k=2, queries=[_embedding(xb[1])], purpose="p",
+                                         case_id="c-1")
+    assert _code(stub.SearchByEmbedding, search, searcher) == grpc.StatusCode.PERMISSION_DENIED
+    assert _code(stub.DeleteCollection, pb.DeleteCollectionRequest(collection_id="other"), enroller) == \
+        grpc.StatusCode.PERMISSION_DENIED
+    listed = stub.ListCollections(pb.ListCollectionsRequest(), metadata=searcher).collections
+    assert [c.collection_id for c in listed] == ["c"]
+    # A searcher reads face records, never their embeddings.
+    assert _code(stub.GetFaces, pb.GetFacesRequest(collection_id="c", face_ids=["f1"], include_embeddings=True),
+                 searcher) == grpc.StatusCode.PERMISSION_DENIED
+    assert stub.GetFaces(pb.GetFacesRequest(collection_id="c", face_ids=["f1"]), metadata=searcher).faces[0] \
+        .face_id == "f1"
+    assert stub.GetFaces(pb.GetFacesRequest(collection_id="c", face_ids=["f1"], include_embeddings=True),
+                         metadata=enroller).faces[0].embedding.dimension == D
+
+
+def test_searches_must_state_purpose_and_case(secured):
+    stub, _, tokens, _, xb = secured
+    for purpose, case_id in (("", "case-7"), ("door 3", ""), ("  ", "case-7"), ("x" * 1001, "case-7")):
+        request = pb.SearchByEmbeddingRequest(collection_id="c", k=1, queries=[_embedding(xb[1])], purpose=purpose,
+                                              case_id=case_id)
+        assert _code(stub.SearchByEmbedding, request, _bearer(tokens["searcher"])) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_undecodable_bodies_are_invalid_argument_after_authentication_and_audited(secured, gallery):
+    _, channel, tokens, _, _ = secured
+    raw = channel.unary_unary("/gallery.v1.Gallery/SearchByEmbedding")  # sends bytes as they are
+    for body in (b"\xff\xff\xff", b"\x0a\x02\xc3\x28", b"\x0b" * 200):  # garbage, invalid UTF-8, deep groups
+        with pytest.raises(grpc.RpcError) as unauthenticated:
+            raw(body)
+        assert unauthenticated.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as raised:
+            raw(body, metadata=_bearer(tokens["searcher"]))
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, body
+    records = [r for r in read_audit(gallery.store) if r["method"] == "SearchByEmbedding"]
+    assert [(r["identity"], r["code"]) for r in records] == [("unauthenticated", "UNAUTHENTICATED"),
+                                                             ("searcher", "INVALID_ARGUMENT")] * 3
+
+
+def test_every_call_is_recorded_with_caller_purpose_probe_candidates_and_threshold(secured, gallery):
+    stub, _, tokens, _, xb = secured
+    before = len(read_audit(gallery.store))
+    query = pb.SearchByEmbeddingRequest(collection_id="c", k=2, purpose="door 3 alarm", case_id="case-7",
+                                        min_similarity=0.5, queries=[_embedding(xb[4])])
+    calls = [(stub.SearchByEmbedding, query, tokens["searcher"]),
+             (stub.SearchByEmbedding, query, "forged"),
+             (stub.DescribeCollection, pb.DescribeCollectionRequest(collection_id="nope"), tokens["admin"]),
+             (stub.AddEmbeddings, pb.AddEmbeddingsRequest(collection_id="c"), tokens["searcher"])]
+    for call, request, token in calls:
+        _code(call, request, _bearer(token))
+    records = read_audit(gallery.store)[before:]
     assert [(r["method"], r["identity"], r["code"]) for r in records] == [
-        ("CreateCollection", "alice@agency", "OK"),
-        ("AddEmbeddings", "alice@agency", "OK"),
-        ("SearchByEmbedding", "bob@agency", "OK"),
+        ("SearchByEmbedding", "searcher", "OK"),
         ("SearchByEmbedding", "unauthenticated", "UNAUTHENTICATED"),
-        ("DescribeCollection", "alice@agency", "NOT_FOUND"),
+        ("DescribeCollection", "admin", "NOT_FOUND"),
+        ("AddEmbeddings", "searcher", "PERMISSION_DENIED"),
     ]
-    search = records[2]
-    assert search["purpose"] == "case 2026-114" and search["collection_id"] == "c" and search["num_queries"] == 1
-    assert search["candidates"][0][0][0] == "f4" and len(search["candidates"][0]) == 2
-    assert "peer" in search and search["elapsed_ms"] >= 0
-    assert records[1]["num_faces"] == 20
+    search = records[0]
+    assert (search["purpose"], search["case_id"], search["collection_id"]) == ("door 3 alarm", "case-7", "c")
+    assert search["probe_sha256"] == audit_log.fingerprint(vectors.encode(xb[4]))
+    assert search["candidates"][0][0][0] == "f4" and search["threshold"] == 0.5
+    assert vectors.encode(xb[4]).hex() not in json.dumps(records)  # the probe itself is never kept
+
+
+def test_a_call_that_cannot_be_recorded_is_not_answered(gallery, tmp_path):
+    (tmp_path / "audit-store").mkdir()
+    (tmp_path / "audit-store" / "audit").write_text("a file where the audit folder should be")
+    registry = TokenRegistry(gallery.store)
+    admin = registry.create("admin", "admin")
+    gallery.create_collection("c", dimension=D)
+    audit = AuditLog(ObjectStore(str(tmp_path / "audit-store")))
+    with running_server(gallery, interceptors=[TrustInterceptor(audit, registry)]) as (_, port), \
+            grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = gallery_pb2_grpc.GalleryStub(channel)
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.DeleteCollection(pb.DeleteCollectionRequest(collection_id="c"), metadata=_bearer(admin))
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE and "audit" in raised.value.details()
+    audit.close()
+
+
+def test_verify_finds_every_kind_of_tampering(tmp_path):
+    store = ObjectStore(str(tmp_path))
+    log = AuditLog(store)
+    for start in range(0, 6, 2):  # three objects of two records each
+        log.record_many([{"method": "SearchByEmbedding", "identity": f"caller-{i}"} for i in (start, start + 1)])
+    log.close()
+    assert audit_log.verify(store).intact and audit_log.verify(store).records == 6
+    keys = [k for k in store.list("audit/") if k.endswith(".jsonl")]
+    assert len(keys) == 3
+    pristine = {k: store.get(k) for k in keys + [audit_log.HEAD_KEY]}
+
+    def tampered(change) -> list[str]:
+        for key, data in pristine.items():
+            store.put(key, data)
+        change()
+        return audit_log.verify(store).problems
+
+    assert tampered(lambda: store.put(keys[1], pristine[keys[1]].replace(b"caller-2", b"caller-9")))  # edited
+    lines = pristine[keys[1]].splitlines()
+    assert tampered(lambda: store.put(keys[1], b"\n".join(lines[:2]) + b"\n"))  # a record removed
+    assert tampered(lambda: store.put(keys[1], b"\n".join([lines[0], lines[2], lines[1]]) + b"\n"))  # reordered
+    assert tampered(lambda: store.put(keys[1], pristine[keys[1]][:-20]))  # a record cut short
+    assert tampered(lambda: store.delete(keys[1]))  # an object removed
+    assert tampered(lambda: store.delete(keys[-1]))  # the newest object removed (truncation)
+    assert tampered(lambda: store.put(keys[0], pristine[keys[1]]))  # an object replaced by another
+    assert tampered(lambda: None) == []
+
+
+def test_the_chain_continues_across_gateways(tmp_path):
+    store = ObjectStore(str(tmp_path))
+    for gateway in range(3):
+        log = AuditLog(store)
+        log.record({"method": "ListCollections", "identity": f"g{gateway}"})
+        log.close()
+    result = audit_log.verify(store)
+    assert result.intact and result.records == 3 and result.objects == 3
+    assert [r["identity"] for r in read_audit(store)] == ["g0", "g1", "g2"]

@@ -1,90 +1,272 @@
-"""The audit log: one JSON line per RPC — who asked, why, what they were shown — in the object store.
+"""The audit log: one hash-chained JSON record per RPC — who asked, why, what they were shown — in the object store.
 
-Records are buffered and written as immutable objects
-``audit/YYYY/MM/DD/HH/<gateway>-<seq>.jsonl`` every `flush_interval_s` or
-`max_buffered` records, and on close. A gateway that crashes loses at most the
-records of the last interval; the objects themselves are never rewritten.
+It fails closed, as HashiCorp Vault's audit devices do: `record` returns only once the record is durably
+written, and raises `AuditUnavailable` when it cannot be, so the caller refuses to answer. Concurrent
+RPCs share one write (group commit): a writer thread takes every record queued while it was writing and
+puts them in one immutable object `audit/YYYY/MM/DD/HH/<sequence>-<gateway>.jsonl`.
+
+Every record carries the hash of the record before it (`prev`) and its own (`hash`, SHA-256 over its
+canonical JSON with `prev`); every object starts with a header naming the hash of the object before it.
+`verify` therefore finds any record edited, removed, reordered or truncated, and any object removed or
+replaced, up to the newest head it is given or finds (`audit/HEAD`). What it cannot prove is in SECURITY.md.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
 import time
-import uuid
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from cluster.errors import Unavailable
 from cluster.storage.object_store import ObjectStore
 
 logger = logging.getLogger(__name__)
 
+PREFIX = "audit/"
+HEAD_KEY = "audit/HEAD"
+GENESIS = "0" * 64
+
+
+class AuditUnavailable(Unavailable):
+    """A record could not be durably written: the RPC it describes must not be answered."""
+
+
+def _canonical(value: dict) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def record_hash(record: dict) -> str:
+    """SHA-256 of a record's canonical JSON without its own `hash` (its `prev` included)."""
+    return hashlib.sha256(_canonical({k: v for k, v in record.items() if k != "hash"})).hexdigest()
+
+
+def fingerprint(data: bytes) -> str:
+    """What the log keeps of a probe (image or embedding bytes): its SHA-256, never the bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Head:
+    """The newest point of the chain: the sequence of the last object, its hash, and the last record's hash."""
+
+    sequence: int
+    object_hash: str
+    record_hash: str
+
+    def to_json(self) -> bytes:
+        return _canonical({"sequence": self.sequence, "object_hash": self.object_hash,
+                           "record_hash": self.record_hash})
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Head:
+        raw = json.loads(data)
+        return cls(int(raw["sequence"]), str(raw["object_hash"]), str(raw["record_hash"]))
+
 
 class AuditLog:
-    """Buffered, append-only audit records.
+    """Durable, hash-chained audit records; `record` blocks until its record is in the store.
 
     Args:
-        store: where the records go (under "audit/").
-        flush_interval_s: longest a record waits in memory.
-        max_buffered: records that trigger a write before the interval.
+        store: where the records go (under "audit/"); one gateway writes it (the writer lease).
+        gateway_id: names this gateway in object keys; default a random id.
+        max_batch: records at most in one object.
 
     Example:
         >>> log = AuditLog(ObjectStore("/tmp/g"))
-        >>> log.record({"method": "/gallery.v1.Gallery/SearchByEmbedding", "identity": "alice"})
-        >>> log.close()  # written to audit/…/<gateway>-00000001.jsonl
+        >>> log.record({"method": "SearchByEmbedding", "identity": "alice", "purpose": "case 7"})
+        >>> log.close()
+        >>> verify(ObjectStore("/tmp/g")).records
+        1
     """
 
-    def __init__(self, store: ObjectStore, *, flush_interval_s: float = 1.0, max_buffered: int = 1000):
-        if flush_interval_s <= 0:
-            raise ValueError(f"flush_interval_s must be > 0, got {flush_interval_s}")
+    def __init__(self, store: ObjectStore, *, gateway_id: str = "", max_batch: int = 1000):
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.store = store
-        self.gateway_id = uuid.uuid4().hex[:12]
-        self.max_buffered = max_buffered
-        self._buffer: list[str] = []
-        self._sequence = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(flush_interval_s,), name="audit-flush", daemon=True)
+        self.gateway_id = gateway_id or hashlib.sha256(str(time.time_ns()).encode()).hexdigest()[:12]
+        self.max_batch = max_batch
+        self._head = _last_head(store)
+        self._queue: list[tuple[dict, Future]] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
 
-    def record(self, entry: dict) -> None:
-        """Queues one record; it is serialised at flush time, off the request path."""
-        entry["time"] = time.time()
-        with self._lock:
-            self._buffer.append(entry)
-            full = len(self._buffer) >= self.max_buffered
-        if full:
-            self.flush()
+    def record(self, entry: dict, *, timeout_s: float = 30.0) -> None:
+        """Writes one record durably before returning.
 
-    def flush(self) -> None:
-        with self._lock:
-            entries, self._buffer = self._buffer, []
-            if not entries:
-                return
-            self._sequence += 1
-            key = f"audit/{datetime.now(timezone.utc):%Y/%m/%d/%H}/{self.gateway_id}-{self._sequence:08d}.jsonl"
+        Raises:
+            AuditUnavailable: the store did not take it (or the log is closed): do not answer the RPC.
+        """
+        self.record_many([entry], timeout_s=timeout_s)
+
+    def record_many(self, entries: list[dict], *, timeout_s: float = 30.0) -> None:
+        """Writes records durably, in order and in one object (up to max_batch), before returning."""
+        futures = [Future() for _ in entries]
+        now = datetime.now(timezone.utc).isoformat()
+        with self._cond:
+            if self._closed:
+                raise AuditUnavailable("the audit log is closed")
+            self._queue.extend(({**entry, "time": now}, future) for entry, future in zip(entries, futures))
+            self._cond.notify()
         try:
-            lines = [json.dumps({**e, "time": datetime.fromtimestamp(e["time"], timezone.utc).isoformat()},
-                                default=str) for e in entries]
-            self.store.put(key, ("\n".join(lines) + "\n").encode())
-        except Exception:  # keep the records for the next try rather than lose them
-            logger.exception("audit write to %s failed; %d records kept for the next flush", key, len(entries))
-            with self._lock:
-                self._buffer[:0] = entries
+            for future in futures:
+                future.result(timeout=timeout_s)
+        except AuditUnavailable:
+            raise
+        except Exception as e:
+            raise AuditUnavailable(f"audit record not written: {e}") from e
 
     def close(self) -> None:
-        self._stop.set()
+        """Writes what is queued, then stops."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
         self._thread.join()
-        self.flush()
 
-    def _run(self, interval_s: float) -> None:
-        while not self._stop.wait(interval_s):
-            self.flush()
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
+            try:
+                self._write([entry for entry, _ in batch])
+            except Exception as e:
+                logger.exception("audit write failed; %d RPCs are refused", len(batch))
+                for _, future in batch:
+                    future.set_exception(AuditUnavailable(f"audit store write failed: {e}"))
+            else:
+                for _, future in batch:
+                    future.set_result(None)
+
+    def _write(self, entries: list[dict]) -> None:
+        sequence = self._head.sequence + 1
+        lines = [_canonical({"object": sequence, "gateway": self.gateway_id, "prev_object": self._head.object_hash})]
+        prev = self._head.record_hash
+        for entry in entries:
+            record = {**entry, "prev": prev}
+            record["hash"] = prev = record_hash(record)
+            lines.append(_canonical(record))
+        data = b"\n".join(lines) + b"\n"
+        key = f"{PREFIX}{datetime.now(timezone.utc):%Y/%m/%d/%H}/{sequence:012d}-{self.gateway_id}.jsonl"
+        self.store.put(key, data)
+        head = Head(sequence, hashlib.sha256(data).hexdigest(), prev)
+        self.store.put(HEAD_KEY, head.to_json())
+        self._head = head
+
+
+def _object_keys(store: ObjectStore) -> list[str]:
+    """The audit objects in chain order: by sequence, whatever hour folder they are in."""
+    keys = [k for k in store.list(PREFIX) if k.endswith(".jsonl")]
+    return sorted(keys, key=lambda k: k.rsplit("/", 1)[1])
+
+
+def _last_head(store: ObjectStore) -> Head:
+    """Where a new gateway continues the chain: after the last object in the store."""
+    keys = _object_keys(store)
+    if not keys:
+        return Head(0, GENESIS, GENESIS)
+    data = store.get(keys[-1])
+    lines = data.splitlines()
+    header = json.loads(lines[0])
+    last = json.loads(lines[-1]) if len(lines) > 1 else {"hash": GENESIS}
+    return Head(int(header["object"]), hashlib.sha256(data).hexdigest(), last["hash"])
+
+
+@dataclass
+class Verification:
+    """What `verify` found: records and objects checked, and every break in the chain (empty: intact)."""
+
+    objects: int
+    records: int
+    head: Head
+    problems: list[str]
+
+    @property
+    def intact(self) -> bool:
+        return not self.problems
+
+
+def verify(store: ObjectStore, *, expected_head: Head | None = None) -> Verification:
+    """Checks the whole chain: every record's hash and link, every object's link, the head.
+
+    Args:
+        expected_head: a head recorded elsewhere earlier (e.g. printed by a previous verify); default the
+            store's own `audit/HEAD`, which an attacker with write access could roll back too.
+    """
+    problems: list[str] = []
+    prev_object, prev_record, sequence, count = GENESIS, GENESIS, 0, 0
+    keys = _object_keys(store)
+    for key in keys:
+        data = store.get(key)
+        lines = data.splitlines()
+        try:
+            header = json.loads(lines[0])
+        except (IndexError, ValueError):
+            problems.append(f"{key}: no header")
+            continue
+        if header.get("object") != sequence + 1:
+            problems.append(f"{key}: object {header.get('object')} follows object {sequence} (one removed or reordered)")
+        if header.get("prev_object") != prev_object:
+            problems.append(f"{key}: does not follow the object before it (removed, replaced or reordered)")
+        sequence = header.get("object") if isinstance(header.get("object"), int) else sequence + 1
+        for n, line in enumerate(lines[1:], start=1):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                problems.append(f"{key} line {n + 1}: not a JSON record (truncated or edited)")
+                continue
+            if record.get("prev") != prev_record:
+                problems.append(f"{key} line {n + 1}: does not follow the record before it (removed or reordered)")
+            if record.get("hash") != record_hash(record):
+                problems.append(f"{key} line {n + 1}: edited (its hash does not match its content)")
+            prev_record = record.get("hash", "")
+            count += 1
+        prev_object = hashlib.sha256(data).hexdigest()
+    found = Head(sequence, prev_object, prev_record)
+    try:
+        head = expected_head or Head.from_json(store.get(HEAD_KEY))
+    except FileNotFoundError:
+        head = Head(0, GENESIS, GENESIS)
+        if keys:
+            problems.append(f"{HEAD_KEY} is missing")
+    if head.sequence > found.sequence:
+        problems.append(f"the head names object {head.sequence}; the log ends at object {found.sequence} (truncated)")
+    elif head.sequence == found.sequence and head != found:
+        problems.append("the last object is not the one the head names (replaced or truncated)")
+    return Verification(len(keys), count, found, problems)
+
+
+def query(store: ObjectStore, *, since: str = "", until: str = "", identity: str = "", collection_id: str = "",
+          case_id: str = "", limit: int = 1000) -> Iterator[dict]:
+    """Records in chain order matching every given filter; times are ISO 8601 (UTC), `until` exclusive."""
+    found = 0
+    for key in _object_keys(store):
+        for line in store.get(key).splitlines()[1:]:
+            record = json.loads(line)
+            if ((since and record.get("time", "") < since) or (until and record.get("time", "") >= until)
+                    or (identity and record.get("identity") != identity)
+                    or (collection_id and record.get("collection_id") != collection_id)
+                    or (case_id and record.get("case_id") != case_id)):
+                continue
+            yield record
+            found += 1
+            if found >= limit:
+                return
 
 
 def read_audit(store: ObjectStore) -> list[dict]:
-    """Every record in the store, oldest object first."""
-    return [json.loads(line) for key in store.list("audit/") for line in store.get(key).decode().splitlines()]
+    """Every record in the store, in chain order."""
+    return list(query(store, limit=2**62))
 
 
 def elapsed_ms(start: float) -> float:

@@ -23,7 +23,7 @@ SERVICE_NAME = gallery_pb2.DESCRIPTOR.services_by_name["Gallery"].full_name
 
 def create_server(gallery: Gallery, address: str = "127.0.0.1:0", *, max_workers: int = 32,
                   interceptors: Sequence[grpc.ServerInterceptor] = (), servicer: GalleryServicer | None = None,
-                  ) -> tuple[grpc.Server, int]:
+                  credentials: grpc.ServerCredentials | None = None) -> tuple[grpc.Server, int]:
     """Builds a server with the Gallery service, health and reflection, bound but not started.
 
     Args:
@@ -32,12 +32,19 @@ def create_server(gallery: Gallery, address: str = "127.0.0.1:0", *, max_workers
         max_workers: concurrent RPCs.
         interceptors: auth, audit and the like, outermost first.
         servicer: a servicer to register instead of the plain GalleryServicer (e.g. one with the face RPCs).
+        credentials: TLS (`grpc.ssl_server_credentials`); None serves plaintext.
 
     Returns:
         (server, bound port).
+
+    Raises:
+        OSError: the address cannot be bound, e.g. another process listens on the port.
     """
     options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-               ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+               ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+               # gRPC sets SO_REUSEPORT by default: a second server on a used port would start and take a
+               # share of the connections, answering from whatever store it serves.
+               ("grpc.so_reuseport", 0)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
                          interceptors=list(interceptors), options=options)
     gallery_pb2_grpc.add_GalleryServicer_to_server(servicer or GalleryServicer(gallery), server)
@@ -46,9 +53,13 @@ def create_server(gallery: Gallery, address: str = "127.0.0.1:0", *, max_workers
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(address)
+    unbound = f"could not bind {address}: is another server listening on it?"
+    try:
+        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    except RuntimeError as e:  # grpc raises this where older versions returned 0
+        raise OSError(unbound) from e
     if port == 0:
-        raise OSError(f"could not bind {address}")
+        raise OSError(unbound)
     return server, port
 
 

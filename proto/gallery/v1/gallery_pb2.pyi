@@ -278,20 +278,22 @@ class AddEmbeddingsResponse(_message.Message):
     def __init__(self, face_ids: _Optional[_Iterable[str]] = ..., skipped_face_ids: _Optional[_Iterable[str]] = ..., face_count: _Optional[int] = ...) -> None: ...
 
 class SearchByEmbeddingRequest(_message.Message):
-    __slots__ = ("collection_id", "queries", "k", "nprobe", "min_similarity", "purpose")
+    __slots__ = ("collection_id", "queries", "k", "nprobe", "min_similarity", "purpose", "case_id")
     COLLECTION_ID_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     NPROBE_FIELD_NUMBER: _ClassVar[int]
     MIN_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    CASE_ID_FIELD_NUMBER: _ClassVar[int]
     collection_id: str
     queries: _containers.RepeatedCompositeFieldContainer[Embedding]
     k: int
     nprobe: int
     min_similarity: float
     purpose: str
-    def __init__(self, collection_id: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., min_similarity: _Optional[float] = ..., purpose: _Optional[str] = ...) -> None: ...
+    case_id: str
+    def __init__(self, collection_id: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., min_similarity: _Optional[float] = ..., purpose: _Optional[str] = ..., case_id: _Optional[str] = ...) -> None: ...
 
 class Candidate(_message.Message):
     __slots__ = ("face", "similarity", "false_match_rate", "gallery_false_match_probability")
@@ -451,7 +453,7 @@ class IndexFacesResponse(_message.Message):
     def __init__(self, indexed_faces: _Optional[_Iterable[_Union[Face, _Mapping]]] = ..., unindexed_faces: _Optional[_Iterable[_Union[UnindexedFace, _Mapping]]] = ..., embedding_model: _Optional[str] = ...) -> None: ...
 
 class SearchFacesByImageRequest(_message.Message):
-    __slots__ = ("collection_id", "image", "k", "min_similarity", "all_faces", "quality_filter", "purpose")
+    __slots__ = ("collection_id", "image", "k", "min_similarity", "all_faces", "quality_filter", "purpose", "case_id")
     COLLECTION_ID_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -459,6 +461,7 @@ class SearchFacesByImageRequest(_message.Message):
     ALL_FACES_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FILTER_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    CASE_ID_FIELD_NUMBER: _ClassVar[int]
     collection_id: str
     image: Image
     k: int
@@ -466,7 +469,8 @@ class SearchFacesByImageRequest(_message.Message):
     all_faces: bool
     quality_filter: QualityFilter
     purpose: str
-    def __init__(self, collection_id: _Optional[str] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., k: _Optional[int] = ..., min_similarity: _Optional[float] = ..., all_faces: _Optional[bool] = ..., quality_filter: _Optional[_Union[QualityFilter, str]] = ..., purpose: _Optional[str] = ...) -> None: ...
+    case_id: str
+    def __init__(self, collection_id: _Optional[str] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., k: _Optional[int] = ..., min_similarity: _Optional[float] = ..., all_faces: _Optional[bool] = ..., quality_filter: _Optional[_Union[QualityFilter, str]] = ..., purpose: _Optional[str] = ..., case_id: _Optional[str] = ...) -> None: ...
 
 class FaceSearchResult(_message.Message):
     __slots__ = ("searched_face", "candidates")
@@ -487,18 +491,20 @@ class SearchFacesByImageResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[FaceSearchResult, _Mapping]]] = ..., gallery_size: _Optional[int] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ...) -> None: ...
 
 class SearchFacesRequest(_message.Message):
-    __slots__ = ("collection_id", "face_id", "k", "min_similarity", "purpose")
+    __slots__ = ("collection_id", "face_id", "k", "min_similarity", "purpose", "case_id")
     COLLECTION_ID_FIELD_NUMBER: _ClassVar[int]
     FACE_ID_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     MIN_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    CASE_ID_FIELD_NUMBER: _ClassVar[int]
     collection_id: str
     face_id: str
     k: int
     min_similarity: float
     purpose: str
-    def __init__(self, collection_id: _Optional[str] = ..., face_id: _Optional[str] = ..., k: _Optional[int] = ..., min_similarity: _Optional[float] = ..., purpose: _Optional[str] = ...) -> None: ...
+    case_id: str
+    def __init__(self, collection_id: _Optional[str] = ..., face_id: _Optional[str] = ..., k: _Optional[int] = ..., min_similarity: _Optional[float] = ..., purpose: _Optional[str] = ..., case_id: _Optional[str] = ...) -> None: ...
 
 class SearchFacesResponse(_message.Message):
     __slots__ = ("searched_face_id", "candidates", "gallery_size", "calibration")
@@ -513,14 +519,18 @@ class SearchFacesResponse(_message.Message):
     def __init__(self, searched_face_id: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., gallery_size: _Optional[int] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ...) -> None: ...
 
 class CompareFacesRequest(_message.Message):
-    __slots__ = ("source_image", "target_image", "min_similarity")
+    __slots__ = ("source_image", "target_image", "min_similarity", "purpose", "case_id")
     SOURCE_IMAGE_FIELD_NUMBER: _ClassVar[int]
     TARGET_IMAGE_FIELD_NUMBER: _ClassVar[int]
     MIN_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    CASE_ID_FIELD_NUMBER: _ClassVar[int]
     source_image: Image
     target_image: Image
     min_similarity: float
-    def __init__(self, source_image: _Optional[_Union[Image, _Mapping]] = ..., target_image: _Optional[_Union[Image, _Mapping]] = ..., min_similarity: _Optional[float] = ...) -> None: ...
+    purpose: str
+    case_id: str
+    def __init__(self, source_image: _Optional[_Union[Image, _Mapping]] = ..., target_image: _Optional[_Union[Image, _Mapping]] = ..., min_similarity: _Optional[float] = ..., purpose: _Optional[str] = ..., case_id: _Optional[str] = ...) -> None: ...
 
 class CompareFacesMatch(_message.Message):
     __slots__ = ("face", "similarity", "false_match_rate")
@@ -553,3 +563,47 @@ class BuildIndexResponse(_message.Message):
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     collection: CollectionDescription
     def __init__(self, collection: _Optional[_Union[CollectionDescription, _Mapping]] = ...) -> None: ...
+
+class QueryAuditLogRequest(_message.Message):
+    __slots__ = ("since", "until", "identity", "collection_id", "case_id", "max_results")
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_ID_FIELD_NUMBER: _ClassVar[int]
+    CASE_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    since: _timestamp_pb2.Timestamp
+    until: _timestamp_pb2.Timestamp
+    identity: str
+    collection_id: str
+    case_id: str
+    max_results: int
+    def __init__(self, since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., identity: _Optional[str] = ..., collection_id: _Optional[str] = ..., case_id: _Optional[str] = ..., max_results: _Optional[int] = ...) -> None: ...
+
+class AuditRecord(_message.Message):
+    __slots__ = ("time", "identity", "method", "collection_id", "purpose", "case_id", "code", "hash", "json")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_ID_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    CASE_ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    time: str
+    identity: str
+    method: str
+    collection_id: str
+    purpose: str
+    case_id: str
+    code: str
+    hash: str
+    json: str
+    def __init__(self, time: _Optional[str] = ..., identity: _Optional[str] = ..., method: _Optional[str] = ..., collection_id: _Optional[str] = ..., purpose: _Optional[str] = ..., case_id: _Optional[str] = ..., code: _Optional[str] = ..., hash: _Optional[str] = ..., json: _Optional[str] = ...) -> None: ...
+
+class QueryAuditLogResponse(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[AuditRecord]
+    def __init__(self, records: _Optional[_Iterable[_Union[AuditRecord, _Mapping]]] = ...) -> None: ...

@@ -109,6 +109,11 @@ class GalleryStub:
                 request_serializer=gallery_dot_v1_dot_gallery__pb2.BuildIndexRequest.SerializeToString,
                 response_deserializer=gallery_dot_v1_dot_gallery__pb2.BuildIndexResponse.FromString,
                 _registered_method=True)
+        self.QueryAuditLog = channel.unary_unary(
+                '/gallery.v1.Gallery/QueryAuditLog',
+                request_serializer=gallery_dot_v1_dot_gallery__pb2.QueryAuditLogRequest.SerializeToString,
+                response_deserializer=gallery_dot_v1_dot_gallery__pb2.QueryAuditLogResponse.FromString,
+                _registered_method=True)
 
 
 class GalleryServicer:
@@ -226,6 +231,14 @@ class GalleryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def QueryAuditLog(self, request, context):
+        """Reads the audit log, oldest first, filtered by time, caller, collection
+        and case. Auditors and admins only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GalleryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -303,6 +316,11 @@ def add_GalleryServicer_to_server(servicer, server):
                     servicer.BuildIndex,
                     request_deserializer=gallery_dot_v1_dot_gallery__pb2.BuildIndexRequest.FromString,
                     response_serializer=gallery_dot_v1_dot_gallery__pb2.BuildIndexResponse.SerializeToString,
+            ),
+            'QueryAuditLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryAuditLog,
+                    request_deserializer=gallery_dot_v1_dot_gallery__pb2.QueryAuditLogRequest.FromString,
+                    response_serializer=gallery_dot_v1_dot_gallery__pb2.QueryAuditLogResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -710,6 +728,33 @@ class Gallery:
             '/gallery.v1.Gallery/BuildIndex',
             gallery_dot_v1_dot_gallery__pb2.BuildIndexRequest.SerializeToString,
             gallery_dot_v1_dot_gallery__pb2.BuildIndexResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryAuditLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gallery.v1.Gallery/QueryAuditLog',
+            gallery_dot_v1_dot_gallery__pb2.QueryAuditLogRequest.SerializeToString,
+            gallery_dot_v1_dot_gallery__pb2.QueryAuditLogResponse.FromString,
             options,
             channel_credentials,
             insecure,
