@@ -17,13 +17,12 @@ from dataclasses import asdict, dataclass
 
 from gallery.v1 import gallery_pb2 as pb
 
+from cluster.api.limits import MIN_FACES_TO_TRAIN
 from jobs import _cli
 from jobs.commit import gateway_client
 from jobs.progress import timed
 
 logger = logging.getLogger(__name__)
-
-MIN_FACES = 256  # PQ's 8-bit codebooks need one training point per centroid (cluster/serve/servicer.py)
 
 
 def needs_index(face_count: int, trained_on: int, train_threshold: int, min_growth: float) -> bool:
@@ -34,7 +33,7 @@ def needs_index(face_count: int, trained_on: int, train_threshold: int, min_grow
     longer than at training and nlist has fallen ~3x below the 4*sqrt(n) rule; a bulk load can afford a
     retrain sooner, at 2x, where lists are twice as long and nlist ~1.4x below the rule.
     """
-    if face_count < max(train_threshold, MIN_FACES):
+    if face_count < max(train_threshold, MIN_FACES_TO_TRAIN):
         return False
     return trained_on == 0 or face_count >= min_growth * trained_on
 

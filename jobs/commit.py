@@ -16,11 +16,11 @@ import numpy as np
 import pyarrow as pa
 from gallery.v1 import gallery_pb2 as pb
 
+from cluster.api.limits import MAX_FACES_PER_ADD
 from cluster.client import GalleryClient
 
 logger = logging.getLogger(__name__)
 
-MAX_FACES_PER_REQUEST = 10_000  # AddEmbeddings' limit
 TOKEN_ENV_VAR = "GALLERY_AUTH_TOKEN"
 RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 # DetectedFace's landmark order: the subject's right eye, left eye, nose, right and left mouth corners.
@@ -81,8 +81,8 @@ def add_faces(client: GalleryClient, collection_id: str, faces: list[pb.NewFace]
         ValueError: batch_faces outside [1, 10000].
         grpc.RpcError: any other status, or the same one after `retries` retries.
     """
-    if not 1 <= batch_faces <= MAX_FACES_PER_REQUEST:
-        raise ValueError(f"batch_faces must be in [1, {MAX_FACES_PER_REQUEST}], got {batch_faces}")
+    if not 1 <= batch_faces <= MAX_FACES_PER_ADD:
+        raise ValueError(f"batch_faces must be in [1, {MAX_FACES_PER_ADD}], got {batch_faces}")
     added = skipped = 0
     for start in range(0, len(faces), batch_faces):
         request = pb.AddEmbeddingsRequest(collection_id=collection_id, faces=faces[start:start + batch_faces],

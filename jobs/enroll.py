@@ -32,15 +32,16 @@ import pyarrow.compute as pc
 import ray
 import ray.data
 
+from cluster.api.limits import DEFAULT_MAX_FACES, MAX_FACES_PER_ADD, MAX_FACES_PER_IMAGE, MAX_S3_IMAGE_BYTES
 from cluster.client import GalleryClient
 from cluster.serve import runtime
 from cluster.storage.manifest import check_collection_id
 from cluster.storage.object_store import ObjectStore
 from jobs import _cli
 from jobs.build_index import build_index
-from jobs.commit import MAX_FACES_PER_REQUEST, add_faces, gateway_client, new_faces
+from jobs.commit import add_faces, gateway_client, new_faces
 from jobs.embed import FaceEmbedder
-from jobs.fetch import MAX_S3_IMAGE_BYTES, fetch_images
+from jobs.fetch import fetch_images
 from jobs.manifests import plan_segments, read_rows, read_tasks
 from jobs.progress import Progress, timed
 from jobs.segments import JobState
@@ -133,9 +134,9 @@ def _pipeline(tasks: list[dict], *, s3_endpoint: str, images_per_batch: int, fet
 
 
 def enroll(manifest: str, collection: str, output: str, gateway: str = "127.0.0.1:50051", s3_endpoint: str = "",
-           dimension: int = 0, quality_filter: str = "AUTO", max_faces: int = 100, rows_per_segment: int = 256,
-           images_per_batch: int = 16, num_actors: int = 0, actor_num_cpus: float = 1.0, fetch_threads: int = 16,
-           max_image_bytes: int = MAX_S3_IMAGE_BYTES, commit_batch_faces: int = 1000,
+           dimension: int = 0, quality_filter: str = "AUTO", max_faces: int = DEFAULT_MAX_FACES,
+           rows_per_segment: int = 256, images_per_batch: int = 16, num_actors: int = 0, actor_num_cpus: float = 1.0,
+           fetch_threads: int = 16, max_image_bytes: int = MAX_S3_IMAGE_BYTES, commit_batch_faces: int = 1000,
            build_index_min_growth: float = 2.0, ray_address: str = "", progress_interval_s: float = 10.0
            ) -> EnrollSummary:
     """Enrolls the faces of the images a manifest lists; run it again to resume or to add new manifest files.
@@ -182,16 +183,16 @@ def enroll(manifest: str, collection: str, output: str, gateway: str = "127.0.0.
             raise ValueError(f"{name} is required")
     check_collection_id(collection)  # it names a folder of the output store
     quality_filter_threshold(quality_filter)
-    if not 1 <= max_faces <= 1000:
-        raise ValueError(f"max_faces must be in [1, 1000], got {max_faces}")
+    if not 1 <= max_faces <= MAX_FACES_PER_IMAGE:
+        raise ValueError(f"max_faces must be in [1, {MAX_FACES_PER_IMAGE}], got {max_faces}")
     for name, value, minimum in (("images_per_batch", images_per_batch, 1), ("num_actors", num_actors, 0),
                                  ("fetch_threads", fetch_threads, 1), ("max_image_bytes", max_image_bytes, 1)):
         if value < minimum:
             raise ValueError(f"{name} must be >= {minimum}, got {value}")
     if actor_num_cpus <= 0:
         raise ValueError(f"actor_num_cpus must be > 0, got {actor_num_cpus}")
-    if not 1 <= commit_batch_faces <= MAX_FACES_PER_REQUEST:
-        raise ValueError(f"commit_batch_faces must be in [1, {MAX_FACES_PER_REQUEST}], got {commit_batch_faces}")
+    if not 1 <= commit_batch_faces <= MAX_FACES_PER_ADD:
+        raise ValueError(f"commit_batch_faces must be in [1, {MAX_FACES_PER_ADD}], got {commit_batch_faces}")
     if build_index_min_growth and build_index_min_growth < 1:
         raise ValueError(f"build_index_min_growth must be 0 (off) or >= 1, got {build_index_min_growth}")
 

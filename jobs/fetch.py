@@ -9,15 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 
+from cluster.api.limits import MAX_EXTERNAL_IMAGE_ID_LENGTH, MAX_S3_IMAGE_BYTES
 from jobs.storage import filesystem
 
 logger = logging.getLogger(__name__)
-
-# cluster.faces.MAX_S3_IMAGE_BYTES (Rekognition's limit for S3 objects), not imported from there:
-# that package loads torch, which fetch tasks do not need (tests/jobs check the two agree).
-MAX_S3_IMAGE_BYTES = 15 * 2**20
-
-MAX_EXTERNAL_IMAGE_ID_LENGTH = 255  # as IndexFaces and Rekognition
 
 # Why a manifest row enrolled nothing; the errors Parquet has one per failed row.
 BAD_ROW = "bad_row"  # empty image_uri or external_image_id, or an external_image_id over 255 characters

@@ -21,22 +21,26 @@ import numpy as np
 import ray
 from gallery.v1 import gallery_pb2 as pb
 
+from cluster.api.limits import (
+    CALL_TIMEOUT_S,
+    DEFAULT_K,
+    DEFAULT_MAX_FACES,
+    MAX_COMPARE_TARGET_FACES,
+    MAX_EXTERNAL_IMAGE_ID_LENGTH,
+    MAX_FACES_PER_IMAGE,
+    MAX_IMAGE_BYTES,
+    MAX_K,
+)
 from cluster.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from cluster.faces import MAX_IMAGE_BYTES, DetectedFace, InvalidImageError, quality_filter_threshold
+from cluster.faces import DetectedFace, InvalidImageError, quality_filter_threshold
 from cluster.faces.worker import ImageFaces
-from cluster.gateway.gallery import MAX_K, Gallery, SearchResults
+from cluster.gateway.gallery import Gallery, SearchResults
 from cluster.storage.records import FaceRecord
 from cluster.storage.s3_images import S3ImageReader, S3Object
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_FACES = 100  # faces detected per image when a request says 0, as Rekognition
-MAX_MAX_FACES = 1000
-MAX_COMPARE_TARGET_FACES = 100
-DEFAULT_K = 10
-MAX_EXTERNAL_IMAGE_ID_LENGTH = 255
 SMALL_FACE_PX = 20  # FaceNet has too few pixels to identify a face this small (see faces/quality.py)
-DEFAULT_CALL_TIMEOUT_S = 120.0
 
 Image = bytes | S3Object  # what a request gives: the image's bytes, or an S3 object to read
 
@@ -131,7 +135,7 @@ class FaceService:
     """
 
     def __init__(self, gallery: Gallery, workers: Sequence, *, s3: S3ImageReader | None = None,
-                 max_image_bytes: int = MAX_IMAGE_BYTES, call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S):
+                 max_image_bytes: int = MAX_IMAGE_BYTES, call_timeout_s: float = CALL_TIMEOUT_S):
         if gallery.model is None:
             raise ValueError("FaceService needs a Gallery built with model= (the face workers' EmbeddingModel)")
         if not workers:
@@ -218,7 +222,7 @@ class FaceService:
                                      f"this server embeds faces with {self.model.name}")
 
     @staticmethod
-    def _max_faces(max_faces: int, limit: int = MAX_MAX_FACES) -> int:
+    def _max_faces(max_faces: int, limit: int = MAX_FACES_PER_IMAGE) -> int:
         if not 0 <= max_faces <= limit:
             raise InvalidArgument(f"max_faces must be in [1, {limit}] (0 for {DEFAULT_MAX_FACES}), got {max_faces}")
         return max_faces or min(DEFAULT_MAX_FACES, limit)

@@ -12,12 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 from gallery.v1 import gallery_pb2 as pb
 
-from cluster.faces import MAX_S3_IMAGE_BYTES, Face
+from cluster.faces import Face
 from jobs.build_index import needs_index
 from jobs.commit import new_faces
 from jobs.embed import FaceEmbedder, face_id
 from jobs.enroll import _check_model, default_num_actors
-from jobs.fetch import MAX_S3_IMAGE_BYTES as FETCH_LIMIT
 from jobs.fetch import fetch_images, read_image
 from jobs.manifests import ROW_SCHEMA, plan_segments, read_rows, read_tasks
 from jobs.progress import Progress
@@ -83,7 +82,6 @@ def test_fetch_gives_a_reason_per_row(tmp_path):
     assert out.column("image")[0].as_py() == data.photo("obama.jpg") and out.column("image")[1].as_py() == b""
     assert len(out.column("image_sha256")[0].as_py()) == 64
     assert read_image(str(tmp_path / "a.jpg"), max_bytes=1000)[1] == "too_large"
-    assert FETCH_LIMIT == MAX_S3_IMAGE_BYTES
 
 
 def test_embedder_reasons_faces_and_stable_ids(tmp_path, embedder):
