@@ -16,8 +16,8 @@ import numpy as np
 from gallery.v1 import gallery_pb2 as pb
 from gallery.v1 import gallery_pb2_grpc
 
+from cluster.api import convert
 from cluster.api.limits import MAX_MESSAGE_BYTES
-from cluster.index import vectors
 
 
 class GalleryClient:
@@ -55,9 +55,8 @@ class GalleryClient:
             external_image_ids: Sequence[str] | None = None, metadata: Sequence[Mapping[str, str]] | None = None,
             skip_existing: bool = False) -> pb.AddEmbeddingsResponse:
         """Enrolls (n, d) embeddings under the given ids."""
-        faces = [pb.NewFace(face_id=face_id, embedding=pb.Embedding(values=vectors.encode(x), dimension=x.size),
-                            external_image_id=external_image_ids[i] if external_image_ids else "",
-                            metadata=metadata[i] if metadata else {})
+        faces = [convert.new_face(face_id, x, external_image_id=external_image_ids[i] if external_image_ids else "",
+                                  metadata=metadata[i] if metadata else None)
                  for i, (face_id, x) in enumerate(zip(face_ids, xb))]
         return self._call(self.stub.AddEmbeddings, pb.AddEmbeddingsRequest(
             collection_id=collection_id, faces=faces, skip_existing=skip_existing))
@@ -77,7 +76,7 @@ class GalleryClient:
     def search_raw(self, collection_id: str, xq: np.ndarray, k: int, *, nprobe: int = 0,
                    min_similarity: float | None = None, purpose: str = "") -> pb.SearchByEmbeddingResponse:
         """The full response, with face records and false-match estimates."""
-        queries = [pb.Embedding(values=vectors.encode(x), dimension=x.size) for x in np.atleast_2d(xq)]
+        queries = [convert.embedding(x) for x in np.atleast_2d(xq)]
         request = pb.SearchByEmbeddingRequest(collection_id=collection_id, queries=queries, k=k, nprobe=nprobe,
                                               purpose=purpose)
         if min_similarity is not None:

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 from gallery.v1 import gallery_pb2 as pb
 
+from cluster.api import convert
 from cluster.api.limits import MAX_FACES_PER_ADD
 from cluster.client import GalleryClient
 
@@ -23,9 +24,6 @@ logger = logging.getLogger(__name__)
 
 TOKEN_ENV_VAR = "GALLERY_AUTH_TOKEN"
 RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-# DetectedFace's landmark order: the subject's right eye, left eye, nose, right and left mouth corners.
-LANDMARK_TYPES = (pb.Landmark.EYE_RIGHT, pb.Landmark.EYE_LEFT, pb.Landmark.NOSE, pb.Landmark.MOUTH_RIGHT,
-                  pb.Landmark.MOUTH_LEFT)
 
 
 def gateway_client(gateway: str, *, timeout_s: float = 120.0) -> GalleryClient:
@@ -55,21 +53,16 @@ def new_faces(faces: pa.Table) -> list[pb.NewFace]:
     rows = faces.drop_columns(["embedding", "landmarks"]).to_pylist()
     out = []
     for i, row in enumerate(rows):
-        w, h = float(row["image_width"]), float(row["image_height"])
         box = row["box"]
-        detail = pb.FaceDetail(
-            bounding_box=pb.BoundingBox(left=box["x"] / w, top=box["y"] / h, width=box["width"] / w,
-                                        height=box["height"] / h),
-            landmarks=[pb.Landmark(type=t, x=float(x) / w, y=float(y) / h)
-                       for t, (x, y) in zip(LANDMARK_TYPES, landmarks[i])],
-            confidence=row["confidence"], quality=row["quality"])
+        detail = convert.face_detail((box["x"], box["y"], box["width"], box["height"]), landmarks[i],
+                                     row["confidence"], row["quality"], float(row["image_width"]),
+                                     float(row["image_height"]))
         metadata = dict(row["metadata"] or [])
         if row["person_id"]:
             metadata["person_id"] = row["person_id"]
         metadata.update(source_manifest=row["manifest"], source_row=str(row["manifest_row"]))
-        out.append(pb.NewFace(face_id=row["face_id"], external_image_id=row["external_image_id"],
-                              image_uri=row["image_uri"], metadata=metadata, detail=detail,
-                              embedding=pb.Embedding(values=xb[i].tobytes(), dimension=d)))
+        out.append(convert.new_face(row["face_id"], xb[i], external_image_id=row["external_image_id"],
+                                    image_uri=row["image_uri"], metadata=metadata, detail=detail))
     return out
 
 

@@ -8,7 +8,7 @@ from gallery.v1 import gallery_pb2 as pb
 from gallery.v1 import gallery_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cluster.index import vectors
+from cluster.api import convert
 from cluster.index.synthetic import clustered_embeddings
 from cluster.serve.audit import AuditLog, read_audit
 from cluster.serve.interceptors import AuditInterceptor, AuthInterceptor, load_tokens
@@ -53,10 +53,9 @@ def test_every_call_is_audited_with_caller_purpose_and_candidates(secured, galle
     alice = _bearer("s3cret-alice")
     stub.CreateCollection(pb.CreateCollectionRequest(collection_id="c", dimension=8), metadata=alice)
     stub.AddEmbeddings(pb.AddEmbeddingsRequest(collection_id="c", faces=[
-        pb.NewFace(face_id=f"f{i}", embedding=pb.Embedding(values=vectors.encode(x), dimension=8))
-        for i, x in enumerate(xb)]), metadata=alice)
+        convert.new_face(f"f{i}", x) for i, x in enumerate(xb)]), metadata=alice)
     query = pb.SearchByEmbeddingRequest(collection_id="c", k=2, purpose="case 2026-114",
-                                        queries=[pb.Embedding(values=vectors.encode(xb[4]), dimension=8)])
+                                        queries=[convert.embedding(xb[4])])
     stub.SearchByEmbedding(query, metadata=_bearer("s3cret-bob"))
     with pytest.raises(grpc.RpcError):
         stub.SearchByEmbedding(query, metadata=_bearer("forged"))

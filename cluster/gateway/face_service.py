@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import ray
-from gallery.v1 import gallery_pb2 as pb
 
+from cluster.api import convert
 from cluster.api.limits import (
     CALL_TIMEOUT_S,
     DEFAULT_K,
@@ -89,18 +89,6 @@ class Comparison:
     matches: list[FaceMatch]  # best first
     unmatched: list[DetectedFace]  # largest first
     target_size: tuple[int, int]
-
-
-def face_detail(face: DetectedFace, width: int, height: int) -> pb.FaceDetail:
-    """A detected face as the FaceDetail stored with its record: box and landmarks as ratios of the image size."""
-    types = (pb.Landmark.EYE_RIGHT, pb.Landmark.EYE_LEFT, pb.Landmark.NOSE, pb.Landmark.MOUTH_RIGHT,
-             pb.Landmark.MOUTH_LEFT)  # DetectedFace's landmark order
-    return pb.FaceDetail(
-        bounding_box=pb.BoundingBox(left=face.x / width, top=face.y / height, width=face.width / width,
-                                    height=face.height / height),
-        landmarks=[pb.Landmark(type=t, x=float(x) / width, y=float(y) / height)
-                   for t, (x, y) in zip(types, face.landmarks)],
-        confidence=face.confidence, quality=face.quality)
 
 
 def unindexed_reasons(face: DetectedFace, min_quality: float) -> list[str]:
@@ -299,8 +287,10 @@ class FaceService:
         faces = _embedded(found.faces)
         unindexed = [UnindexedFace(f, unindexed_reasons(f, min_quality))
                      for f in found.faces if getattr(f, "embedding", None) is None]
+        # A record keeps its face's FaceDetail serialized, as the store holds it (cluster/storage/records.py).
         records = [FaceRecord(str(uuid.uuid4()), external_image_id, uri, dict(metadata or {}),
-                              face_detail(f, found.width, found.height).SerializeToString()) for f in faces]
+                              convert.face_detail(f.box, f.landmarks, f.confidence, f.quality, found.width,
+                                                  found.height).SerializeToString()) for f in faces]
         if records:
             self.gallery.add(collection_id, records, np.stack([f.embedding for f in faces]))
         logger.info("%s: indexed %d faces of %s, %d left out", collection_id, len(records),
