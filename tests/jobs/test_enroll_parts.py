@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
+import boto3
 import enroll_data as data
 import numpy as np
 import pyarrow as pa
@@ -82,6 +83,23 @@ def test_fetch_gives_a_reason_per_row(tmp_path):
     assert out.column("image")[0].as_py() == data.photo("obama.jpg") and out.column("image")[1].as_py() == b""
     assert len(out.column("image_sha256")[0].as_py()) == 64
     assert read_image(str(tmp_path / "a.jpg"), max_bytes=1000)[1] == "too_large"
+
+
+def test_fetch_reads_s3_objects_with_the_gateways_reader(s3_server, s3_bucket):
+    s3 = boto3.client("s3", endpoint_url=s3_server)  # credentials: the environment the s3_bucket fixture sets
+    s3.put_object(Bucket=s3_bucket, Key="a.jpg", Body=b"x" * 1000)
+
+    def read(uri: str, max_bytes: int = 1000) -> tuple[str, str]:
+        data, reason, message = read_image(uri, s3_endpoint=s3_server, max_bytes=max_bytes)
+        assert (data == b"x" * 1000) == (reason == "")
+        return reason, message
+
+    assert read(f"s3://{s3_bucket}/a.jpg") == ("", "")
+    assert read(f"s3://{s3_bucket}/a.jpg", max_bytes=999)[0] == "too_large"
+    assert read(f"s3://{s3_bucket}/gone.jpg")[0] == "missing_object"
+    reason, message = read("s3://no-such-bucket/a.jpg")
+    assert reason == "missing_object" and "s3://no-such-bucket/a.jpg cannot be read: NoSuchBucket" in message
+    assert read("s3://bucket-only")[0] == "unreadable"
 
 
 def test_embedder_reasons_faces_and_stable_ids(tmp_path, embedder):
