@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 
 from gallery.v1 import gallery_pb2 as pb
 
+from cluster.api import flags
 from cluster.api.limits import MIN_FACES_TO_TRAIN
-from jobs import _cli
 from jobs.commit import gateway_client
 from jobs.progress import timed
 
@@ -97,7 +97,7 @@ def build_index(collection: str, gateway: str = "127.0.0.1:50051", min_growth: f
 
 
 def main(argv: list[str] | None = None) -> BuildIndexResult:
-    result = _cli.run(build_index, argv, "python -m jobs.build_index")
+    result = flags.run(build_index, argv, "python -m jobs.build_index")
     print(json.dumps(asdict(result)), flush=True)
     return result
 

@@ -32,12 +32,12 @@ import pyarrow.compute as pc
 import ray
 import ray.data
 
+from cluster.api import flags
 from cluster.api.limits import DEFAULT_MAX_FACES, MAX_FACES_PER_ADD, MAX_FACES_PER_IMAGE, MAX_S3_IMAGE_BYTES
 from cluster.client import GalleryClient
 from cluster.serve import runtime
 from cluster.storage.manifest import check_collection_id
 from cluster.storage.object_store import ObjectStore
-from jobs import _cli
 from jobs.build_index import build_index
 from jobs.commit import add_faces, gateway_client, new_faces
 from jobs.embed import FaceEmbedder
@@ -299,7 +299,7 @@ def _build_index(collection: str, gateway: str, min_growth: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> EnrollSummary:
-    summary = _cli.run(enroll, argv, "python -m jobs.enroll")
+    summary = flags.run(enroll, argv, "python -m jobs.enroll")
     failed = ", ".join(f"{reason} {n}" for reason, n in summary.rows_failed.items()) or "none"
     print(f"{summary.rows_read} rows read ({summary.rows_already_committed} already committed), "
           f"{summary.faces_enrolled} faces enrolled ({summary.faces_already_enrolled} already there), "

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import gc
-import inspect
 import logging
 import signal
+import sys
 import threading
 
 import ray
 
+from cluster.api import flags
 from cluster.api.limits import MAX_IMAGE_BYTES, MAX_S3_IMAGE_BYTES
 from cluster.gateway.face_service import FaceService
 from cluster.gateway.gallery import Gallery
@@ -110,32 +111,37 @@ def gpus_per_actor(num_shards: int, shard_num_gpus: float, face_workers: int, fa
     return (share if auto_shards else max(shard_num_gpus, 0.0)), (share if auto_faces else face_num_gpus)
 
 
-def _add_arguments(parser: argparse.ArgumentParser, fn) -> None:
-    """One --flag per keyword argument, typed and defaulted from the signature."""
-    docs = {}
-    for line in inspect.getdoc(fn).splitlines():
-        name, sep, text = line.strip().partition(": ")
-        if sep and name.isidentifier():
-            docs[name] = text
-    for name, param in inspect.signature(fn).parameters.items():
-        flag, help_text = f"--{name.replace('_', '-')}", f"{docs.get(name, '')} (default: %(default)s)"
-        if isinstance(param.default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=param.default, help=help_text)
-        else:
-            parser.add_argument(flag, type=type(param.default), default=param.default, help=help_text)
+COMMANDS = {"serve": serve}
+
+
+def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The `gallery` parser, and each command's own parser by name."""
+    top = argparse.ArgumentParser(prog="gallery", description="gallery-search: face-gallery search cluster")
+    commands = top.add_subparsers(dest="command", required=True)
+    return top, {name: flags.add_arguments(commands.add_parser(name, help=fn.__doc__.partition("\n")[0],
+                                                                description=fn.__doc__.partition("\n")[0]), fn)
+                 for name, fn in COMMANDS.items()}
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[str, dict]:
+    """The command and its keyword arguments. A flag the command does not have is reported with that
+    command's usage (argparse would report it with the top level's, which lists no flags)."""
+    top, commands = parser()
+    args, unknown = top.parse_known_args(argv)
+    kwargs = vars(args)
+    command = kwargs.pop("command")
+    if unknown:
+        commands[command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    return command, kwargs
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="gallery", description="gallery-search: face-gallery search cluster")
-    commands = parser.add_subparsers(dest="command", required=True)
-    _add_arguments(commands.add_parser("serve", help=serve.__doc__.splitlines()[0]), serve)
-    args = vars(parser.parse_args(argv))
+    command, kwargs = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    command = args.pop("command")
     try:
-        {"serve": serve}[command](**args)
+        COMMANDS[command](**kwargs)
     except (StoreInUse, UnsafeStore) as e:
-        parser.exit(1, f"gallery {command}: {e}\n")
+        sys.exit(f"gallery {command}: {e}")
 
 
 if __name__ == "__main__":
