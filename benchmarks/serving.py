@@ -314,7 +314,7 @@ def main(num_vectors: int = 1_000_000, dimension: int = 512, num_queries: int = 
         deadline = time.monotonic() + 120
         while True:
             try:
-                client.stub.ListCollections(pb.ListCollectionsRequest(), timeout=1)
+                client.list_collections(timeout_s=1)
                 break
             except Exception:
                 if time.monotonic() > deadline or server.poll() is not None:

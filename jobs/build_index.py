@@ -15,8 +15,6 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 
-from gallery.v1 import gallery_pb2 as pb
-
 from cluster.api import flags
 from cluster.api.limits import MIN_FACES_TO_TRAIN
 from jobs.commit import gateway_client
@@ -89,9 +87,7 @@ def build_index(collection: str, gateway: str = "127.0.0.1:50051", min_growth: f
         reason = "forced" if force else ("no index yet" if not d.trained_on else
                                          f"grown from {d.trained_on} to {d.face_count} faces")
         with timed(f"build index of {collection} ({d.face_count} faces)"):
-            d = client.stub.BuildIndex(pb.BuildIndexRequest(collection_id=collection),
-                                       timeout=max(timeout_s - (time.monotonic() - start), 1.0),
-                                       metadata=client.metadata).collection
+            d = client.build_index(collection, timeout_s=max(timeout_s - (time.monotonic() - start), 1.0))
     return BuildIndexResult(collection, True, reason, d.face_count, d.trained_on, d.nlist, d.pq_m,
                             time.monotonic() - start)
 

@@ -78,11 +78,10 @@ def add_faces(client: GalleryClient, collection_id: str, faces: list[pb.NewFace]
         raise ValueError(f"batch_faces must be in [1, {MAX_FACES_PER_ADD}], got {batch_faces}")
     added = skipped = 0
     for start in range(0, len(faces), batch_faces):
-        request = pb.AddEmbeddingsRequest(collection_id=collection_id, faces=faces[start:start + batch_faces],
-                                          skip_existing=True)
+        batch = faces[start:start + batch_faces]
         for attempt in range(retries + 1):
             try:
-                response = client.stub.AddEmbeddings(request, timeout=client.timeout_s, metadata=client.metadata)
+                response = client.add_faces(collection_id, batch, skip_existing=True)
                 break
             except grpc.RpcError as e:
                 if e.code() not in RETRIED or attempt == retries:

@@ -32,10 +32,10 @@ def test_build_index_when_due_while_searching(gateway):
 
         assert not build_index("c", gateway).built  # under the train threshold
         with pytest.raises(grpc.RpcError) as e:
-            client.stub.BuildIndex(pb.BuildIndexRequest(collection_id="c"))
+            client.build_index("c")
         assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "256" in e.value.details()
         with pytest.raises(grpc.RpcError) as e:
-            client.stub.BuildIndex(pb.BuildIndexRequest(collection_id="nope"))
+            client.build_index("nope")
         assert e.value.code() == grpc.StatusCode.NOT_FOUND
 
         client.add("c", [f"f{i}" for i in range(200, 400)], xb[200:400])  # the gateway starts training by itself
