@@ -31,7 +31,6 @@ TOO_LARGE = "too_large"  # over max_image_bytes
 INVALID_IMAGE = "invalid_image"  # not a JPEG, PNG or WebP; corrupt, truncated or too many pixels
 NO_FACE = "no_face"  # no face detected
 LOW_QUALITY = "low_quality"  # faces detected, none at or above the quality filter
-REASONS = (BAD_ROW, MISSING_OBJECT, UNREADABLE, TOO_LARGE, INVALID_IMAGE, NO_FACE, LOW_QUALITY)
 
 
 def _check_row(uri: str, external_image_id: str) -> str:

@@ -93,6 +93,3 @@ class JobState:
         """Writes the segment's commit record; after this a re-run skips the segment."""
         self.store.put(f"state/{key}.json", json.dumps({**record, "segment": key, "committed_at": time.time()},
                                                        sort_keys=True).encode())
-
-    def read_faces(self, key: str) -> pa.Table:
-        return pq.read_table(io.BytesIO(self.store.get(self.segment_key(key))))

@@ -130,7 +130,14 @@ def test_writer_lease_on_s3_is_exclusive_expires_and_is_lost_when_taken(s3_serve
     # Another gateway takes the lease over (say this one was paused past its ttl): this one stops writing.
     s3_store().put(LEASE_KEY, json.dumps({"owner": "other", "host": "elsewhere", "pid": 7, "renewed_at": time.time(),
                                           "ttl_s": 60}).encode())
-    wait_until(lambda: second._lost != "", 10, "the lease loss noticed")
+    def taken_over() -> bool:
+        try:
+            second.check()
+        except Unavailable as e:
+            return "taken by elsewhere pid 7" in str(e)
+        return False
+
+    wait_until(taken_over, 10, "the lease loss noticed")
     with pytest.raises(Unavailable, match="lost the writer lease .*taken by elsewhere pid 7"):
         second.check()
     second.release()

@@ -178,9 +178,13 @@ class ShardIndex:
 
         Returns:
             D (nq, k) similarities and I (nq, k) labels, -1 where there are fewer than k faces.
+
+        Raises:
+            ValueError: xq is not (nq, d) with this partition's d.
+            StaleIndexVersion: `version` is neither the active version nor the one before it.
         """
-        nq, d = xq.shape
-        assert d == self.d, f"query dimension {d} != {self.d}"
+        if xq.ndim != 2 or xq.shape[1] != self.d:
+            raise ValueError(f"xq must be (nq, {self.d}) for this partition's dimension {self.d}, got shape {xq.shape}")
         with self._lock:
             if version == self.version:
                 index = self._index
