@@ -1,4 +1,4 @@
-"""Committing a segment's faces to the serving cluster through AddEmbeddings(skip_existing=True).
+"""Committing a chunk's faces to the serving cluster through AddEmbeddings(skip_existing=True).
 
 skip_existing makes every batch idempotent: faces already in the collection (from an
 earlier, interrupted run, or a duplicated manifest row) are skipped and counted, so a
@@ -38,7 +38,7 @@ def gateway_client(gateway: str, *, timeout_s: float = 120.0) -> GalleryClient:
 
 
 def new_faces(faces: pa.Table) -> list[pb.NewFace]:
-    """NewFace messages for the rows of a segment (see jobs/segments.py).
+    """NewFace messages for the faces of a chunk (see jobs/job_state.py).
 
     Metadata: the manifest's extra columns, `person_id` when given, and the source row as
     `source_manifest` (the file's URI) and `source_row`. Box and landmarks become ratios of
