@@ -78,9 +78,9 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
     interceptors = [AuditInterceptor(audit, tokens)] + ([AuthInterceptor(tokens)] if tokens else [])
     faces = FaceService(gallery, face_actors, s3=S3ImageReader(s3_endpoint or None, max_bytes=max_s3_image_bytes),
                         max_image_bytes=max_image_bytes) if face_actors else None
-    # The ~260k objects alive after start-up (Ray, protobuf, FAISS wrappers) never become garbage; moved
-    # out of the collector's reach, they no longer make each full collection walk them: the shards'
-    # records unpickled for every batch trigger those (1M faces, batch 256: 0.22 vs 0.28 gateway CPU ms per query).
+    # The objects alive after start-up (Ray, protobuf, FAISS wrappers) never become garbage; moved out of
+    # the collector's reach, they no longer make each full collection walk them, and the shards' records
+    # unpickled for every batch trigger many collections (benchmarks/README.md).
     gc.freeze()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
