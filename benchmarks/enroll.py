@@ -4,7 +4,7 @@ A local manifest cycles through the real test photos (six portraits, a six-perso
 photo and the 29-face 1927 Solvay photo: ~5 enrollable faces per image) under
 distinct external ids; each repeat enrolls it into a fresh collection of an
 in-process gateway (2 shards) with `jobs.enroll.enroll`, which reads, fetches,
-detects, embeds, writes segments and commits. One warm-up run first (Ray workers,
+detects, embeds, writes each chunk's faces and commits. One warm-up run first (Ray workers,
 model weights cache); then the median of `repeats` runs. On GPUs the actors are one
 per GPU and the figure is also given per GPU. Prints a line per run, then one JSON line.
 

@@ -59,6 +59,7 @@ from cluster.index.gpu import GpuCopy  # noqa: E402
 from cluster.index.synthetic import clustered_embeddings, noisy_probes  # noqa: E402
 
 K = 10
+WHY = {"purpose": "benchmark", "case_id": "benchmarks/serving.py"}  # every search states both, and is audited
 
 
 @contextlib.contextmanager
@@ -224,7 +225,7 @@ def grpc_alone(xq: np.ndarray, clients: int, duration_s: float) -> tuple[float, 
     try:
         with GalleryClient(f"127.0.0.1:{port}") as client:
             grpc.channel_ready_future(client.channel).result(timeout=60)
-            return measure_throughput(lambda x: client.search("canned", x, K), xq, 1, clients, duration_s,
+            return measure_throughput(lambda x: client.search("canned", x, K, **WHY), xq, 1, clients, duration_s,
                                       {"server": [server.pid], "this process (clients)": [os.getpid()]}, "batch 1")
     finally:
         server.terminate()
@@ -309,14 +310,21 @@ def main(num_vectors: int = 1_000_000, dimension: int = 512, num_queries: int = 
                                "--train-threshold", str(num_vectors), "--face-workers", "0",
                                "--shard-num-cpus", str(cpus_per_shard), "--shard-num-gpus", str(-1 if use_gpu else 0)],
                               stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "RAY_ADDRESS": ""})
+    token_path = os.path.join(store, "data.admin-token")  # written by gallery serve at its first start
     try:
-        client = GalleryClient(f"127.0.0.1:{port}", timeout_s=600)
         deadline = time.monotonic() + 120
         while True:
             try:
-                client.stub.ListCollections(pb.ListCollectionsRequest(), timeout=1)
+                with open(token_path) as f:
+                    client = GalleryClient(f"127.0.0.1:{port}", token=f.read().strip(), timeout_s=600)
+            except FileNotFoundError:
+                client = None
+            try:
+                client.list_collections(timeout_s=1)
                 break
             except Exception:
+                if client is not None:
+                    client.close()
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise RuntimeError(f"gallery serve did not start; see {log.name}")
                 time.sleep(0.5)
@@ -334,7 +342,7 @@ def main(num_vectors: int = 1_000_000, dimension: int = 512, num_queries: int = 
                     time.sleep(1)
 
         def cluster_search(x):
-            return client.search("bench", x, K, nprobe=nprobe)
+            return client.search("bench", x, K, nprobe=nprobe, **WHY)
 
         cluster_ids = [[int(i) for i in row] for row in cluster_search(xq[:256])[1]]
         for start in range(256, num_queries, 256):

@@ -4,7 +4,7 @@ Example:
     >>> with GalleryClient("127.0.0.1:50051") as client:
     ...     client.create_collection("staff", dimension=512)
     ...     client.add("staff", ["alice", "bob"], xb)
-    ...     D, ids = client.search("staff", xq, k=5)
+    ...     D, ids = client.search("staff", xq, k=5, purpose="door 3 alarm", case_id="case-7")
 """
 
 from __future__ import annotations
@@ -16,20 +16,34 @@ import numpy as np
 from gallery.v1 import gallery_pb2 as pb
 from gallery.v1 import gallery_pb2_grpc
 
+from cluster.api import convert
 from cluster.api.limits import MAX_MESSAGE_BYTES
-from cluster.index import vectors
 
 
 class GalleryClient:
-    """Blocking client; `metadata` (e.g. an authorization header) goes with every call."""
+    """Blocking client of every RPC the jobs and benchmarks call; `metadata` (e.g. an authorization header) goes
+    with every call. Errors are the calls' `grpc.RpcError`, with the status codes gallery.proto states.
 
-    def __init__(self, address: str, *, timeout_s: float = 60.0, metadata: Sequence[tuple[str, str]] = ()):
-        self.channel = grpc.insecure_channel(address, options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
-        self.stub = gallery_pb2_grpc.GalleryStub(self.channel)
+    Args:
+        address: host:port of a gallery.v1 gateway.
+        token: the caller's bearer token (`gallery token create`; `gallery serve` writes the admin's).
+        timeout_s: deadline of each call, unless the method takes its own.
+        metadata: more gRPC metadata sent with every call.
+        credentials: TLS credentials (`grpc.ssl_channel_credentials`) for a gateway serving TLS; None: plaintext.
+
+    Attributes:
+        channel: the gRPC channel, e.g. for `grpc.channel_ready_future`.
+    """
+
+    def __init__(self, address: str, *, token: str = "", timeout_s: float = 60.0,
+                 metadata: Sequence[tuple[str, str]] = (), credentials: grpc.ChannelCredentials | None = None):
+        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+        self.channel = (grpc.secure_channel(address, credentials, options=options) if credentials
+                        else grpc.insecure_channel(address, options=options))
+        self._stub = gallery_pb2_grpc.GalleryStub(self.channel)
         self.timeout_s = timeout_s
-        self.metadata = tuple(metadata)
+        self.metadata = tuple(metadata) + ((("authorization", f"Bearer {token}"),) if token else ())
 
     def __enter__(self) -> GalleryClient:
         return self
@@ -38,35 +52,64 @@ class GalleryClient:
         self.close()
 
     def close(self) -> None:
+        """Closes the channel; calls in flight are cancelled."""
         self.channel.close()
 
-    def _call(self, method, request):
-        return method(request, timeout=self.timeout_s, metadata=self.metadata)
+    def _call(self, method, request, timeout_s: float | None = None):
+        return method(request, timeout=self.timeout_s if timeout_s is None else timeout_s, metadata=self.metadata)
+
+    # ---- collections -------------------------------------------------------
 
     def create_collection(self, collection_id: str, *, dimension: int = 0, train_threshold: int = 0
                           ) -> pb.CollectionDescription:
-        return self._call(self.stub.CreateCollection, pb.CreateCollectionRequest(
+        """Creates an empty collection; dimension 0 is the server's face model, train_threshold 0 its default."""
+        return self._call(self._stub.CreateCollection, pb.CreateCollectionRequest(
             collection_id=collection_id, dimension=dimension, train_threshold=train_threshold)).collection
 
     def describe(self, collection_id: str) -> pb.CollectionDescription:
-        return self._call(self.stub.DescribeCollection, pb.DescribeCollectionRequest(collection_id=collection_id))
+        """The collection's size, index state and calibration."""
+        return self._call(self._stub.DescribeCollection, pb.DescribeCollectionRequest(collection_id=collection_id))
+
+    def list_collections(self, max_results: int = 0, next_token: str = "", *, timeout_s: float | None = None
+                         ) -> pb.ListCollectionsResponse:
+        """One page of collections (max_results 0: the server's default) and the token of the next one."""
+        return self._call(self._stub.ListCollections,
+                          pb.ListCollectionsRequest(max_results=max_results, next_token=next_token), timeout_s)
+
+    def build_index(self, collection_id: str, *, timeout_s: float | None = None) -> pb.CollectionDescription:
+        """Trains IVF-PQ now and waits until it is live; returns the collection then.
+
+        Training takes minutes for millions of faces: give a `timeout_s` long enough for it.
+        """
+        return self._call(self._stub.BuildIndex, pb.BuildIndexRequest(collection_id=collection_id),
+                          timeout_s).collection
+
+    # ---- faces -------------------------------------------------------------
 
     def add(self, collection_id: str, face_ids: Sequence[str], xb: np.ndarray, *,
             external_image_ids: Sequence[str] | None = None, metadata: Sequence[Mapping[str, str]] | None = None,
             skip_existing: bool = False) -> pb.AddEmbeddingsResponse:
         """Enrolls (n, d) embeddings under the given ids."""
-        faces = [pb.NewFace(face_id=face_id, embedding=pb.Embedding(values=vectors.encode(x), dimension=x.size),
-                            external_image_id=external_image_ids[i] if external_image_ids else "",
-                            metadata=metadata[i] if metadata else {})
+        faces = [convert.new_face(face_id, x, external_image_id=external_image_ids[i] if external_image_ids else "",
+                                  metadata=metadata[i] if metadata else None)
                  for i, (face_id, x) in enumerate(zip(face_ids, xb))]
-        return self._call(self.stub.AddEmbeddings, pb.AddEmbeddingsRequest(
+        return self.add_faces(collection_id, faces, skip_existing=skip_existing)
+
+    def add_faces(self, collection_id: str, faces: Sequence[pb.NewFace], *, skip_existing: bool = False
+                  ) -> pb.AddEmbeddingsResponse:
+        """Enrolls NewFace messages (see `convert.new_face`), all or none; with skip_existing, ids already
+        enrolled are skipped and listed instead of failing the call, which makes a retried call idempotent."""
+        return self._call(self._stub.AddEmbeddings, pb.AddEmbeddingsRequest(
             collection_id=collection_id, faces=faces, skip_existing=skip_existing))
 
-    def search(self, collection_id: str, xq: np.ndarray, k: int, *, nprobe: int = 0,
-               min_similarity: float | None = None, purpose: str = "") -> tuple[np.ndarray, list[list[str]]]:
-        """Returns D (nq, k) similarities (-inf where fewer) and the face ids, like a faiss index."""
+    def search(self, collection_id: str, xq: np.ndarray, k: int, *, purpose: str, case_id: str, nprobe: int = 0,
+               min_similarity: float | None = None) -> tuple[np.ndarray, list[list[str]]]:
+        """Returns D (nq, k) similarities (-inf where fewer) and the face ids, like a faiss index.
+
+        `purpose` (why) and `case_id` (for which case) are required by the server and audited.
+        """
         response = self.search_raw(collection_id, xq, k, nprobe=nprobe, min_similarity=min_similarity,
-                                   purpose=purpose)
+                                   purpose=purpose, case_id=case_id)
         D = np.full((len(xq), k), -np.inf, dtype=np.float32)
         ids = []
         for q, result in enumerate(response.results):
@@ -74,16 +117,17 @@ class GalleryClient:
             ids.append([c.face.face_id for c in result.candidates])
         return D, ids
 
-    def search_raw(self, collection_id: str, xq: np.ndarray, k: int, *, nprobe: int = 0,
-                   min_similarity: float | None = None, purpose: str = "") -> pb.SearchByEmbeddingResponse:
+    def search_raw(self, collection_id: str, xq: np.ndarray, k: int, *, purpose: str, case_id: str,
+                   nprobe: int = 0, min_similarity: float | None = None) -> pb.SearchByEmbeddingResponse:
         """The full response, with face records and false-match estimates."""
-        queries = [pb.Embedding(values=vectors.encode(x), dimension=x.size) for x in np.atleast_2d(xq)]
+        queries = [convert.embedding(x) for x in np.atleast_2d(xq)]
         request = pb.SearchByEmbeddingRequest(collection_id=collection_id, queries=queries, k=k, nprobe=nprobe,
-                                              purpose=purpose)
+                                              purpose=purpose, case_id=case_id)
         if min_similarity is not None:
             request.min_similarity = min_similarity
-        return self._call(self.stub.SearchByEmbedding, request)
+        return self._call(self._stub.SearchByEmbedding, request)
 
     def delete_faces(self, collection_id: str, face_ids: Sequence[str]) -> pb.DeleteFacesResponse:
-        return self._call(self.stub.DeleteFaces, pb.DeleteFacesRequest(collection_id=collection_id,
+        """Deletes faces by id; the response lists those deleted and those unknown."""
+        return self._call(self._stub.DeleteFaces, pb.DeleteFacesRequest(collection_id=collection_id,
                                                                        face_ids=list(face_ids)))

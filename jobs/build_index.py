@@ -15,15 +15,12 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 
-from gallery.v1 import gallery_pb2 as pb
-
-from jobs import _cli
+from cluster.api import flags
+from cluster.api.limits import MIN_FACES_TO_TRAIN
 from jobs.commit import gateway_client
 from jobs.progress import timed
 
 logger = logging.getLogger(__name__)
-
-MIN_FACES = 256  # PQ's 8-bit codebooks need one training point per centroid (cluster/serve/servicer.py)
 
 
 def needs_index(face_count: int, trained_on: int, train_threshold: int, min_growth: float) -> bool:
@@ -34,7 +31,7 @@ def needs_index(face_count: int, trained_on: int, train_threshold: int, min_grow
     longer than at training and nlist has fallen ~3x below the 4*sqrt(n) rule; a bulk load can afford a
     retrain sooner, at 2x, where lists are twice as long and nlist ~1.4x below the rule.
     """
-    if face_count < max(train_threshold, MIN_FACES):
+    if face_count < max(train_threshold, MIN_FACES_TO_TRAIN):
         return False
     return trained_on == 0 or face_count >= min_growth * trained_on
 
@@ -90,15 +87,13 @@ def build_index(collection: str, gateway: str = "127.0.0.1:50051", min_growth: f
         reason = "forced" if force else ("no index yet" if not d.trained_on else
                                          f"grown from {d.trained_on} to {d.face_count} faces")
         with timed(f"build index of {collection} ({d.face_count} faces)"):
-            d = client.stub.BuildIndex(pb.BuildIndexRequest(collection_id=collection),
-                                       timeout=max(timeout_s - (time.monotonic() - start), 1.0),
-                                       metadata=client.metadata).collection
+            d = client.build_index(collection, timeout_s=max(timeout_s - (time.monotonic() - start), 1.0))
     return BuildIndexResult(collection, True, reason, d.face_count, d.trained_on, d.nlist, d.pq_m,
                             time.monotonic() - start)
 
 
 def main(argv: list[str] | None = None) -> BuildIndexResult:
-    result = _cli.run(build_index, argv, "python -m jobs.build_index")
+    result = flags.run(build_index, argv, "python -m jobs.build_index")
     print(json.dumps(asdict(result)), flush=True)
     return result
 

@@ -1,4 +1,4 @@
-"""Committing a segment's faces to the serving cluster through AddEmbeddings(skip_existing=True).
+"""Committing a chunk's faces to the serving cluster through AddEmbeddings(skip_existing=True).
 
 skip_existing makes every batch idempotent: faces already in the collection (from an
 earlier, interrupted run, or a duplicated manifest row) are skipped and counted, so a
@@ -16,16 +16,14 @@ import numpy as np
 import pyarrow as pa
 from gallery.v1 import gallery_pb2 as pb
 
+from cluster.api import convert
+from cluster.api.limits import MAX_FACES_PER_ADD
 from cluster.client import GalleryClient
 
 logger = logging.getLogger(__name__)
 
-MAX_FACES_PER_REQUEST = 10_000  # AddEmbeddings' limit
 TOKEN_ENV_VAR = "GALLERY_AUTH_TOKEN"
 RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-# DetectedFace's landmark order: the subject's right eye, left eye, nose, right and left mouth corners.
-LANDMARK_TYPES = (pb.Landmark.EYE_RIGHT, pb.Landmark.EYE_LEFT, pb.Landmark.NOSE, pb.Landmark.MOUTH_RIGHT,
-                  pb.Landmark.MOUTH_LEFT)
 
 
 def gateway_client(gateway: str, *, timeout_s: float = 120.0) -> GalleryClient:
@@ -40,7 +38,7 @@ def gateway_client(gateway: str, *, timeout_s: float = 120.0) -> GalleryClient:
 
 
 def new_faces(faces: pa.Table) -> list[pb.NewFace]:
-    """NewFace messages for the rows of a segment (see jobs/segments.py).
+    """NewFace messages for the faces of a chunk (see jobs/job_state.py).
 
     Metadata: the manifest's extra columns, `person_id` when given, and the source row as
     `source_manifest` (the file's URI) and `source_row`. Box and landmarks become ratios of
@@ -55,21 +53,16 @@ def new_faces(faces: pa.Table) -> list[pb.NewFace]:
     rows = faces.drop_columns(["embedding", "landmarks"]).to_pylist()
     out = []
     for i, row in enumerate(rows):
-        w, h = float(row["image_width"]), float(row["image_height"])
         box = row["box"]
-        detail = pb.FaceDetail(
-            bounding_box=pb.BoundingBox(left=box["x"] / w, top=box["y"] / h, width=box["width"] / w,
-                                        height=box["height"] / h),
-            landmarks=[pb.Landmark(type=t, x=float(x) / w, y=float(y) / h)
-                       for t, (x, y) in zip(LANDMARK_TYPES, landmarks[i])],
-            confidence=row["confidence"], quality=row["quality"])
+        detail = convert.face_detail((box["x"], box["y"], box["width"], box["height"]), landmarks[i],
+                                     row["confidence"], row["quality"], float(row["image_width"]),
+                                     float(row["image_height"]))
         metadata = dict(row["metadata"] or [])
         if row["person_id"]:
             metadata["person_id"] = row["person_id"]
         metadata.update(source_manifest=row["manifest"], source_row=str(row["manifest_row"]))
-        out.append(pb.NewFace(face_id=row["face_id"], external_image_id=row["external_image_id"],
-                              image_uri=row["image_uri"], metadata=metadata, detail=detail,
-                              embedding=pb.Embedding(values=xb[i].tobytes(), dimension=d)))
+        out.append(convert.new_face(row["face_id"], xb[i], external_image_id=row["external_image_id"],
+                                    image_uri=row["image_uri"], metadata=metadata, detail=detail))
     return out
 
 
@@ -81,15 +74,14 @@ def add_faces(client: GalleryClient, collection_id: str, faces: list[pb.NewFace]
         ValueError: batch_faces outside [1, 10000].
         grpc.RpcError: any other status, or the same one after `retries` retries.
     """
-    if not 1 <= batch_faces <= MAX_FACES_PER_REQUEST:
-        raise ValueError(f"batch_faces must be in [1, {MAX_FACES_PER_REQUEST}], got {batch_faces}")
+    if not 1 <= batch_faces <= MAX_FACES_PER_ADD:
+        raise ValueError(f"batch_faces must be in [1, {MAX_FACES_PER_ADD}], got {batch_faces}")
     added = skipped = 0
     for start in range(0, len(faces), batch_faces):
-        request = pb.AddEmbeddingsRequest(collection_id=collection_id, faces=faces[start:start + batch_faces],
-                                          skip_existing=True)
+        batch = faces[start:start + batch_faces]
         for attempt in range(retries + 1):
             try:
-                response = client.stub.AddEmbeddings(request, timeout=client.timeout_s, metadata=client.metadata)
+                response = client.add_faces(collection_id, batch, skip_existing=True)
                 break
             except grpc.RpcError as e:
                 if e.code() not in RETRIED or attempt == retries:

@@ -17,7 +17,8 @@ import logging
 import numpy as np
 import pyarrow as pa
 
-from jobs.fetch import INVALID_IMAGE, LOW_QUALITY, MAX_S3_IMAGE_BYTES, NO_FACE
+from cluster.api.limits import DEFAULT_MAX_FACES, MAX_FACES_PER_IMAGE, MAX_S3_IMAGE_BYTES
+from jobs.fetch import INVALID_IMAGE, LOW_QUALITY, NO_FACE
 
 logger = logging.getLogger(__name__)
 
@@ -62,13 +63,13 @@ class FaceEmbedder:
         >>> out.column("faces")[0][0]["face_id"]
     """
 
-    def __init__(self, *, quality_filter: str = "AUTO", max_faces: int = 100,
+    def __init__(self, *, quality_filter: str = "AUTO", max_faces: int = DEFAULT_MAX_FACES,
                  max_image_bytes: int = MAX_S3_IMAGE_BYTES, device: str | None = None, batch_size: int = 32):
         from cluster.faces import quality_filter_threshold
         from cluster.faces.worker import FaceWorker
 
-        if not 1 <= max_faces <= 1000:
-            raise ValueError(f"max_faces must be in [1, 1000], got {max_faces}")
+        if not 1 <= max_faces <= MAX_FACES_PER_IMAGE:
+            raise ValueError(f"max_faces must be in [1, {MAX_FACES_PER_IMAGE}], got {max_faces}")
         self.min_quality = quality_filter_threshold(quality_filter)
         self.max_faces = max_faces
         self.max_image_bytes = max_image_bytes

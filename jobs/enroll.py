@@ -5,14 +5,14 @@
 
 The same command runs under `ray job submit -- python -m jobs.enroll …`. A streaming Ray Data pipeline:
 
-    read_rows      tasks, one per manifest row group with segments still to do (jobs/manifests.py)
+    read_rows      tasks, one per manifest row group with chunks still to do (jobs/image_manifests.py)
     repartition    into blocks of images_per_batch rows, so that the stages after it run in parallel
     fetch_images   tasks, threads for the I/O; unreadable rows get a reason (jobs/fetch.py)
     FaceEmbedder   actor pool, one actor per GPU or CPU actors: the gateway's FaceWorker (jobs/embed.py)
-    driver         once every row of a segment is in: writes its faces and errors as Parquet, commits the
-                   faces with AddEmbeddings(skip_existing=True), writes its commit record (jobs/segments.py)
+    driver         once every row of a chunk is in: writes its faces and errors as Parquet, commits the
+                   faces with AddEmbeddings(skip_existing=True), writes its commit record (jobs/job_state.py)
 
-then builds the IVF-PQ index when the collection has outgrown its own (jobs/build_index.py). Segments
+then builds the IVF-PQ index when the collection has outgrown its own (jobs/build_index.py). Chunks
 are written by the driver, not by a pipeline stage, so that each is one object with a stable name
 whatever way Ray Data cuts the stream into blocks; the driver only moves ~2 KiB per face.
 """
@@ -32,18 +32,19 @@ import pyarrow.compute as pc
 import ray
 import ray.data
 
+from cluster.api import flags
+from cluster.api.limits import DEFAULT_MAX_FACES, MAX_FACES_PER_ADD, MAX_FACES_PER_IMAGE, MAX_S3_IMAGE_BYTES
 from cluster.client import GalleryClient
 from cluster.serve import runtime
 from cluster.storage.manifest import check_collection_id
 from cluster.storage.object_store import ObjectStore
-from jobs import _cli
 from jobs.build_index import build_index
-from jobs.commit import MAX_FACES_PER_REQUEST, add_faces, gateway_client, new_faces
+from jobs.commit import add_faces, gateway_client, new_faces
 from jobs.embed import FaceEmbedder
-from jobs.fetch import MAX_S3_IMAGE_BYTES, fetch_images
-from jobs.manifests import plan_segments, read_rows, read_tasks
+from jobs.fetch import fetch_images
+from jobs.image_manifests import plan_chunks, read_rows, read_tasks
+from jobs.job_state import JobState
 from jobs.progress import Progress, timed
-from jobs.segments import JobState
 from jobs.storage import aws_env
 
 logger = logging.getLogger(__name__)
@@ -51,13 +52,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class EnrollSummary:
-    """What a run did. Counts are this run's; rows of segments committed by earlier runs are not redone."""
+    """What a run did. Counts are this run's; rows of chunks committed by earlier runs are not redone."""
 
     collection: str
     rows_read: int = 0  # rows in the manifests
-    rows_already_committed: int = 0  # in segments earlier runs committed
+    rows_already_committed: int = 0  # in chunks earlier runs committed
     rows_processed: int = 0
-    segments_committed: int = 0
+    chunks_committed: int = 0
     faces_found: int = 0  # faces that passed the quality filter
     faces_enrolled: int = 0  # added to the collection
     faces_already_enrolled: int = 0  # the collection had them (an interrupted run, a duplicated row)
@@ -133,9 +134,9 @@ def _pipeline(tasks: list[dict], *, s3_endpoint: str, images_per_batch: int, fet
 
 
 def enroll(manifest: str, collection: str, output: str, gateway: str = "127.0.0.1:50051", s3_endpoint: str = "",
-           dimension: int = 0, quality_filter: str = "AUTO", max_faces: int = 100, rows_per_segment: int = 256,
-           images_per_batch: int = 16, num_actors: int = 0, actor_num_cpus: float = 1.0, fetch_threads: int = 16,
-           max_image_bytes: int = MAX_S3_IMAGE_BYTES, commit_batch_faces: int = 1000,
+           dimension: int = 0, quality_filter: str = "AUTO", max_faces: int = DEFAULT_MAX_FACES,
+           rows_per_segment: int = 256, images_per_batch: int = 16, num_actors: int = 0, actor_num_cpus: float = 1.0,
+           fetch_threads: int = 16, max_image_bytes: int = MAX_S3_IMAGE_BYTES, commit_batch_faces: int = 1000,
            build_index_min_growth: float = 2.0, ray_address: str = "", progress_interval_s: float = 10.0
            ) -> EnrollSummary:
     """Enrolls the faces of the images a manifest lists; run it again to resume or to add new manifest files.
@@ -143,13 +144,13 @@ def enroll(manifest: str, collection: str, output: str, gateway: str = "127.0.0.
     Args:
         manifest: a Parquet file, or a folder / s3:// prefix of them, with image_uri and external_image_id columns.
         collection: the collection to enroll into; created when missing.
-        output: folder or s3://bucket/prefix for segments, errors and job state (under <output>/<collection>/).
+        output: folder or s3://bucket/prefix for faces, errors and job state (under <output>/<collection>/).
         gateway: host:port of the gallery.v1 gateway.
         s3_endpoint: S3 endpoint URL for S3-compatible stores; "" for AWS_ENDPOINT_URL, else AWS.
         dimension: dimension of a collection the job creates: 0 for the gateway's face model, 512 for raw FaceNet.
         quality_filter: faces under it are not enrolled: NONE, LOW, AUTO, MEDIUM or HIGH.
         max_faces: faces detected per image, largest first, 1..1000.
-        rows_per_segment: manifest rows per segment, the unit that is committed and skipped on a re-run.
+        rows_per_segment: manifest rows per chunk, the unit that is committed and skipped on a re-run.
         images_per_batch: images per block and per call of an embedding actor.
         num_actors: embedding actors; 0 for one per GPU, or without GPUs one per actor_num_cpus CPUs less one
             (on a private local Ray, one per actor_num_cpus cores).
@@ -182,31 +183,32 @@ def enroll(manifest: str, collection: str, output: str, gateway: str = "127.0.0.
             raise ValueError(f"{name} is required")
     check_collection_id(collection)  # it names a folder of the output store
     quality_filter_threshold(quality_filter)
-    if not 1 <= max_faces <= 1000:
-        raise ValueError(f"max_faces must be in [1, 1000], got {max_faces}")
-    for name, value, minimum in (("images_per_batch", images_per_batch, 1), ("num_actors", num_actors, 0),
+    if not 1 <= max_faces <= MAX_FACES_PER_IMAGE:
+        raise ValueError(f"max_faces must be in [1, {MAX_FACES_PER_IMAGE}], got {max_faces}")
+    for name, value, minimum in (("rows_per_segment", rows_per_segment, 1), ("images_per_batch", images_per_batch, 1),
+                                 ("num_actors", num_actors, 0),
                                  ("fetch_threads", fetch_threads, 1), ("max_image_bytes", max_image_bytes, 1)):
         if value < minimum:
             raise ValueError(f"{name} must be >= {minimum}, got {value}")
     if actor_num_cpus <= 0:
         raise ValueError(f"actor_num_cpus must be > 0, got {actor_num_cpus}")
-    if not 1 <= commit_batch_faces <= MAX_FACES_PER_REQUEST:
-        raise ValueError(f"commit_batch_faces must be in [1, {MAX_FACES_PER_REQUEST}], got {commit_batch_faces}")
+    if not 1 <= commit_batch_faces <= MAX_FACES_PER_ADD:
+        raise ValueError(f"commit_batch_faces must be in [1, {MAX_FACES_PER_ADD}], got {commit_batch_faces}")
     if build_index_min_growth and build_index_min_growth < 1:
         raise ValueError(f"build_index_min_growth must be 0 (off) or >= 1, got {build_index_min_growth}")
 
     started = time.monotonic()
     summary = EnrollSummary(collection)
     state = JobState(ObjectStore(f"{output.rstrip('/')}/{collection}", s3_endpoint=s3_endpoint or None))
-    with timed("plan segments"):
-        segments = plan_segments(manifest, rows_per_segment, s3_endpoint)
+    with timed("plan chunks"):
+        chunks = plan_chunks(manifest, rows_per_segment, s3_endpoint)
         done = state.committed()
-        pending = [s for s in segments if s.key not in done]
-    summary.rows_read = sum(s.rows for s in segments)
-    todo = sum(s.rows for s in pending)
+        pending = [c for c in chunks if c.key not in done]
+    summary.rows_read = sum(c.rows for c in chunks)
+    todo = sum(c.rows for c in pending)
     summary.rows_already_committed = summary.rows_read - todo
-    logger.info("%s: %d manifest rows in %d segments, %d rows already committed, %d to do", manifest,
-                summary.rows_read, len(segments), summary.rows_already_committed, todo)
+    logger.info("%s: %d manifest rows in %d chunks, %d rows already committed, %d to do", manifest,
+                summary.rows_read, len(chunks), summary.rows_already_committed, todo)
     with gateway_client(gateway) as client:
         description = _open_collection(client, collection, dimension)
         if pending:
@@ -233,12 +235,12 @@ def enroll(manifest: str, collection: str, output: str, gateway: str = "127.0.0.
 
 def _run(ds: ray.data.Dataset, pending: list, state: JobState, client: GalleryClient, description,
          summary: EnrollSummary, commit_batch_faces: int, progress_interval_s: float) -> None:
-    """Drives the pipeline: gathers each segment's rows, then writes and commits it."""
-    plans = {s.key: s for s in pending}
+    """Drives the pipeline: gathers each chunk's rows, then writes and commits it."""
+    plans = {c.key: c for c in pending}
     gathered: dict[str, list[pa.Table]] = {}
     counts: Counter = Counter()
     failed: Counter = Counter()
-    progress = Progress(sum(s.rows for s in pending), interval_s=progress_interval_s)
+    progress = Progress(sum(c.rows for c in pending), interval_s=progress_interval_s)
     checked = False
     start = time.monotonic()
     try:
@@ -252,8 +254,8 @@ def _run(ds: ray.data.Dataset, pending: list, state: JobState, client: GalleryCl
             summary.faces_found += found
             summary.faces_below_quality += pc.sum(batch.column("faces_below_quality")).as_py() or 0
             progress.update(rows=batch.num_rows, faces=found)
-            for key in pc.unique(batch.column("segment")).to_pylist():
-                rows = batch.filter(pc.equal(batch.column("segment"), key))
+            for key in pc.unique(batch.column("chunk")).to_pylist():
+                rows = batch.filter(pc.equal(batch.column("chunk"), key))
                 gathered.setdefault(key, []).append(rows)
                 counts[key] += rows.num_rows
                 if counts[key] == plans[key].rows:
@@ -264,7 +266,7 @@ def _run(ds: ray.data.Dataset, pending: list, state: JobState, client: GalleryCl
     finally:
         progress.close()
     if gathered:
-        raise RuntimeError(f"the pipeline ended with incomplete segments: {sorted(gathered)[:5]}")
+        raise RuntimeError(f"the pipeline ended with incomplete chunks: {sorted(gathered)[:5]}")
     summary.rows_failed = dict(sorted(failed.items()))
     summary.faces_per_s = summary.faces_found / max(time.monotonic() - start, 1e-9)
 
@@ -279,7 +281,7 @@ def _commit(key: str, plan, rows: pa.Table, state: JobState, client: GalleryClie
                        "rows_failed": dict(reasons)})
     failed.update(reasons)
     summary.rows_processed += plan.rows
-    summary.segments_committed += 1
+    summary.chunks_committed += 1
     summary.faces_enrolled += added
     summary.faces_already_enrolled += skipped
     return added
@@ -298,7 +300,7 @@ def _build_index(collection: str, gateway: str, min_growth: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> EnrollSummary:
-    summary = _cli.run(enroll, argv, "python -m jobs.enroll")
+    summary = flags.run(enroll, argv, "python -m jobs.enroll")
     failed = ", ".join(f"{reason} {n}" for reason, n in summary.rows_failed.items()) or "none"
     print(f"{summary.rows_read} rows read ({summary.rows_already_committed} already committed), "
           f"{summary.faces_enrolled} faces enrolled ({summary.faces_already_enrolled} already there), "

@@ -1,23 +1,27 @@
-"""Fetching the images manifest rows name, in threads; a row that cannot be read gets its reason, not an exception."""
+"""Fetching the images manifest rows name, in threads; a row that cannot be read gets its reason, not an exception.
+
+S3 objects are read by the gateway's own reader (`cluster.storage.s3_images.S3ImageReader`), local
+files through pyarrow; both refuse an image over the limit without reading it all, and retry I/O
+errors other than a missing object with exponential backoff.
+"""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlparse
 
 import pyarrow as pa
 
+from cluster.api.limits import MAX_EXTERNAL_IMAGE_ID_LENGTH, MAX_S3_IMAGE_BYTES
+from cluster.errors import InvalidArgument, Unavailable
+from cluster.storage.s3_images import ImageNotFound, ImageTooLarge, S3ImageReader, S3Object
 from jobs.storage import filesystem
 
 logger = logging.getLogger(__name__)
-
-# cluster.faces.MAX_S3_IMAGE_BYTES (Rekognition's limit for S3 objects), not imported from there:
-# that package loads torch, which fetch tasks do not need (tests/jobs check the two agree).
-MAX_S3_IMAGE_BYTES = 15 * 2**20
-
-MAX_EXTERNAL_IMAGE_ID_LENGTH = 255  # as IndexFaces and Rekognition
 
 # Why a manifest row enrolled nothing; the errors Parquet has one per failed row.
 BAD_ROW = "bad_row"  # empty image_uri or external_image_id, or an external_image_id over 255 characters
@@ -27,7 +31,6 @@ TOO_LARGE = "too_large"  # over max_image_bytes
 INVALID_IMAGE = "invalid_image"  # not a JPEG, PNG or WebP; corrupt, truncated or too many pixels
 NO_FACE = "no_face"  # no face detected
 LOW_QUALITY = "low_quality"  # faces detected, none at or above the quality filter
-REASONS = (BAD_ROW, MISSING_OBJECT, UNREADABLE, TOO_LARGE, INVALID_IMAGE, NO_FACE, LOW_QUALITY)
 
 
 def _check_row(uri: str, external_image_id: str) -> str:
@@ -41,15 +44,37 @@ def _check_row(uri: str, external_image_id: str) -> str:
 
 
 def read_image(uri: str, *, s3_endpoint: str = "", max_bytes: int = MAX_S3_IMAGE_BYTES, retries: int = 3,
-               backoff_s: float = 0.5) -> tuple[bytes, str, str]:
+               backoff_s: float = 0.5, s3_connections: int = 10) -> tuple[bytes, str, str]:
     """(bytes, reason, message) for one image; reason is "" when it was read.
 
     Reads at most max_bytes + 1 bytes, so an oversized object is refused without reading it all.
     I/O errors other than a missing object are retried `retries` times with exponential backoff.
+    `s3_connections`: threads of this process reading from S3 at once.
     """
+    if urlparse(uri).scheme != "s3":
+        return _read_file(uri, max_bytes, retries, backoff_s)
+    try:
+        reader = _s3_reader(s3_endpoint, max_bytes, retries, backoff_s, s3_connections)
+        return reader.read(S3Object.from_uri(uri)), "", ""
+    except ImageNotFound as e:
+        return b"", MISSING_OBJECT, str(e)
+    except ImageTooLarge as e:
+        return b"", TOO_LARGE, str(e)
+    except (InvalidArgument, Unavailable) as e:
+        return b"", UNREADABLE, str(e)
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_reader(s3_endpoint: str, max_bytes: int, retries: int, backoff_s: float, connections: int) -> S3ImageReader:
+    """One reader (a boto3 client and its connections) per process and settings, reused across batches."""
+    return S3ImageReader(s3_endpoint or None, max_bytes=max_bytes, retries=retries, backoff_s=backoff_s,
+                         max_connections=connections)
+
+
+def _read_file(uri: str, max_bytes: int, retries: int, backoff_s: float) -> tuple[bytes, str, str]:
     for attempt in range(retries + 1):
         try:
-            fs, path = filesystem(uri, s3_endpoint)
+            fs, path = filesystem(uri)
             with fs.open_input_stream(path) as f:
                 data = f.read(max_bytes + 1)
             if len(data) > max_bytes:
@@ -60,8 +85,7 @@ def read_image(uri: str, *, s3_endpoint: str = "", max_bytes: int = MAX_S3_IMAGE
         except (ValueError, IsADirectoryError) as e:
             return b"", UNREADABLE, f"{uri}: {e}"
         except OSError as e:
-            denied = isinstance(e, PermissionError) or "ACCESS_DENIED" in str(e).upper().replace(" ", "_")
-            if denied or attempt == retries:
+            if isinstance(e, PermissionError) or attempt == retries:
                 return b"", UNREADABLE, f"{uri}: {e}"
             logger.warning("reading %s failed (%s), retrying", uri, e)
             time.sleep(backoff_s * 2**attempt)
@@ -78,7 +102,7 @@ def fetch_images(batch: pa.Table, *, s3_endpoint: str = "", max_image_bytes: int
         problem = _check_row(uris[i], ids[i])
         if problem:
             return b"", BAD_ROW, problem
-        return read_image(uris[i], s3_endpoint=s3_endpoint, max_bytes=max_image_bytes)
+        return read_image(uris[i], s3_endpoint=s3_endpoint, max_bytes=max_image_bytes, s3_connections=threads)
 
     with ThreadPoolExecutor(max(1, min(threads, batch.num_rows))) as pool:
         fetched = list(pool.map(one, range(batch.num_rows)))

@@ -13,19 +13,15 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+from cluster.storage.object_store import s3_filesystem
+
 # AWS settings a driver hands to its Ray workers, which may not share its environment
 # (a local Ray started before the variables were set, or a job without them in runtime_env).
 AWS_ENV_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
                 "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE")
 
 
-@functools.lru_cache(maxsize=8)
-def _s3(endpoint: str) -> pafs.S3FileSystem:
-    options = {"region": os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))}
-    if endpoint:
-        url = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
-        options.update(endpoint_override=url.netloc, scheme=url.scheme)
-    return pafs.S3FileSystem(**options)
+_s3 = functools.lru_cache(maxsize=8)(s3_filesystem)  # by endpoint: one filesystem per endpoint and process
 
 
 def filesystem(uri: str, s3_endpoint: str = "") -> tuple[pafs.FileSystem, str]:

@@ -61,13 +61,15 @@ class Served:
     """`gallery serve` in a process of its own (with its own private Ray) on 127.0.0.1:`port`, until `stop`.
 
     A server that exits or is not serving within `ready_timeout_s` is stopped by its pid (killed if
-    SIGTERM does not end it) before the error is raised: no server outlives its test.
+    SIGTERM does not end it) before the error is raised: no server outlives its test. `token` is the
+    admin token it wrote beside its store (`metadata` sends it).
     """
 
     def __init__(self, store: str | Path, port: int, log_path: str | Path,
                  flags: tuple[str, ...] = ("--num-shards", "2", "--shard-num-cpus", "0.5", "--face-workers", "0"),
                  ready_timeout_s: float = 120):
         self.address = f"127.0.0.1:{port}"
+        self.token_path = Path(f"{Path(store).resolve()}.admin-token")
         self.log_path = Path(log_path)
         self.log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
@@ -83,6 +85,14 @@ class Served:
             except subprocess.TimeoutExpired:
                 pass  # killed; the error raised below says why it was stopped
             raise
+
+    @property
+    def token(self) -> str:
+        return self.token_path.read_text().strip()
+
+    @property
+    def metadata(self) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {self.token}")]
 
     def _serving(self) -> bool:
         if self.process.poll() is not None:

@@ -8,15 +8,15 @@ import signal
 import subprocess
 import sys
 
+import grpc
 import pytest
 from gallery.v1 import gallery_pb2 as pb
 from gallery.v1 import gallery_pb2_grpc
 from support import Served, free_port, stop_process, wait_until
 
+from cluster.api import convert
 from cluster.client import GalleryClient
-from cluster.index import vectors
 from cluster.index.synthetic import clustered_embeddings
-
 
 _SYS_TGKILL = {"x86_64": 234, "aarch64": 131}
 
@@ -40,11 +40,23 @@ def test_serve_stop_serve_keeps_collections_and_faces(tmp_path):
     xb = clustered_embeddings(50, 8, seed=41)
     served = Served(store, port, tmp_path / "serve.log")
     try:
+        # Authentication is on by default: the admin token is beside the store, readable by its owner only.
+        assert os.stat(served.token_path).st_mode & 0o777 == 0o600
+        assert str(served.token_path) in (tmp_path / "serve.log").read_text()
         stub = gallery_pb2_grpc.GalleryStub(served.channel)
-        stub.CreateCollection(pb.CreateCollectionRequest(collection_id="visitors", dimension=8))
+        with pytest.raises(grpc.RpcError) as anonymous:
+            stub.ListCollections(pb.ListCollectionsRequest())
+        assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        stub.CreateCollection(pb.CreateCollectionRequest(collection_id="visitors", dimension=8),
+                              metadata=served.metadata)
         stub.AddEmbeddings(pb.AddEmbeddingsRequest(collection_id="visitors", faces=[
-            pb.NewFace(face_id=f"v{i}", embedding=pb.Embedding(values=vectors.encode(x), dimension=8))
-            for i, x in enumerate(xb)]))
+            convert.new_face(f"v{i}", x) for i, x in enumerate(xb)]), metadata=served.metadata)
+        # One server per port: a second serve, of another store, on the same port exits at once.
+        second = subprocess.run([sys.executable, "-m", "cluster.serve.cli", "serve", "--store", str(tmp_path / "b"),
+                                 "--port", str(port), "--face-workers", "0"],
+                                capture_output=True, text=True, timeout=60, env={**os.environ, "RAY_ADDRESS": ""})
+        assert second.returncode == 1 and f"cannot serve on 127.0.0.1:{port}" in second.stderr, second.stderr
+        assert "Traceback" not in second.stderr
     finally:
         assert served.stop() == 0
 
@@ -56,9 +68,9 @@ def test_serve_stop_serve_keeps_collections_and_faces(tmp_path):
                                 capture_output=True, text=True, timeout=60, env={**os.environ, "RAY_ADDRESS": ""})
         assert second.returncode == 1
         assert "is served by another gateway" in second.stderr and f'"pid": {served.process.pid}' in second.stderr
-        with GalleryClient(f"127.0.0.1:{port}") as client:
+        with GalleryClient(f"127.0.0.1:{port}", token=served.token) as client:
             assert client.describe("visitors").face_count == 50
-            D, ids = client.search("visitors", xb[[9, 20]], k=1)
+            D, ids = client.search("visitors", xb[[9, 20]], k=1, purpose="visitor check", case_id="desk-1")
         assert ids == [["v9"], ["v20"]] and D[:, 0] == pytest.approx([1.0, 1.0], abs=1e-3)
     finally:
         assert served.stop(deliver=signal_a_thread_other_than_main if platform.machine() in _SYS_TGKILL
@@ -122,3 +134,15 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended, only its entry is left
     except FileNotFoundError:
         return False
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--host", "0.0.0.0"], "refusing plaintext on 0.0.0.0"),
+    (["--tls-cert", "server.crt"], "--tls-cert and --tls-key go together"),
+    (["--tls-client-ca", "ca.crt"], "--tls-client-ca needs --tls-cert"),
+])
+def test_serve_refuses_unsafe_transport_before_starting(tmp_path, flags, message):
+    refused = subprocess.run([sys.executable, "-m", "cluster.serve.cli", "serve", "--store", str(tmp_path / "s"),
+                              "--port", str(free_port()), *flags], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and message in refused.stderr and "Traceback" not in refused.stderr
+

@@ -18,10 +18,10 @@ from gallery.v1 import gallery_pb2 as pb
 from gallery.v1 import gallery_pb2_grpc
 from PIL import Image
 
+from cluster.api import convert
 from cluster.errors import InvalidArgument
 from cluster.gateway.face_service import FaceService
 from cluster.gateway.gallery import Gallery
-from cluster.index import vectors
 from cluster.serve import runtime
 from cluster.serve.face_servicer import FaceGalleryServicer
 from cluster.serve.server import running_server
@@ -352,8 +352,7 @@ def test_requests_without_an_image_or_a_face(people, stub):
 def test_raw_embedding_and_unknown_collections(stub):
     stub.CreateCollection(pb.CreateCollectionRequest(collection_id="raw", dimension=512))
     x = np.random.default_rng(0).standard_normal(512).astype(np.float32)
-    stub.AddEmbeddings(pb.AddEmbeddingsRequest(collection_id="raw", faces=[
-        pb.NewFace(face_id="r0", embedding=pb.Embedding(values=vectors.encode(x), dimension=512))]))
+    stub.AddEmbeddings(pb.AddEmbeddingsRequest(collection_id="raw", faces=[convert.new_face("r0", x)]))
     for call, request in [
         (stub.IndexFaces, pb.IndexFacesRequest(collection_id="raw", image=image(photo("obama.jpg")))),
         (stub.SearchFacesByImage, pb.SearchFacesByImageRequest(collection_id="raw", image=image(photo("obama.jpg")))),

@@ -3,20 +3,23 @@
 import faiss
 import numpy as np
 import pytest
+from gallery.v1 import gallery_pb2 as pb
 
+from cluster.api import convert
 from cluster.errors import InvalidArgument
 from cluster.index import tuning, vectors
 from cluster.index.calibration import Calibration, impostor_scores
 from cluster.index.merge import merge_topk
 from cluster.index.shard_index import exact_search
 from cluster.index.synthetic import clustered_embeddings
+from cluster.storage.records import FaceRecord
 
 
 def test_wire_roundtrip_is_little_endian_float32():
     x = np.array([1.5, -2.0, 3.25], dtype=np.float32)
-    data = vectors.encode(x)
-    assert data == np.array([1.5, -2.0, 3.25], dtype="<f4").tobytes()
-    np.testing.assert_array_equal(vectors.decode(data, 3, expected_dimension=3), x)
+    message = convert.embedding(x)
+    assert message.values == np.array([1.5, -2.0, 3.25], dtype="<f4").tobytes() and message.dimension == 3
+    np.testing.assert_array_equal(convert.embeddings_array([message, message], 3, "queries"), np.stack([x, x]))
 
 
 @pytest.mark.parametrize("values,dimension,message", [
@@ -25,7 +28,23 @@ def test_wire_roundtrip_is_little_endian_float32():
 ])
 def test_decode_rejects_malformed(values, dimension, message):
     with pytest.raises(InvalidArgument, match=message):
-        vectors.decode(values, dimension, expected_dimension=3 if dimension == 4 else dimension)
+        convert.decode(values, dimension, expected_dimension=3 if dimension == 4 else dimension)
+
+
+def test_face_detail_is_in_ratios_of_the_image_and_in_landmark_order():
+    landmarks = np.array([[30, 40], [70, 40], [50, 60], [35, 80], [65, 80]], np.float32)
+    detail = convert.face_detail((20, 30, 60, 80), landmarks, 0.9, 0.7, 200, 100)
+    box = detail.bounding_box
+    assert (box.left, box.top, box.width, box.height) == pytest.approx((0.1, 0.3, 0.3, 0.8))
+    assert [lm.type for lm in detail.landmarks] == [pb.Landmark.EYE_RIGHT, pb.Landmark.EYE_LEFT, pb.Landmark.NOSE,
+                                                    pb.Landmark.MOUTH_RIGHT, pb.Landmark.MOUTH_LEFT]
+    assert (detail.landmarks[2].x, detail.landmarks[2].y) == pytest.approx((0.25, 0.6))
+    record = FaceRecord("f", "img-1", "s3://b/k", {"person_id": "p"}, detail.SerializeToString(),
+                        embedding=np.array([0.6, 0.8], np.float32))
+    face = convert.face_message(record)
+    assert (face.face_id, face.external_image_id, face.image_uri, dict(face.metadata)) == (
+        "f", "img-1", "s3://b/k", {"person_id": "p"})
+    assert face.detail == detail and face.embedding == convert.embedding(record.embedding)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

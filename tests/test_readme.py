@@ -42,10 +42,15 @@ def _grpcurl_commands() -> list[list[str]]:
     return [c[1:] for c in commands]
 
 
-def _grpcurl(channel: grpc.Channel, args: list[str]):
-    """What `grpcurl -plaintext [-d JSON] ADDRESS (list SERVICE | SERVICE/METHOD)` does, on `channel`."""
+def _grpcurl(channel: grpc.Channel, args: list[str], token: str):
+    """What `grpcurl -plaintext [-H HEADER] [-d JSON] ADDRESS (list SERVICE | SERVICE/METHOD)` does, on `channel`,
+    with `$(cat gallery-data.admin-token)` in a header read as the shell would: the served store's token."""
     args = [a for a in args if a != "-plaintext"]
-    data = "{}"
+    data, metadata = "{}", []
+    if args[0] == "-H":
+        key, _, value = args[1].partition(": ")
+        metadata.append((key, value.replace("$(cat gallery-data.admin-token)", token)))
+        args = args[2:]
     if args[0] == "-d":
         data, args = args[1], args[2:]
     address, *target = args
@@ -60,7 +65,7 @@ def _grpcurl(channel: grpc.Channel, args: list[str]):
     response_class = message_factory.GetMessageClass(method.output_type)
     call = channel.unary_unary(f"/{service_name}/{method_name}", request_serializer=request_class.SerializeToString,
                                response_deserializer=response_class.FromString)
-    return call(json_format.Parse(data, request_class()), timeout=60)
+    return call(json_format.Parse(data, request_class()), timeout=60, metadata=metadata)
 
 
 def _run(code: str, timeout_s: float) -> dict:
@@ -88,7 +93,7 @@ def test_the_readme_examples_run_as_written(tmp_path, capsys):
     try:
         answers = {}
         for args in _grpcurl_commands():
-            answers[args[-1]] = _grpcurl(served.channel, args)
+            answers[args[-1]] = _grpcurl(served.channel, args, served.token)
         assert {"CreateCollection", "AddEmbeddings", "SearchByEmbedding"} <= set(answers["gallery.v1.Gallery"])
         created = answers["gallery.v1.Gallery/CreateCollection"].collection
         assert (created.collection_id, created.dimension) == ("staff", 4)
@@ -101,8 +106,9 @@ def test_the_readme_examples_run_as_written(tmp_path, capsys):
         assert answers["grpc.health.v1.Health/Check"].status == health_pb2.HealthCheckResponse.SERVING
 
         [code] = _code_blocks("python")
-        assert f'"{README_ADDRESS}"' in code
-        example = _run(code.replace(f'"{README_ADDRESS}"', f'"{served.address}"'), timeout_s=180)
+        assert f'"{README_ADDRESS}"' in code and '"gallery-data.admin-token"' in code
+        code = code.replace(f'"{README_ADDRESS}"', f'"{served.address}"')
+        example = _run(code.replace('"gallery-data.admin-token"', repr(str(served.token_path))), timeout_s=180)
 
         D, ids = example["D"], example["ids"]
         assert [row[0] for row in ids] == ["person-0", "person-1", "person-2"] and (D[:, 0] > 0.99).all()

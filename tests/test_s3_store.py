@@ -1,4 +1,4 @@
-"""The object store: a local folder, and a real S3 server on 127.0.0.1 through pyarrow's S3 filesystem."""
+"""The object store: a local folder, and a real S3 server on 127.0.0.1 through pyarrow's S3 filesystem; S3 images."""
 
 import json
 import os
@@ -6,17 +6,19 @@ import subprocess
 import sys
 import time
 
+import boto3
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from support import S3_CREDENTIALS, wait_until
 
-from cluster.errors import Unavailable
+from cluster.errors import InvalidArgument, Unavailable
 from cluster.index.synthetic import clustered_embeddings
 from cluster.storage.lease import LEASE_KEY, StoreInUse, WriterLease
 from cluster.storage.object_store import ObjectStore
 from cluster.storage.records import FaceRecord
+from cluster.storage.s3_images import ImageNotFound, ImageTooLarge, S3ImageReader, S3Object
 
 
 def test_object_store_on_s3(s3_server, s3_bucket):
@@ -27,6 +29,25 @@ def test_object_store_on_s3(s3_server, s3_bucket):
     assert store.list("a/") == ["a/b.bin", "a/c.bin"] and store.exists("a/b.bin")
     store.delete_prefix("a/")
     assert store.list("") == [] and not store.exists("a/b.bin")
+
+
+def test_s3_images_are_refused_by_size_and_named_when_missing(s3_server, s3_bucket):
+    client = boto3.client("s3", endpoint_url=s3_server)  # credentials: the environment the s3_bucket fixture sets
+    client.put_object(Bucket=s3_bucket, Key="faces/ok.jpg", Body=b"x" * 1000)
+    client.put_object(Bucket=s3_bucket, Key="faces/big.jpg", Body=b"x" * 1001)
+    reader = S3ImageReader(s3_server, max_bytes=1000)
+
+    assert reader.read(S3Object.from_uri(f"s3://{s3_bucket}/faces/ok.jpg")) == b"x" * 1000
+    with pytest.raises(ImageTooLarge, match="is 1001 bytes, over the limit of 1000 bytes"):
+        reader.read(S3Object(s3_bucket, "faces/big.jpg"))
+    with pytest.raises(ImageNotFound, match="NoSuchKey"):
+        reader.read(S3Object(s3_bucket, "faces/gone.jpg"))
+    with pytest.raises(ImageNotFound, match="NoSuchBucket"):
+        reader.read(S3Object("no-such-bucket", "a.jpg"))
+    for uri in ("s3://bucket-only", "s3:///key", "/local/path.jpg"):
+        with pytest.raises(InvalidArgument, match="s3://bucket/key"):
+            S3Object.from_uri(uri)
+    assert S3Object.from_uri("s3://b/a?b#c.jpg") == S3Object("b", "a?b#c.jpg")  # a key is not a URL path
 
 
 def test_write_killed_before_its_rename_leaves_nothing_readers_see(tmp_path):
@@ -109,7 +130,14 @@ def test_writer_lease_on_s3_is_exclusive_expires_and_is_lost_when_taken(s3_serve
     # Another gateway takes the lease over (say this one was paused past its ttl): this one stops writing.
     s3_store().put(LEASE_KEY, json.dumps({"owner": "other", "host": "elsewhere", "pid": 7, "renewed_at": time.time(),
                                           "ttl_s": 60}).encode())
-    wait_until(lambda: second._lost != "", 10, "the lease loss noticed")
+    def taken_over() -> bool:
+        try:
+            second.check()
+        except Unavailable as e:
+            return "taken by elsewhere pid 7" in str(e)
+        return False
+
+    wait_until(taken_over, 10, "the lease loss noticed")
     with pytest.raises(Unavailable, match="lost the writer lease .*taken by elsewhere pid 7"):
         second.check()
     second.release()

@@ -7,6 +7,7 @@ from gallery.v1 import gallery_pb2 as pb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from cluster.api import convert
 from cluster.index import vectors
 from cluster.index.synthetic import clustered_embeddings
 
@@ -14,7 +15,7 @@ D = 16
 
 
 def _embedding(x) -> pb.Embedding:
-    return pb.Embedding(values=vectors.encode(x), dimension=len(x))
+    return convert.embedding(x)
 
 
 def _faces(xb, start=0):

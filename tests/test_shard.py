@@ -46,6 +46,14 @@ def test_labels_encode_partition_and_slot():
     assert [r.face_id for r in shard.records(np.array([8, -1, 14]))[::2]] == ["face-2", "face-4"]
 
 
+@pytest.mark.parametrize("xq", [np.ones((2, 4), np.float32), np.ones(8, np.float32)], ids=["other d", "1-d"])
+def test_queries_of_another_shape_are_refused_with_the_expected_one(xq):
+    shard = ShardIndex(8, 0, 1)
+    shard.add(_batch(clustered_embeddings(5, 8)))
+    with pytest.raises(ValueError, match=r"xq must be \(nq, 8\) for this partition's dimension 8, got shape"):
+        shard.search(xq, 1)
+
+
 def test_deleted_faces_never_come_back():
     xb = clustered_embeddings(500, 32, seed=2)
     shard = ShardIndex(32, 0, 1)

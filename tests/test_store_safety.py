@@ -16,7 +16,7 @@ import pytest
 from gallery.v1 import gallery_pb2 as pb
 from support import S3_CREDENTIALS
 
-from cluster.index import vectors
+from cluster.api import convert
 from cluster.index.synthetic import clustered_embeddings
 from cluster.storage import manifest as manifests
 from cluster.storage.manifest import UnsafeStore
@@ -119,7 +119,7 @@ def test_the_dot_dot_attack_over_grpc_changes_nothing(stub, gallery):
         for call, request in (
                 (stub.CreateCollection, pb.CreateCollectionRequest(collection_id=collection_id, dimension=8)),
                 (stub.AddEmbeddings, pb.AddEmbeddingsRequest(collection_id=collection_id, faces=[pb.NewFace(
-                    face_id="x", embedding=pb.Embedding(values=vectors.encode(xb[0]), dimension=8))])),
+                    face_id="x", embedding=convert.embedding(xb[0]))])),
                 (stub.DeleteCollection, pb.DeleteCollectionRequest(collection_id=collection_id)),
                 (stub.DescribeCollection, pb.DescribeCollectionRequest(collection_id=collection_id)),
                 (stub.DeleteFaces, pb.DeleteFacesRequest(collection_id=collection_id, face_ids=["f1"]))):

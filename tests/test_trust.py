@@ -9,7 +9,7 @@ from gallery.v1 import gallery_pb2 as pb
 from gallery.v1 import gallery_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cluster.index import vectors
+from cluster.api import convert
 from cluster.index.synthetic import clustered_embeddings
 from cluster.serve import audit as audit_log
 from cluster.serve.audit import AuditLog, read_audit
@@ -27,7 +27,7 @@ def _bearer(token):
 
 
 def _embedding(x):
-    return pb.Embedding(values=vectors.encode(x), dimension=len(x))
+    return convert.embedding(x)
 
 
 @pytest.fixture
@@ -198,9 +198,9 @@ def test_every_call_is_recorded_with_caller_purpose_probe_candidates_and_thresho
     ]
     search = records[0]
     assert (search["purpose"], search["case_id"], search["collection_id"]) == ("door 3 alarm", "case-7", "c")
-    assert search["probe_sha256"] == audit_log.fingerprint(vectors.encode(xb[4]))
+    assert search["probe_sha256"] == audit_log.fingerprint(convert.encode(xb[4]))
     assert search["candidates"][0][0][0] == "f4" and search["threshold"] == 0.5
-    assert vectors.encode(xb[4]).hex() not in json.dumps(records)  # the probe itself is never kept
+    assert convert.encode(xb[4]).hex() not in json.dumps(records)  # the probe itself is never kept
 
 
 def test_a_call_that_cannot_be_recorded_is_not_answered(gallery, tmp_path):

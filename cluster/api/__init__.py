@@ -1,1 +1,3 @@
-"""The API stage: limits of the gallery.v1 contract, shared by the servicers, the gateway and the client."""
+"""The API stage, the lowest but errors: the gallery.v1 contract's limits (`limits`), the conversions between
+its messages and the domain's values (`convert`), and command lines made from entry functions (`flags`).
+Light to import (no Ray, FAISS or torch), so the servicers, the gateway, the client and the jobs all use it."""

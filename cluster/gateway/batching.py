@@ -7,8 +7,7 @@ busy wait in the queue; when a dispatch ends with queries waiting, the next
 batch goes out from a background thread rather than from the caller whose batch
 just ended: that caller returns to answer its own client meanwhile, instead of
 holding its reply back for the length of other callers' batches, and its client
-sends its next query sooner (8 clients at batch 1, 1M faces on 2 cores: 3.95
-queries per dispatch on average, 3.45 when the caller served on). Queries
+sends its next query sooner, so batches grow (benchmarks/README.md). Queries
 with the same key (collection, k, nprobe) are concatenated; when a batch fails,
 every caller in it gets the error.
 """
@@ -35,8 +34,8 @@ class QueryBatcher:
         search_fn: returns (D, I, records) for a (nq, d) batch.
         max_batch_size: a dispatch takes no further requests once it holds this many queries, >= 1.
         max_in_flight: dispatches running at once, >= 1. One is best here: every dispatch already
-            runs on all shards in parallel, so fewer, larger batches serve more queries (1M faces,
-            2 shards on 2 cores: 325 vs 293 QPS at batch 1 with 8 clients, 603 vs 578 at batch 256).
+            runs on all shards in parallel, so fewer, larger batches serve more queries
+            (benchmarks/README.md).
     """
 
     def __init__(self, search_fn: SearchFn, *, max_batch_size: int = 256, max_in_flight: int = 1):

@@ -19,24 +19,28 @@ from dataclasses import dataclass
 
 import numpy as np
 import ray
-from gallery.v1 import gallery_pb2 as pb
 
+from cluster.api import convert
+from cluster.api.limits import (
+    CALL_TIMEOUT_S,
+    DEFAULT_K,
+    DEFAULT_MAX_FACES,
+    MAX_COMPARE_TARGET_FACES,
+    MAX_EXTERNAL_IMAGE_ID_LENGTH,
+    MAX_FACES_PER_IMAGE,
+    MAX_IMAGE_BYTES,
+    MAX_K,
+)
 from cluster.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from cluster.faces import MAX_IMAGE_BYTES, DetectedFace, InvalidImageError, quality_filter_threshold
+from cluster.faces import DetectedFace, InvalidImageError, quality_filter_threshold
 from cluster.faces.worker import ImageFaces
-from cluster.gateway.gallery import MAX_K, Gallery, SearchResults
+from cluster.gateway.gallery import Gallery, SearchResults
 from cluster.storage.records import FaceRecord
 from cluster.storage.s3_images import S3ImageReader, S3Object
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_FACES = 100  # faces detected per image when a request says 0, as Rekognition
-MAX_MAX_FACES = 1000
-MAX_COMPARE_TARGET_FACES = 100
-DEFAULT_K = 10
-MAX_EXTERNAL_IMAGE_ID_LENGTH = 255
 SMALL_FACE_PX = 20  # FaceNet has too few pixels to identify a face this small (see faces/quality.py)
-DEFAULT_CALL_TIMEOUT_S = 120.0
 
 Image = bytes | S3Object  # what a request gives: the image's bytes, or an S3 object to read
 
@@ -87,18 +91,6 @@ class Comparison:
     target_size: tuple[int, int]
 
 
-def face_detail(face: DetectedFace, width: int, height: int) -> pb.FaceDetail:
-    """A detected face as the FaceDetail stored with its record: box and landmarks as ratios of the image size."""
-    types = (pb.Landmark.EYE_RIGHT, pb.Landmark.EYE_LEFT, pb.Landmark.NOSE, pb.Landmark.MOUTH_RIGHT,
-             pb.Landmark.MOUTH_LEFT)  # DetectedFace's landmark order
-    return pb.FaceDetail(
-        bounding_box=pb.BoundingBox(left=face.x / width, top=face.y / height, width=face.width / width,
-                                    height=face.height / height),
-        landmarks=[pb.Landmark(type=t, x=float(x) / width, y=float(y) / height)
-                   for t, (x, y) in zip(types, face.landmarks)],
-        confidence=face.confidence, quality=face.quality)
-
-
 def unindexed_reasons(face: DetectedFace, min_quality: float) -> list[str]:
     """Why a face that was not embedded for IndexFaces was left out."""
     if face.quality < min_quality:
@@ -131,7 +123,7 @@ class FaceService:
     """
 
     def __init__(self, gallery: Gallery, workers: Sequence, *, s3: S3ImageReader | None = None,
-                 max_image_bytes: int = MAX_IMAGE_BYTES, call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S):
+                 max_image_bytes: int = MAX_IMAGE_BYTES, call_timeout_s: float = CALL_TIMEOUT_S):
         if gallery.model is None:
             raise ValueError("FaceService needs a Gallery built with model= (the face workers' EmbeddingModel)")
         if not workers:
@@ -218,7 +210,7 @@ class FaceService:
                                      f"this server embeds faces with {self.model.name}")
 
     @staticmethod
-    def _max_faces(max_faces: int, limit: int = MAX_MAX_FACES) -> int:
+    def _max_faces(max_faces: int, limit: int = MAX_FACES_PER_IMAGE) -> int:
         if not 0 <= max_faces <= limit:
             raise InvalidArgument(f"max_faces must be in [1, {limit}] (0 for {DEFAULT_MAX_FACES}), got {max_faces}")
         return max_faces or min(DEFAULT_MAX_FACES, limit)
@@ -295,8 +287,10 @@ class FaceService:
         faces = _embedded(found.faces)
         unindexed = [UnindexedFace(f, unindexed_reasons(f, min_quality))
                      for f in found.faces if getattr(f, "embedding", None) is None]
+        # A record keeps its face's FaceDetail serialized, as the store holds it (cluster/storage/records.py).
         records = [FaceRecord(str(uuid.uuid4()), external_image_id, uri, dict(metadata or {}),
-                              face_detail(f, found.width, found.height).SerializeToString()) for f in faces]
+                              convert.face_detail(f.box, f.landmarks, f.confidence, f.quality, found.width,
+                                                  found.height).SerializeToString()) for f in faces]
         if records:
             self.gallery.add(collection_id, records, np.stack([f.embedding for f in faces]))
         logger.info("%s: indexed %d faces of %s, %d left out", collection_id, len(records),

@@ -22,7 +22,7 @@ import threading
 import faiss
 import numpy as np
 
-MAX_K = 2048  # faiss's GPU k-selection limit; nprobe has the same one
+GPU_MAX_K = 2048  # faiss's GPU k-selection limit (GPU_MAX_SELECTION_K); nprobe has the same one
 MAX_DEAD = 1024
 _TEMP_MEMORY = 256 << 20  # scratch space of a device's searches; faiss allocates beyond it when a batch needs more
 
@@ -98,7 +98,7 @@ class GpuCopy:
         return faiss.index_cpu_to_gpu(_resources_for(self._device), self._device, index, options)
 
     def can_search(self, depth: int, nprobe: int) -> bool:
-        return depth + self.dead <= MAX_K and nprobe <= MAX_K
+        return depth + self.dead <= GPU_MAX_K and nprobe <= GPU_MAX_K
 
     def search(self, xq: np.ndarray, depth: int, nprobe: int) -> np.ndarray:
         """(nq, depth + dead) candidate labels by PQ score, dead faces among them."""

@@ -28,22 +28,22 @@ from cluster.storage.records import FaceBatch, FaceRecord
 
 logger = logging.getLogger(__name__)
 
-# Bounds the (queries, depth, d) float32 temporary of one re-rank step: 4 MB stays in cache, where
-# 16 MB did not (1M faces, batch 256: 0.088 vs 0.108 ms per query and partition).
+# Bounds the (queries, depth, d) float32 temporary of one re-rank step to 4 MB, which stays in cache,
+# where larger steps did not and ran slower (benchmarks/README.md).
 _RERANK_FLOATS = 1_000_000
 
 
 def exact_search(index: faiss.Index, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Searches a flat index with faiss's SIMD kernel only, so that a pair's score never depends on the batch.
 
-    faiss (1.15) scores with BLAS instead from `faiss.cvar.distance_compute_blas_threshold`
-    query floats per call (128000: 250 queries at 512-d), and over slices of the database
-    when a call has fewer queries than OpenMP threads and the database holds >= 10k
-    vectors. BLAS rounds differently (1e-7 here): a face's score would depend on the
-    queries batched with it and on how the collection is split across shards. Calls of
-    at most 16 queries, each with no more threads than queries, keep to the SIMD kernel.
-    Exact search only serves small collections; elsewhere (training, coarse assignment)
-    BLAS stays on.
+    faiss scores with BLAS instead from `faiss.cvar.distance_compute_blas_threshold`
+    query floats per call, and over slices of the database when a call has fewer queries
+    than OpenMP threads against a large database. BLAS rounds differently: a face's score
+    would depend on the queries batched with it and on how the collection is split across
+    shards. Calls of at most 16 queries, each with no more threads than queries, keep to
+    the SIMD kernel (tests/test_primitives.py fails otherwise; the thresholds of the faiss
+    version it was found with are in benchmarks/README.md). Exact search only serves small
+    collections; elsewhere (training, coarse assignment) BLAS stays on.
     """
     nq, d = xq.shape
     step = max(1, min(16, (faiss.cvar.distance_compute_blas_threshold - 1) // d))
@@ -178,9 +178,13 @@ class ShardIndex:
 
         Returns:
             D (nq, k) similarities and I (nq, k) labels, -1 where there are fewer than k faces.
+
+        Raises:
+            ValueError: xq is not (nq, d) with this partition's d.
+            StaleIndexVersion: `version` is neither the active version nor the one before it.
         """
-        nq, d = xq.shape
-        assert d == self.d, f"query dimension {d} != {self.d}"
+        if xq.ndim != 2 or xq.shape[1] != self.d:
+            raise ValueError(f"xq must be (nq, {self.d}) for this partition's dimension {self.d}, got shape {xq.shape}")
         with self._lock:
             if version == self.version:
                 index = self._index
@@ -215,7 +219,7 @@ class ShardIndex:
         for start in range(0, nq, chunk):
             labels = candidates[start:start + chunk]
             positions, valid = self._slots_and_liveness(labels)
-            # faiss decodes fp16 with SIMD, ~3x faster than numpy's astype (benchmarks/serving.py)
+            # faiss decodes fp16 with SIMD, faster than numpy's astype (benchmarks/README.md)
             stored = self._fp16.decode(codes[positions.ravel()]).reshape(len(labels), depth, self.d)
             scores = np.matmul(stored, xq[start:start + chunk, :, None])[:, :, 0]
             scores[~valid] = -np.inf

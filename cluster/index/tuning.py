@@ -2,10 +2,10 @@
 
 import math
 
-# Below this many faces a collection is searched exhaustively. 20k vectors at
-# 512-d take ~5 ms per query on one core, and it is the smallest size at which
-# the rules below get enough training points (k-means wants >= 39 per
-# centroid; 8-bit PQ codebooks want >= 256 * 39 ~ 10k).
+# Below this many faces a collection is searched exhaustively, which stays within a
+# batch-1 query's latency budget on one core (benchmarks/README.md), and it is the
+# smallest size at which the rules below get enough training points (k-means wants
+# >= 39 per centroid; 8-bit PQ codebooks want >= 256 * 39 ~ 10k).
 DEFAULT_TRAIN_THRESHOLD = 20_000
 
 # Retrain when a collection has grown this much past what its quantizer was
@@ -38,8 +38,8 @@ def training_sample_size(num_vectors: int, nlist: int) -> int:
     return min(num_vectors, max(40 * nlist, 10_000))
 
 
-# k-means iterations of the coarse quantizer: faiss's default 25 costs ~2.5x the time
-# for < 1% recall@10 once candidates are re-ranked (measured on clustered 512-d data).
+# k-means iterations of the coarse quantizer: faiss's default 25 costs more than twice
+# the time for under 1% of recall@10 once candidates are re-ranked (benchmarks/README.md).
 COARSE_KMEANS_ITERATIONS = 10
 
 

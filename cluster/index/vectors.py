@@ -1,28 +1,13 @@
-"""Embeddings on the wire (packed little-endian float32) and their validation."""
+"""Embeddings as the index keeps them: validated, normalised, rounded to fp16.
+
+Their wire format (packed little-endian float32) is `cluster.api.convert`'s.
+"""
 
 import numpy as np
 
+# Re-exported for tests/test_cli.py until it builds its messages with convert.embedding; then delete.
+from cluster.api.convert import decode, encode  # noqa: F401
 from cluster.errors import InvalidArgument
-
-_WIRE_DTYPE = np.dtype("<f4")
-
-
-def encode(x: np.ndarray) -> bytes:
-    """Packs one vector as little-endian float32 bytes."""
-    return np.ascontiguousarray(x, dtype=_WIRE_DTYPE).tobytes()
-
-
-def decode(values: bytes, dimension: int, *, expected_dimension: int, what: str = "embedding") -> np.ndarray:
-    """Unpacks one vector and checks it against the collection's dimension.
-
-    Raises:
-        InvalidArgument: wrong dimension, byte length not 4 * dimension.
-    """
-    if dimension != expected_dimension:
-        raise InvalidArgument(f"{what}: dimension is {dimension}, the collection's is {expected_dimension}")
-    if len(values) != 4 * dimension:
-        raise InvalidArgument(f"{what}: {len(values)} bytes given, 4 * dimension = {4 * dimension} expected")
-    return np.frombuffer(values, dtype=_WIRE_DTYPE).astype(np.float32)
 
 
 def normalize(x: np.ndarray, *, what: str = "embeddings") -> np.ndarray:

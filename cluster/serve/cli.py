@@ -1,25 +1,31 @@
-"""`gallery` command line: `gallery serve` runs the cluster; flags are `serve`'s keyword arguments."""
+"""`gallery` command line: `gallery serve` runs the cluster, `gallery token …` manages callers, `gallery audit …`
+reads the audit log. Each command's flags are its function's keyword arguments."""
 
 from __future__ import annotations
 
 import argparse
 import gc
-import inspect
+import ipaddress
 import logging
 import signal
+import socket
+import sys
 import threading
 
+import grpc
 import ray
 
+from cluster.api import flags
 from cluster.api.limits import MAX_IMAGE_BYTES, MAX_S3_IMAGE_BYTES
 from cluster.gateway.face_service import FaceService
 from cluster.gateway.gallery import Gallery
 from cluster.index import gpu, tuning
-from cluster.serve import runtime
+from cluster.serve import admin, runtime
 from cluster.serve.audit import AuditLog
 from cluster.serve.face_servicer import FaceGalleryServicer
-from cluster.serve.interceptors import AuditInterceptor, AuthInterceptor, load_tokens
+from cluster.serve.interceptors import TrustInterceptor
 from cluster.serve.server import running_server
+from cluster.serve.tokens import ROLES, TokenRegistry, admin_token_path, ensure_admin_token
 from cluster.shards.ray_shards import RayShards
 from cluster.storage.lease import StoreInUse, WriterLease
 from cluster.storage.manifest import UnsafeStore, check_store
@@ -33,7 +39,9 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
           port: int = 50051, s3_endpoint: str = "", shard_num_cpus: float = 1.0, shard_num_gpus: float = -1.0,
           train_threshold: int = tuning.DEFAULT_TRAIN_THRESHOLD, max_workers: int = 32, face_workers: int = 1,
           face_num_cpus: float = 1.0, face_num_gpus: float = -1.0, max_image_bytes: int = MAX_IMAGE_BYTES,
-          max_s3_image_bytes: int = MAX_S3_IMAGE_BYTES, auth_tokens_file: str = "", audit_store: str = "") -> None:
+          max_s3_image_bytes: int = MAX_S3_IMAGE_BYTES, audit_store: str = "", admin_token_file: str = "",
+          tls_cert: str = "", tls_key: str = "", tls_client_ca: str = "", tls_client_role: str = "searcher",
+          insecure: bool = False) -> None:
     """Serves gallery.v1 until SIGINT or SIGTERM.
 
     Args:
@@ -53,9 +61,18 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
         face_num_gpus: GPUs per face worker; -1: a share of the GPUs when Ray has some, else none.
         max_image_bytes: largest image accepted as bytes in a request.
         max_s3_image_bytes: largest image read from S3.
-        auth_tokens_file: JSON {"<token>": "<caller identity>"}; when set, every call needs a known bearer token.
         audit_store: where audit/ records go (a folder or s3://bucket[/prefix]); default: the store.
+        admin_token_file: where the admin token is written when the store has no admin yet (mode 0600);
+            default beside a local store (<store>.admin-token), else ./gallery-admin-token.
+        tls_cert: PEM certificate chain of the server; with tls_key, serves TLS.
+        tls_key: PEM private key of the server.
+        tls_client_ca: PEM CA certificates; when set, clients must present a certificate it signed (mutual
+            TLS), and a caller without a token is identified by its certificate's common name.
+        tls_client_role: role of callers identified by a client certificate (admin, enroller, searcher, auditor).
+        insecure: serve plaintext on an address other than loopback (tokens then cross the network in clear).
     """
+    credentials = _tls_credentials(host, tls_cert, tls_key, tls_client_ca, tls_client_role, insecure)
+    _check_port_free(host, port)
     # Both stores are opened first, so that one that cannot be a store stops serve before the lease and Ray.
     object_store = ObjectStore(store, s3_endpoint=s3_endpoint or None)
     audit_object_store = ObjectStore(audit_store, s3_endpoint=s3_endpoint or None) if audit_store else object_store
@@ -75,22 +92,27 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
         face_actors = runtime.start_face_workers(face_workers, num_cpus=face_num_cpus, num_gpus=face_gpus)
         model = ray.get(face_actors[0].ready.remote())
     gallery = Gallery(object_store, shards, model=model, default_train_threshold=train_threshold, lease=lease)
-    tokens = load_tokens(auth_tokens_file) if auth_tokens_file else None
+    tokens = TokenRegistry(object_store)
+    token_path = admin_token_file or admin_token_path(store)
+    if ensure_admin_token(tokens, token_path):
+        print(f"created the admin token: {token_path} (mode 0600; `gallery token create` makes others)", flush=True)
     audit = AuditLog(audit_object_store)
-    interceptors = [AuditInterceptor(audit, tokens)] + ([AuthInterceptor(tokens)] if tokens else [])
+    interceptors = [TrustInterceptor(audit, tokens, certificate_role=tls_client_role if tls_client_ca else None)]
     faces = FaceService(gallery, face_actors, s3=S3ImageReader(s3_endpoint or None, max_bytes=max_s3_image_bytes),
                         max_image_bytes=max_image_bytes) if face_actors else None
-    # The ~260k objects alive after start-up (Ray, protobuf, FAISS wrappers) never become garbage; moved
-    # out of the collector's reach, they no longer make each full collection walk them: the shards'
-    # records unpickled for every batch trigger those (1M faces, batch 256: 0.22 vs 0.28 gateway CPU ms per query).
+    # The objects alive after start-up (Ray, protobuf, FAISS wrappers) never become garbage; moved out of
+    # the collector's reach, they no longer make each full collection walk them, and the shards' records
+    # unpickled for every batch trigger many collections (benchmarks/README.md).
     gc.freeze()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with running_server(gallery, f"{host}:{port}", max_workers=max_workers, interceptors=interceptors,
-                        servicer=FaceGalleryServicer(gallery, faces)) as (_, bound):
-        print(f"gallery.v1 serving on {host}:{bound} (store {store}, {num_shards} shards, "
-              f"{face_workers} face workers{f' with {model.name}' if model else ''})", flush=True)
+                        servicer=FaceGalleryServicer(gallery, faces, audit_object_store),
+                        credentials=credentials) as (_, bound):
+        print(f"gallery.v1 serving on {host}:{bound} ({'TLS' if credentials else 'plaintext'}; store {store}, "
+              f"{num_shards} shards, {face_workers} face workers{f' with {model.name}' if model else ''}; "
+              f"admin token in {token_path})", flush=True)
         # A signal that lands on another thread runs its Python handler only once the main thread runs
         # Python again: an endless wait here could leave SIGTERM unanswered (seen once in CI).
         while not stop.wait(timeout=0.5):
@@ -113,32 +135,100 @@ def gpus_per_actor(num_shards: int, shard_num_gpus: float, face_workers: int, fa
     return (share if auto_shards else max(shard_num_gpus, 0.0)), (share if auto_faces else face_num_gpus)
 
 
-def _add_arguments(parser: argparse.ArgumentParser, fn) -> None:
-    """One --flag per keyword argument, typed and defaulted from the signature."""
-    docs = {}
-    for line in inspect.getdoc(fn).splitlines():
-        name, sep, text = line.strip().partition(": ")
-        if sep and name.isidentifier():
-            docs[name] = text
-    for name, param in inspect.signature(fn).parameters.items():
-        flag, help_text = f"--{name.replace('_', '-')}", f"{docs.get(name, '')} (default: %(default)s)"
-        if isinstance(param.default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=param.default, help=help_text)
-        else:
-            parser.add_argument(flag, type=type(param.default), default=param.default, help=help_text)
+def _tls_credentials(host: str, cert: str, key: str, client_ca: str, client_role: str,
+                     insecure: bool) -> grpc.ServerCredentials | None:
+    """The server's TLS credentials, or None for plaintext, which only loopback or --insecure allows."""
+    if bool(cert) != bool(key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    if client_ca and not cert:
+        raise ValueError("--tls-client-ca needs --tls-cert and --tls-key (mutual TLS is TLS)")
+    if client_role not in ROLES:
+        raise ValueError(f"--tls-client-role {client_role!r}: one of {', '.join(ROLES)}")
+    if not cert:
+        if not insecure and not _is_loopback(host):
+            raise ValueError(f"refusing plaintext on {host}: tokens would cross the network in clear; give "
+                             "--tls-cert and --tls-key, or --insecure to accept that")
+        return None
+    with open(cert, "rb") as c, open(key, "rb") as k:
+        pair = [(k.read(), c.read())]
+    root = open(client_ca, "rb").read() if client_ca else None
+    return grpc.ssl_server_credentials(pair, root_certificates=root, require_client_auth=bool(client_ca))
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fails at once, before Ray starts, when another process listens on the port (the server binds it again)."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as e:
+            raise OSError(f"cannot serve on {host}:{port}: {e.strerror} (is another gallery serve there?)") from e
+
+
+# Commands, and groups of commands, by name: `gallery serve`, `gallery token create`, …
+COMMANDS = {
+    "serve": serve,
+    "token": {"create": admin.token_create, "list": admin.token_list, "revoke": admin.token_revoke},
+    "audit": {"verify": admin.audit_verify, "query": admin.audit_query},
+}
+
+
+def _summary(fn) -> str:
+    return fn.__doc__.partition("\n")[0]
+
+
+def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The `gallery` parser, and each command's own parser by its full name ("serve", "token create")."""
+    top = argparse.ArgumentParser(prog="gallery", description="gallery-search: face-gallery search cluster")
+    commands = top.add_subparsers(dest="command", required=True)
+    parsers = {}
+    for name, target in COMMANDS.items():
+        if callable(target):
+            parsers[name] = flags.add_arguments(
+                commands.add_parser(name, help=_summary(target), description=_summary(target)), target)
+            continue
+        group = commands.add_parser(name, help=f"{name} commands: {', '.join(target)}")
+        subcommands = group.add_subparsers(dest="subcommand", required=True)
+        for sub, fn in target.items():
+            parsers[f"{name} {sub}"] = flags.add_arguments(
+                subcommands.add_parser(sub, help=_summary(fn), description=_summary(fn)), fn)
+    return top, parsers
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[str, dict]:
+    """The command's full name and its keyword arguments. A flag the command does not have is reported with
+    that command's usage (argparse would report it with the top level's, which lists no flags)."""
+    top, commands = parser()
+    args, unknown = top.parse_known_args(argv)
+    kwargs = vars(args)
+    command = kwargs.pop("command")
+    if "subcommand" in kwargs:
+        command = f"{command} {kwargs.pop('subcommand')}"
+    if unknown:
+        commands[command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    return command, kwargs
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="gallery", description="gallery-search: face-gallery search cluster")
-    commands = parser.add_subparsers(dest="command", required=True)
-    _add_arguments(commands.add_parser("serve", help=serve.__doc__.splitlines()[0]), serve)
-    args = vars(parser.parse_args(argv))
+    command, kwargs = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    command = args.pop("command")
+    group, _, sub = command.partition(" ")
+    fn = COMMANDS[group][sub] if sub else COMMANDS[group]
     try:
-        {"serve": serve}[command](**args)
-    except (StoreInUse, UnsafeStore, UnusableStore) as e:
-        parser.exit(1, f"gallery {command}: {e}\n")
+        result = fn(**kwargs)
+    except (StoreInUse, UnsafeStore, UnusableStore, OSError, ValueError) as e:
+        sys.exit(f"gallery {command}: {e}")
+    if command == "audit verify" and not result.intact:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -8,16 +8,12 @@ import logging
 import grpc
 from gallery.v1 import gallery_pb2 as pb
 
-from cluster.gateway.face_service import FaceService, face_detail
+from cluster.api import convert
+from cluster.faces import DetectedFace
+from cluster.gateway.face_service import FaceService
 from cluster.gateway.gallery import Gallery
-from cluster.serve.servicer import (
-    GalleryServicer,
-    _deadline,
-    _status_errors,
-    add_candidates,
-    calibration_message,
-    face_message,
-)
+from cluster.serve.servicer import GalleryServicer, _deadline, _status_errors
+from cluster.storage.object_store import ObjectStore
 from cluster.storage.s3_images import S3Object
 
 logger = logging.getLogger(__name__)
@@ -35,6 +31,10 @@ def _image(message: pb.Image) -> bytes | S3Object | None:
         o = message.s3_object
         return S3Object(o.bucket, o.name, o.version)
     return None
+
+
+def _detail(face: DetectedFace, width: float, height: float) -> pb.FaceDetail:
+    return convert.face_detail(face.box, face.landmarks, face.confidence, face.quality, width, height)
 
 
 def _quality_filter(value: int) -> str:
@@ -64,17 +64,18 @@ class FaceGalleryServicer(GalleryServicer):
     Args:
         gallery: the collections.
         faces: the image requests; None answers the face RPCs with UNIMPLEMENTED.
+        audit_store: where the audit log is, for QueryAuditLog.
     """
 
-    def __init__(self, gallery: Gallery, faces: FaceService | None):
-        super().__init__(gallery)
+    def __init__(self, gallery: Gallery, faces: FaceService | None, audit_store: ObjectStore | None = None):
+        super().__init__(gallery, audit_store)
         self.faces = faces
 
     @_face_rpc
     @_status_errors
     def DetectFaces(self, request, context):
         found = self.faces.detect(_image(request.image), max_faces=request.max_faces, timeout_s=_deadline(context))
-        return pb.DetectFacesResponse(faces=[face_detail(f, found.width, found.height) for f in found.faces],
+        return pb.DetectFacesResponse(faces=[_detail(f, found.width, found.height) for f in found.faces],
                                       image_width=found.width,
                                       image_height=found.height)
 
@@ -85,10 +86,10 @@ class FaceGalleryServicer(GalleryServicer):
             request.collection_id, _image(request.image), external_image_id=request.external_image_id,
             max_faces=request.max_faces, quality_filter=_quality_filter(request.quality_filter),
             metadata=dict(request.metadata), timeout_s=_deadline(context))
-        unindexed = [pb.UnindexedFace(detail=face_detail(u.face, indexed.width, indexed.height),
+        unindexed = [pb.UnindexedFace(detail=_detail(u.face, indexed.width, indexed.height),
                                       reasons=[pb.UnindexedFace.Reason.Value(r) for r in u.reasons])
                      for u in indexed.unindexed]
-        return pb.IndexFacesResponse(indexed_faces=[face_message(r) for r in indexed.indexed],
+        return pb.IndexFacesResponse(indexed_faces=[convert.face_message(r) for r in indexed.indexed],
                                      unindexed_faces=unindexed, embedding_model=self.faces.model.name)
 
     @_face_rpc
@@ -100,10 +101,10 @@ class FaceGalleryServicer(GalleryServicer):
             quality_filter=_quality_filter(request.quality_filter), timeout_s=_deadline(context))
         results = search.results
         response = pb.SearchFacesByImageResponse(gallery_size=results.gallery_size,
-                                                 calibration=calibration_message(results.calibration))
+                                                 calibration=convert.calibration_message(results.calibration))
         for face, candidates in zip(search.faces, results.candidates):
-            add_candidates(response.results.add(searched_face=face_detail(face, search.width, search.height)).candidates,
-                           candidates)
+            searched = response.results.add(searched_face=_detail(face, search.width, search.height))
+            convert.add_candidates(searched.candidates, candidates)
         return response
 
     @_face_rpc
@@ -113,8 +114,8 @@ class FaceGalleryServicer(GalleryServicer):
                                                   min_similarity=_optional(request, "min_similarity"),
                                                   timeout_s=_deadline(context))
         response = pb.SearchFacesResponse(searched_face_id=record.face_id, gallery_size=results.gallery_size,
-                                          calibration=calibration_message(results.calibration))
-        add_candidates(response.candidates, results.candidates[0])
+                                          calibration=convert.calibration_message(results.calibration))
+        convert.add_candidates(response.candidates, results.candidates[0])
         return response
 
     @_face_rpc
@@ -125,7 +126,7 @@ class FaceGalleryServicer(GalleryServicer):
                                      timeout_s=_deadline(context))
         tw, th = c.target_size
         return pb.CompareFacesResponse(
-            source_face=face_detail(c.source, *c.source_size),
-            face_matches=[pb.CompareFacesMatch(face=face_detail(m.face, tw, th), similarity=m.similarity,
+            source_face=_detail(c.source, *c.source_size),
+            face_matches=[pb.CompareFacesMatch(face=_detail(m.face, tw, th), similarity=m.similarity,
                                                false_match_rate=m.false_match_rate) for m in c.matches],
-            unmatched_faces=[face_detail(f, tw, th) for f in c.unmatched])
+            unmatched_faces=[_detail(f, tw, th) for f in c.unmatched])

@@ -1,8 +1,8 @@
 """Direct connections from the gateway to the shard workers, for searches; Ray keeps the workers' lifecycle.
 
-A Ray actor call costs the gateway ~1 ms of CPU in Ray's native threads (0.9 ms
-p50 to fan a no-op out to two workers on 2 cores), a third of the latency
-budget of a batch-1 query. So each ShardWorker also serves searches on sockets
+A Ray actor call costs the gateway about a millisecond of CPU in Ray's native
+threads, a large share of the latency budget of a batch-1 query
+(benchmarks/README.md). So each ShardWorker also serves searches on sockets
 of its own: a Unix socket for gateways on its node (in Linux's abstract
 namespace, so it is shared by the containers of a pod and vanishes with the
 process) and, opened when a gateway on another node asks, TCP on its node's

@@ -69,6 +69,22 @@ def check_key(key: str, *, prefix: bool = False) -> str:
     return key
 
 
+def s3_filesystem(endpoint: str | None = None) -> pafs.S3FileSystem:
+    """The pyarrow filesystem of an S3 endpoint, for stores and job files alike.
+
+    Args:
+        endpoint: endpoint URL of an S3-compatible store ("http://127.0.0.1:8333", or a host, taken as
+            https); None or "" for AWS_ENDPOINT_URL, else AWS. The region is AWS_REGION, else
+            AWS_DEFAULT_REGION, else us-east-1.
+    """
+    endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL")
+    options = {"region": os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))}
+    if endpoint:
+        url = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+        options.update(endpoint_override=url.netloc, scheme=url.scheme)
+    return pafs.S3FileSystem(**options)
+
+
 def object_key(*names: str) -> str:
     """Joins safe names into a key ("collections", "staff", "manifest.json"); UnsafeKey for any other name."""
     return "/".join(check_name(n, "object name") for n in names)
@@ -94,12 +110,7 @@ class ObjectStore:
         self.uri = uri
         parsed = urlparse(uri)
         if parsed.scheme == "s3":
-            endpoint = s3_endpoint or os.environ.get("AWS_ENDPOINT_URL")
-            options = {"region": os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))}
-            if endpoint:
-                endpoint_url = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
-                options.update(endpoint_override=endpoint_url.netloc, scheme=endpoint_url.scheme)
-            self.fs: pafs.FileSystem = pafs.S3FileSystem(**options)
+            self.fs: pafs.FileSystem = s3_filesystem(s3_endpoint)
             self.root = f"{parsed.netloc}{parsed.path}".rstrip("/")
             self.is_local = False
         elif parsed.scheme in ("", "file"):

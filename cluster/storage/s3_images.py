@@ -1,10 +1,18 @@
-"""Reading the images that image requests name as S3 objects, with the size cap checked first."""
+"""Reading images from S3 for the face RPCs and the enrollment jobs, with the size cap checked first.
+
+One boto3 client per reader, thread-safe, so that a request's S3 object, or the images a fetch task
+reads in threads, go through one connection pool. Objects are refused from their size before their
+body is read. Errors say what the caller can do: `ImageNotFound` and `ImageTooLarge` (kinds of
+InvalidArgument), InvalidArgument for an object that cannot be read (access denied, a bad bucket
+name), Unavailable when S3 could not be reached, after `retries` retries with exponential backoff.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 
 from cluster.api.limits import MAX_S3_IMAGE_BYTES
@@ -12,9 +20,18 @@ from cluster.errors import InvalidArgument, Unavailable
 
 logger = logging.getLogger(__name__)
 
-# S3 error codes that mean the caller named something unreadable, not that S3 is down.
-_CALLER_ERRORS = {"NoSuchKey", "NoSuchBucket", "NoSuchVersion", "InvalidBucketName", "AccessDenied",
-                  "InvalidArgument", "404", "403", "400"}
+# S3 error codes that mean the object named is not there, and others that mean it cannot be read by this
+# caller: the request's problem, not S3 being down.
+_NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "NoSuchVersion", "404"}
+_CALLER_ERRORS = {"InvalidBucketName", "AccessDenied", "InvalidArgument", "403", "400"}
+
+
+class ImageNotFound(InvalidArgument):
+    """No object at the bucket, key and version given."""
+
+
+class ImageTooLarge(InvalidArgument):
+    """An object over the reader's `max_bytes`."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +47,18 @@ class S3Object:
         """s3://bucket/name, with ?versionId= when a version is given."""
         return f"s3://{self.bucket}/{self.name}" + (f"?versionId={self.version}" if self.version else "")
 
+    @classmethod
+    def from_uri(cls, uri: str) -> S3Object:
+        """The latest version of `s3://bucket/key`.
+
+        Raises:
+            InvalidArgument: another scheme, or no bucket or key.
+        """
+        bucket, _, key = uri.removeprefix("s3://").partition("/")  # a key may hold "?" or "#": no URL parsing
+        if not uri.startswith("s3://") or not bucket or not key:
+            raise InvalidArgument(f"{uri!r}: an S3 image URI is s3://bucket/key")
+        return cls(bucket, key)
+
 
 class S3ImageReader:
     """Reads whole S3 objects up to a size limit, through one thread-safe boto3 client.
@@ -37,17 +66,28 @@ class S3ImageReader:
     Args:
         endpoint: S3 endpoint URL for S3-compatible stores; default AWS_ENDPOINT_URL, else AWS.
         max_bytes: largest object read, in bytes (15 MiB by default, as Rekognition).
+        retries: times a read that failed with Unavailable is tried again, >= 0.
+        backoff_s: wait before the first retry, doubled before each next one.
+        max_connections: connections kept to S3: as many as the threads reading at once.
 
     Example:
         >>> reader = S3ImageReader("http://127.0.0.1:9000")
         >>> data = reader.read(S3Object("photos", "2024/visit.jpg"))
     """
 
-    def __init__(self, endpoint: str | None = None, *, max_bytes: int = MAX_S3_IMAGE_BYTES):
+    def __init__(self, endpoint: str | None = None, *, max_bytes: int = MAX_S3_IMAGE_BYTES, retries: int = 0,
+                 backoff_s: float = 0.5, max_connections: int = 10):
         if max_bytes < 1:
             raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {max_connections}")
         self.endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL") or None
         self.max_bytes = max_bytes
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.max_connections = max_connections
         self._client = None
         self._lock = threading.Lock()
 
@@ -55,22 +95,37 @@ class S3ImageReader:
         with self._lock:  # boto3 clients are thread-safe, creating them is not
             if self._client is None:
                 import boto3
+                import botocore.config
 
-                self._client = boto3.session.Session().client("s3", endpoint_url=self.endpoint)
+                self._client = boto3.session.Session().client(
+                    "s3", endpoint_url=self.endpoint,
+                    config=botocore.config.Config(max_pool_connections=self.max_connections))
             return self._client
 
     def read(self, obj: S3Object) -> bytes:
         """The object's bytes.
 
         Raises:
-            InvalidArgument: no bucket or key, an object that does not exist or cannot be read,
-                or one over `max_bytes` (refused from its size, before its body is read).
-            Unavailable: S3 could not be reached.
+            ImageNotFound: no such object, bucket or version.
+            ImageTooLarge: an object over `max_bytes`, refused from its size before its body is read.
+            InvalidArgument: no bucket or key, or an object that cannot be read (access denied, …).
+            Unavailable: S3 could not be reached, `retries` + 1 times.
         """
-        import botocore.exceptions
-
         if not obj.bucket or not obj.name:
             raise InvalidArgument(f"s3_object: bucket and name are required, got {obj.uri!r}")
+        for attempt in range(self.retries + 1):
+            try:
+                return self._read_once(obj)
+            except Unavailable as e:
+                if attempt == self.retries:
+                    raise
+                logger.warning("%s; retrying", e)
+                time.sleep(self.backoff_s * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _read_once(self, obj: S3Object) -> bytes:
+        import botocore.exceptions
+
         kwargs = {"Bucket": obj.bucket, "Key": obj.name}
         if obj.version:
             kwargs["VersionId"] = obj.version
@@ -80,21 +135,22 @@ class S3ImageReader:
             try:
                 size = int(response.get("ContentLength", 0))
                 if size > self.max_bytes:
-                    raise InvalidArgument(f"image {obj.uri} is {size} bytes, over the limit of "
-                                          f"{self.max_bytes} bytes for S3 objects")
+                    raise ImageTooLarge(f"image {obj.uri} is {size} bytes, over the limit of "
+                                        f"{self.max_bytes} bytes for S3 objects")
                 # Read one byte past the cap so that a wrong Content-Length cannot smuggle in more.
                 data = body.read(self.max_bytes + 1)
             finally:
                 body.close()
         except botocore.exceptions.ClientError as e:
-            code = str(e.response.get("Error", {}).get("Code", ""))
-            if code in _CALLER_ERRORS:
-                raise InvalidArgument(f"image {obj.uri} cannot be read: {code} "
-                                      f"({e.response.get('Error', {}).get('Message', '')})") from e
+            error = e.response.get("Error", {})
+            code = str(error.get("Code", ""))
+            if code in _NOT_FOUND or code in _CALLER_ERRORS:
+                kind = ImageNotFound if code in _NOT_FOUND else InvalidArgument
+                raise kind(f"image {obj.uri} cannot be read: {code} ({error.get('Message', '')})") from e
             raise Unavailable(f"reading image {obj.uri} failed: {e}") from e
         except botocore.exceptions.BotoCoreError as e:
             raise Unavailable(f"reading image {obj.uri} failed: {e}") from e
         if len(data) > self.max_bytes:
-            raise InvalidArgument(f"image {obj.uri} is over the limit of {self.max_bytes} bytes for S3 objects")
+            raise ImageTooLarge(f"image {obj.uri} is over the limit of {self.max_bytes} bytes for S3 objects")
         logger.debug("read %s (%d bytes)", obj.uri, len(data))
         return data

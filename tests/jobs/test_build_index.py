@@ -32,10 +32,10 @@ def test_build_index_when_due_while_searching(gateway):
 
         assert not build_index("c", gateway).built  # under the train threshold
         with pytest.raises(grpc.RpcError) as e:
-            client.stub.BuildIndex(pb.BuildIndexRequest(collection_id="c"))
+            client.build_index("c")
         assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "256" in e.value.details()
         with pytest.raises(grpc.RpcError) as e:
-            client.stub.BuildIndex(pb.BuildIndexRequest(collection_id="nope"))
+            client.build_index("nope")
         assert e.value.code() == grpc.StatusCode.NOT_FOUND
 
         client.add("c", [f"f{i}" for i in range(200, 400)], xb[200:400])  # the gateway starts training by itself
@@ -50,7 +50,7 @@ def test_build_index_when_due_while_searching(gateway):
             with GalleryClient(gateway) as searcher:
                 while not stop.is_set():
                     try:
-                        _, ids = searcher.search("c", xb[:8], k=5)
+                        _, ids = searcher.search("c", xb[:8], k=5, purpose="test", case_id="t-1")
                         searched.append(all(len(found) == 5 for found in ids))
                     except grpc.RpcError as error:
                         failures.append(error.code())
@@ -67,7 +67,7 @@ def test_build_index_when_due_while_searching(gateway):
         assert failures == [] and searched and all(searched)
         described = client.describe("c")
         assert described.index_state == pb.INDEX_STATE_IVF_PQ and described.trained_on == 900
-        _, ids = client.search("c", xb[[3, 500]], k=1)
+        _, ids = client.search("c", xb[[3, 500]], k=1, purpose="test", case_id="t-1")
         assert [found[0] for found in ids] == ["f3", "f500"]
         assert build_index("c", gateway, force=True).reason == "forced"
 

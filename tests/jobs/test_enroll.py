@@ -1,7 +1,7 @@
 """Bulk enrollment end to end: real photos and broken rows on a real S3 server, a real gateway, local Ray.
 
-- enroll a manifest from S3, check faces, segments and errors; run it again (nothing twice);
-- kill a running job and run it again (nothing lost, committed segments not redone);
+- enroll a manifest from S3, check faces, the chunks' output and errors; run it again (nothing twice);
+- kill a running job and run it again (nothing lost, committed chunks not redone);
 - `ray job submit` against a `ray start --head` of its own.
 """
 
@@ -96,7 +96,7 @@ def test_enroll_from_s3_reports_errors_and_never_enrolls_twice(s3_server, s3_buc
     assert (summary.faces_enrolled, summary.faces_already_enrolled) == (10, 1)
     assert summary.rows_failed == {"bad_row": 1, "invalid_image": 2, "low_quality": 1, "missing_object": 1,
                                    "no_face": 1}
-    assert summary.segments_committed == 4  # rows 0-3, 4-6 of part-0; 0-3, 4-5 of part-1
+    assert summary.chunks_committed == 4  # rows 0-3, 4-6 of part-0; 0-3, 4-5 of part-1
     assert summary.index.startswith("not built")  # 10 faces: exact search
 
     faces, _ = gallery.list_faces("staff", ALL_FACES, include_embeddings=True)
@@ -128,7 +128,7 @@ def test_enroll_from_s3_reports_errors_and_never_enrolls_twice(s3_server, s3_buc
                        f"s3://{s3_bucket}/images/biden.jpg": "bad_row"}
     assert all(e["message"] and e["manifest"].endswith("part-1.parquet") for e in errors)
 
-    again = enroll(**job)  # the same manifest: every segment is committed
+    again = enroll(**job)  # the same manifest: every chunk is committed
     assert (again.rows_already_committed, again.rows_processed, again.faces_enrolled) == (13, 0, 0)
 
     # Without the job state everything is redone, and the stable face ids keep it from enrolling anything twice.
@@ -168,7 +168,7 @@ def test_killed_job_resumes_without_losing_or_repeating_faces(tmp_path, gallery,
                 assert job.poll() is None, f"the job ended early:\n{log_path.read_text()[-3000:]}"
                 return len(list(state.glob("*.json"))) >= 2
 
-            wait_until(two_committed, 180, "two committed segments")
+            wait_until(two_committed, 180, "two committed chunks")
         finally:
             job.kill()  # SIGKILL: no cleanup, as when a node is lost
             job.wait(30)

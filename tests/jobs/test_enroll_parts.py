@@ -1,10 +1,11 @@
-"""The plain parts of enrollment, without Ray: manifests, fetching, embedding, segments, commit messages, rules."""
+"""The plain parts of enrollment, without Ray: image manifests, fetching, embedding, chunks, commit messages, rules."""
 
 from __future__ import annotations
 
 import logging
 import time
 
+import boto3
 import enroll_data as data
 import numpy as np
 import pyarrow as pa
@@ -12,16 +13,15 @@ import pyarrow.parquet as pq
 import pytest
 from gallery.v1 import gallery_pb2 as pb
 
-from cluster.faces import MAX_S3_IMAGE_BYTES, Face
+from cluster.faces import Face
 from jobs.build_index import needs_index
 from jobs.commit import new_faces
 from jobs.embed import FaceEmbedder, face_id
 from jobs.enroll import _check_model, default_num_actors
-from jobs.fetch import MAX_S3_IMAGE_BYTES as FETCH_LIMIT
 from jobs.fetch import fetch_images, read_image
-from jobs.manifests import ROW_SCHEMA, plan_segments, read_rows, read_tasks
+from jobs.image_manifests import ROW_SCHEMA, plan_chunks, read_rows, read_tasks
+from jobs.job_state import chunk_errors, chunk_faces
 from jobs.progress import Progress
-from jobs.segments import segment_errors, segment_faces
 
 
 @pytest.fixture(scope="module")
@@ -36,36 +36,36 @@ def _manifest(tmp_path, rows: list[dict], row_group_size: int = 1000):
     return folder
 
 
-def _rows(manifest, rows_per_segment: int = 100) -> pa.Table:
-    return read_rows(pa.Table.from_pylist(read_tasks(plan_segments(str(manifest), rows_per_segment))))
+def _rows(manifest, rows_per_chunk: int = 100) -> pa.Table:
+    return read_rows(pa.Table.from_pylist(read_tasks(plan_chunks(str(manifest), rows_per_chunk))))
 
 
-def test_segments_follow_row_groups_and_rows_keep_their_origin(tmp_path):
+def test_chunks_follow_row_groups_and_rows_keep_their_origin(tmp_path):
     rows = [{"image_uri": f"img/{i}.jpg", "external_image_id": f"e{i}", "person_id": f"p{i % 2}",
              "year": 2000 + i, "note": None if i % 3 else "x"} for i in range(7)]
     manifest = _manifest(tmp_path, rows, row_group_size=3)
 
-    segments = plan_segments(str(manifest), rows_per_segment=2)
+    chunks = plan_chunks(str(manifest), rows_per_chunk=2)
 
-    assert [(s.row_group, s.start, s.stop) for s in segments] == [(0, 0, 2), (0, 2, 3), (1, 3, 5), (1, 5, 6), (2, 6, 7)]
-    assert len({s.key for s in segments}) == 5 and segments == plan_segments(str(manifest), rows_per_segment=2)
-    out = read_rows(pa.Table.from_pylist(read_tasks(segments[1:4])))
+    assert [(c.row_group, c.start, c.stop) for c in chunks] == [(0, 0, 2), (0, 2, 3), (1, 3, 5), (1, 5, 6), (2, 6, 7)]
+    assert len({c.key for c in chunks}) == 5 and chunks == plan_chunks(str(manifest), rows_per_chunk=2)
+    out = read_rows(pa.Table.from_pylist(read_tasks(chunks[1:4])))
     assert out.schema == ROW_SCHEMA
     assert out.column("manifest_row").to_pylist() == [2, 3, 4, 5]
     assert out.column("image_uri")[0].as_py() == str(manifest / "img" / "2.jpg")  # relative to the manifest
     assert out.column("person_id").to_pylist() == ["p0", "p1", "p0", "p1"]
     assert [dict(m) for m in out.column("metadata").to_pylist()] == [
         {"year": "2002"}, {"year": "2003", "note": "x"}, {"year": "2004"}, {"year": "2005"}]
-    assert out.column("segment_rows").to_pylist() == [1, 2, 2, 1]
+    assert out.column("chunk_rows").to_pylist() == [1, 2, 2, 1]
 
 
 def test_manifest_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="external_image_id"):
-        plan_segments(str(_manifest(tmp_path, [{"image_uri": "a.jpg"}])), rows_per_segment=10)
-    with pytest.raises(ValueError, match="rows_per_segment"):
-        plan_segments(str(tmp_path / "manifest"), rows_per_segment=0)
+        plan_chunks(str(_manifest(tmp_path, [{"image_uri": "a.jpg"}])), rows_per_chunk=10)
+    with pytest.raises(ValueError, match="rows_per_chunk"):
+        plan_chunks(str(tmp_path / "manifest"), rows_per_chunk=0)
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        plan_segments(str(tmp_path / "nowhere"), rows_per_segment=10)
+        plan_chunks(str(tmp_path / "nowhere"), rows_per_chunk=10)
 
 
 def test_fetch_gives_a_reason_per_row(tmp_path):
@@ -83,7 +83,23 @@ def test_fetch_gives_a_reason_per_row(tmp_path):
     assert out.column("image")[0].as_py() == data.photo("obama.jpg") and out.column("image")[1].as_py() == b""
     assert len(out.column("image_sha256")[0].as_py()) == 64
     assert read_image(str(tmp_path / "a.jpg"), max_bytes=1000)[1] == "too_large"
-    assert FETCH_LIMIT == MAX_S3_IMAGE_BYTES
+
+
+def test_fetch_reads_s3_objects_with_the_gateways_reader(s3_server, s3_bucket):
+    s3 = boto3.client("s3", endpoint_url=s3_server)  # credentials: the environment the s3_bucket fixture sets
+    s3.put_object(Bucket=s3_bucket, Key="a.jpg", Body=b"x" * 1000)
+
+    def read(uri: str, max_bytes: int = 1000) -> tuple[str, str]:
+        data, reason, message = read_image(uri, s3_endpoint=s3_server, max_bytes=max_bytes)
+        assert (data == b"x" * 1000) == (reason == "")
+        return reason, message
+
+    assert read(f"s3://{s3_bucket}/a.jpg") == ("", "")
+    assert read(f"s3://{s3_bucket}/a.jpg", max_bytes=999)[0] == "too_large"
+    assert read(f"s3://{s3_bucket}/gone.jpg")[0] == "missing_object"
+    reason, message = read("s3://no-such-bucket/a.jpg")
+    assert reason == "missing_object" and "s3://no-such-bucket/a.jpg cannot be read: NoSuchBucket" in message
+    assert read("s3://bucket-only")[0] == "unreadable"
 
 
 def test_embedder_reasons_faces_and_stable_ids(tmp_path, embedder):
@@ -102,7 +118,7 @@ def test_embedder_reasons_faces_and_stable_ids(tmp_path, embedder):
     assert out.column("faces_detected").to_pylist()[:3] == [6, 1, 0]
     assert out.column("faces_below_quality").to_pylist()[:2] == [1, 1]
     assert "truncated" in out.column("message")[3].as_py() and "not a JPEG" in out.column("message")[4].as_py()
-    faces = segment_faces(out)
+    faces = chunk_faces(out)
     assert faces.num_rows == 5 + 1 + 1
     group = faces.filter(pa.compute.equal(faces.column("external_image_id"), "group.jpg"))
     assert group.column("face_index").to_pylist() == [0, 2, 3, 4, 5]  # index 1, the near-profile, is left out
@@ -113,7 +129,7 @@ def test_embedder_reasons_faces_and_stable_ids(tmp_path, embedder):
     obama = faces.slice(faces.num_rows - 2).to_pylist()
     assert obama[0]["face_id"] != obama[1]["face_id"]
     assert np.allclose(obama[0]["embedding"], obama[1]["embedding"])
-    errors = segment_errors(out)
+    errors = chunk_errors(out)
     assert errors.column("reason").to_pylist() == ["low_quality", "no_face", "invalid_image", "invalid_image"]
     assert errors.column("external_image_id").to_pylist() == ["small.jpg", "sky.png", "cut.jpg", "notes.jpg"]
 
@@ -134,7 +150,7 @@ def test_new_faces_carry_detail_metadata_and_embedding(tmp_path, embedder):
     (tmp_path / "obama.jpg").write_bytes(data.photo("obama.jpg"))
     manifest = _manifest(tmp_path, [{"image_uri": str(tmp_path / "obama.jpg"), "external_image_id": "o1",
                                      "person_id": "obama", "site": "hq"}])
-    faces = segment_faces(embedder(fetch_images(_rows(manifest))))
+    faces = chunk_faces(embedder(fetch_images(_rows(manifest))))
 
     (face,) = new_faces(faces)
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-
 from jobs.manifests import plan_segments, read_rows, read_tasks
+
 from jobs.sample_manifest import IMAGES, main, sample_manifest
 
 

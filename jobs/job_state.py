@@ -1,15 +1,17 @@
-"""Embedding segments, errors and job state in an enrollment job's output store.
+"""An enrollment job's output store: each chunk's faces and errors, and its commit record.
 
-Layout under `{output}/{collection}/`, one object of each kind per manifest segment
-(see jobs/manifests.py), named by the segment's key:
+Layout under `{output}/{collection}/`, one object of each kind per chunk of the image
+manifests (see jobs/image_manifests.py), named by the chunk's key:
 
     segments/{key}.parquet   one row per face found (FACE columns below)
     errors/{key}.parquet     one row per manifest row that enrolled nothing (ERROR columns)
-    state/{key}.json         the commit record, written once the segment's faces are in the collection
+    state/{key}.json         the commit record, written once the chunk's faces are in the collection
 
-The commit record is the commit point: a segment without one is redone by the next
-run, which rewrites the same two objects (object puts are atomic) and commits its
-faces again with skip_existing, so an interrupted commit costs nothing twice.
+(`segments/` keeps its name so that the output's layout stays as earlier runs wrote it; there it
+means a chunk's faces, not the gateway's segments of cluster/storage/manifest.py.) The commit
+record is the commit point: a chunk without one is redone by the next run, which rewrites the same two
+objects (object puts are atomic) and commits its faces again with skip_existing, so an
+interrupted commit costs nothing twice.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ FACE_FIELDS = ["face_index", "box", "landmarks", "confidence", "quality", "embed
 ERROR_COLUMNS = ["manifest", "manifest_row", "image_uri", "external_image_id", "person_id", "reason", "message"]
 
 
-def segment_faces(rows: pa.Table) -> pa.Table:
+def chunk_faces(rows: pa.Table) -> pa.Table:
     """One row per face of the embedded rows: face_id, ROW_COLUMNS, FACE_FIELDS."""
     faces = rows.column("faces")
     flat = pc.list_flatten(faces)
@@ -42,7 +44,7 @@ def segment_faces(rows: pa.Table) -> pa.Table:
     return pa.table(columns)
 
 
-def segment_errors(rows: pa.Table) -> pa.Table:
+def chunk_errors(rows: pa.Table) -> pa.Table:
     """The rows that failed, with their reason and message."""
     return rows.filter(pc.not_equal(rows.column("reason"), "")).select(ERROR_COLUMNS)
 
@@ -54,7 +56,7 @@ def _parquet(table: pa.Table) -> bytes:
 
 
 class JobState:
-    """The segments, errors and commit records of one collection's enrollments under an output root.
+    """The chunks' faces, errors and commit records of one collection's enrollments under an output root.
 
     Args:
         store: the job's output store, rooted at `{output}/{collection}`.
@@ -69,7 +71,7 @@ class JobState:
         self.store = store
 
     @staticmethod
-    def segment_key(key: str) -> str:
+    def faces_key(key: str) -> str:
         return f"segments/{key}.parquet"
 
     @staticmethod
@@ -77,22 +79,20 @@ class JobState:
         return f"errors/{key}.parquet"
 
     def committed(self) -> set[str]:
-        """Keys of the segments committed by earlier runs (one listing, no reads)."""
+        """Keys of the chunks committed by earlier runs (one listing, no reads)."""
         return {k[len("state/"):-len(".json")] for k in self.store.list("state/") if k.endswith(".json")}
 
     def write(self, key: str, rows: pa.Table) -> tuple[pa.Table, pa.Table]:
-        """Writes the segment's faces and errors (each only when there are some); returns both tables."""
-        faces, errors = segment_faces(rows), segment_errors(rows)
+        """Writes the chunk's faces and errors (each only when there are some); returns both tables."""
+        faces, errors = chunk_faces(rows), chunk_errors(rows)
         if faces.num_rows:
-            self.store.put(self.segment_key(key), _parquet(faces))
+            self.store.put(self.faces_key(key), _parquet(faces))
         if errors.num_rows:
             self.store.put(self.errors_key(key), _parquet(errors))
         return faces, errors
 
     def commit(self, key: str, record: dict) -> None:
-        """Writes the segment's commit record; after this a re-run skips the segment."""
+        """Writes the chunk's commit record; after this a re-run skips the chunk."""
+        # "segment" names the chunk's key in records, as earlier runs wrote them.
         self.store.put(f"state/{key}.json", json.dumps({**record, "segment": key, "committed_at": time.time()},
                                                        sort_keys=True).encode())
-
-    def read_faces(self, key: str) -> pa.Table:
-        return pq.read_table(io.BytesIO(self.store.get(self.segment_key(key))))
