@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs import _cli
+from cluster.api import flags
 
 logger = logging.getLogger(__name__)
 IMAGES = Path(__file__).resolve().parents[1] / "tests" / "data" / "faces"
@@ -62,7 +62,7 @@ def sample_manifest(output: str = "./sample-manifest/faces.parquet", images: str
 
 
 def main(argv: list[str] | None = None) -> int:
-    rows = _cli.run(sample_manifest, argv, "python -m jobs.sample_manifest")
+    rows = flags.run(sample_manifest, argv, "python -m jobs.sample_manifest")
     print(json.dumps({"rows": rows}), flush=True)
     return rows
 

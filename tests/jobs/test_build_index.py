@@ -11,8 +11,10 @@ from gallery.v1 import gallery_pb2 as pb
 from cluster.client import GalleryClient
 from cluster.index import tuning
 from cluster.index.synthetic import clustered_embeddings
-from cluster.serve.interceptors import AuthInterceptor
+from cluster.serve.audit import AuditLog
+from cluster.serve.interceptors import TrustInterceptor
 from cluster.serve.server import running_server
+from cluster.serve.tokens import TokenRegistry
 from jobs.build_index import build_index
 
 D = 32
@@ -78,11 +80,15 @@ def test_build_index_checks_its_arguments(gateway):
 
 
 def test_jobs_send_the_token_from_the_environment(gallery, monkeypatch):
-    with running_server(gallery, "127.0.0.1:0", interceptors=[AuthInterceptor({"s3cret": "enroll-job"})]) as (_, port):
+    token = TokenRegistry(gallery.store).create("enroll-job", "enroller")
+    audit = AuditLog(gallery.store)
+    with running_server(gallery, "127.0.0.1:0", interceptors=[TrustInterceptor(audit, TokenRegistry(gallery.store))]
+                        ) as (_, port):
         with pytest.raises(grpc.RpcError) as e:
             build_index("c", f"127.0.0.1:{port}")
         assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        monkeypatch.setenv("GALLERY_AUTH_TOKEN", "s3cret")
+        monkeypatch.setenv("GALLERY_AUTH_TOKEN", token)
         with pytest.raises(grpc.RpcError) as e:
             build_index("c", f"127.0.0.1:{port}")
         assert e.value.code() == grpc.StatusCode.NOT_FOUND  # past authentication
+    audit.close()

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from jobs.manifests import plan_segments, read_rows, read_tasks
 
+from jobs.image_manifests import plan_chunks, read_rows, read_tasks
 from jobs.sample_manifest import IMAGES, main, sample_manifest
 
 
@@ -14,8 +14,8 @@ def test_the_sample_manifest_lists_every_test_photo_as_the_job_reads_it(tmp_path
     assert main(["--output", str(output)]) == 8
     assert capsys.readouterr().out == '{"rows": 8}\n'
 
-    segments = plan_segments(str(tmp_path / "manifest"), rows_per_segment=256)
-    rows = read_rows(pa.Table.from_pylist(read_tasks(segments))).to_pylist()
+    chunks = plan_chunks(str(tmp_path / "manifest"), rows_per_chunk=256)
+    rows = read_rows(pa.Table.from_pylist(read_tasks(chunks))).to_pylist()
     by_id = {r["external_image_id"]: r for r in rows}
     assert sorted(by_id) == sorted(p.name for p in IMAGES.iterdir() if p.suffix != ".md")
     assert all(Path(r["image_uri"]).is_file() for r in rows)
