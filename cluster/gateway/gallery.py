@@ -21,6 +21,7 @@ from cluster.gateway.search import (
     MAX_K,
     MAX_QUERIES,
     Candidate,
+    FanOutObserver,
     SearchPath,
     SearchResults,
 )
@@ -54,6 +55,7 @@ class Gallery:
             releases on close; None takes it here. StoreInUse when another gateway holds it.
         max_queued_queries: queries the search path holds at once (queued or in flight), >= MAX_QUERIES;
             beyond, searches are refused at once with ResourceExhausted.
+        fan_out_observer: told each search fan-out's duration and each worker's search time (metrics).
 
     Example:
         >>> gallery = Gallery(ObjectStore("/tmp/g"), LocalShards(2, "/tmp/g"))
@@ -66,7 +68,8 @@ class Gallery:
     def __init__(self, store: ObjectStore, shards: ShardBackend, *, model: EmbeddingModel | None = None,
                  default_train_threshold: int = tuning.DEFAULT_TRAIN_THRESHOLD, max_segments: int = 64,
                  call_timeout_s: float = 120.0, background_maintenance: bool = True,
-                 lease: WriterLease | None = None, max_queued_queries: int = DEFAULT_MAX_QUEUED_QUERIES):
+                 lease: WriterLease | None = None, max_queued_queries: int = DEFAULT_MAX_QUEUED_QUERIES,
+                 fan_out_observer: FanOutObserver | None = None):
         self.lease = lease or WriterLease.acquire(store)
         self.store = store
         self.shards = shards
@@ -75,7 +78,7 @@ class Gallery:
                                        default_train_threshold=default_train_threshold)
         self.writes = Writes(self.collections, shards, max_segments=max_segments)
         self.searches = SearchPath(self.collections, shards, call_timeout_s=call_timeout_s,
-                                   max_queued_queries=max_queued_queries)
+                                   max_queued_queries=max_queued_queries, fan_out_observer=fan_out_observer)
         self.reads = Reads(shards)
         self.maintenance = Maintenance(self.collections, shards, background=background_maintenance)
         try:

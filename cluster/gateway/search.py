@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import pickle
 import time
+from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 import numpy as np
+from opentelemetry import trace
 
 from cluster.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted
 from cluster.gateway.admission import QueryAdmission
@@ -32,6 +34,12 @@ MAX_QUERIES = 1024
 # Four full requests: enough to keep the one dispatch slot busy with the next batch ready behind it, few enough
 # that an admitted query waits for a handful of batches, not for minutes (benchmarks/README.md, overload).
 DEFAULT_MAX_QUEUED_QUERIES = 4 * MAX_QUERIES
+
+# Called after each fan-out with its duration and each worker's own search time, in worker order (seconds).
+FanOutObserver = Callable[[float, list[float]], None]
+
+# A no-op until the process installs an OpenTelemetry SDK tracer provider (and, with it, an exporter).
+_tracer = trace.get_tracer(__name__)
 
 
 @dataclass
@@ -61,10 +69,11 @@ class SearchPath:
         call_timeout_s: bound on one fan-out.
         max_queued_queries: queries held at once, queued or in flight; a search that would exceed it is
             refused at once with ResourceExhausted. At least MAX_QUERIES, so that any valid request can be admitted.
+        fan_out_observer: told the duration of each fan-out and of each worker's search (for metrics).
     """
 
     def __init__(self, collections: Collections, shards: ShardBackend, *, call_timeout_s: float,
-                 max_queued_queries: int = DEFAULT_MAX_QUEUED_QUERIES):
+                 max_queued_queries: int = DEFAULT_MAX_QUEUED_QUERIES, fan_out_observer: FanOutObserver | None = None):
         if max_queued_queries < MAX_QUERIES:
             raise ValueError(f"max_queued_queries must be >= {MAX_QUERIES} (the queries of one request), "
                              f"got {max_queued_queries}")
@@ -72,6 +81,7 @@ class SearchPath:
         self.shards = shards
         self.call_timeout_s = call_timeout_s
         self.admission = QueryAdmission(max_queued_queries)
+        self._fan_out_observer = fan_out_observer
         self._batcher = QueryBatcher(self._search_batch)
 
     def close(self) -> None:
@@ -141,8 +151,14 @@ class SearchPath:
             Dq, Iq = live.quantizer.search(xq, nprobe)
             rerank_k = tuning.partition_rerank_depth(collection_depth, k, state.manifest.num_partitions)
         request = SearchRequest(state.manifest.collection_id, xq, k, live.version, Iq, Dq, rerank_k)
-        replies = [pickle.loads(reply) for reply in self.shards.search(
-            pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL), self.call_timeout_s)]
+        with _tracer.start_as_current_span("gallery.search.fan_out", attributes={
+                "gallery.collection_id": request.collection_id, "gallery.queries": xq.shape[0], "gallery.k": k,
+                "gallery.index_version": live.version, "gallery.shard_workers": self.shards.num_workers}):
+            started = time.perf_counter()
+            replies = [pickle.loads(reply) for reply in self.shards.search(
+                pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL), self.call_timeout_s)]
+            if self._fan_out_observer is not None:
+                self._fan_out_observer(time.perf_counter() - started, [r.search_s for r in replies])
         D, I = merge_topk([(r.D, r.I) for r in replies], k)
         records = {label: record for r in replies for label, record in r.records.items()}
         return D, I, records
