@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
+from support import Served, free_port
 
 from cluster.api import convert
 from cluster.gateway.gallery import Gallery
@@ -143,3 +144,23 @@ def test_the_search_fan_out_is_a_span_when_a_tracer_provider_is_installed(served
     assert dict(spans[0].attributes) == {"gallery.collection_id": "c", "gallery.queries": 3, "gallery.k": 1,
                                          "gallery.index_version": 0, "gallery.shard_workers": 2}
     assert spans[0].end_time > spans[0].start_time
+
+
+@pytest.mark.slow
+def test_gallery_serve_serves_metrics_on_loopback(tmp_path):
+    metrics_port = free_port()
+    served = Served(tmp_path / "store", free_port(), tmp_path / "serve.log",
+                    flags=("--num-shards", "1", "--shard-num-cpus", "0.5", "--face-workers", "0",
+                           "--metrics-port", str(metrics_port), "--max-queued-queries", "2048"))
+    try:
+        stub = gallery_pb2_grpc.GalleryStub(served.channel)
+        assert _code(stub.ListCollections, pb.ListCollectionsRequest()) == grpc.StatusCode.UNAUTHENTICATED
+        stub.ListCollections(pb.ListCollectionsRequest(), metadata=served.metadata)
+        samples = _scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+        requests = "gallery_grpc_requests_total"
+        assert _sample(samples, requests, method=GALLERY + "ListCollections", code="UNAUTHENTICATED") == 1
+        assert _sample(samples, requests, method=GALLERY + "ListCollections", code="OK") == 1
+        assert _sample(samples, "gallery_search_max_queued_queries") == 2048
+        assert f"metrics on http://127.0.0.1:{metrics_port}/metrics" in (tmp_path / "serve.log").read_text()
+    finally:
+        assert served.stop() == 0
