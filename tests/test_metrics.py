@@ -4,7 +4,10 @@ The shard workers run in this process (`LocalShards`): the metrics are the gatew
 start-up time. The worker's own search time still comes back in its reply, as over Ray.
 """
 
+import json
+import re
 import urllib.request
+from pathlib import Path
 
 import grpc
 import pytest
@@ -164,3 +167,18 @@ def test_gallery_serve_serves_metrics_on_loopback(tmp_path):
         assert f"metrics on http://127.0.0.1:{metrics_port}/metrics" in (tmp_path / "serve.log").read_text()
     finally:
         assert served.stop() == 0
+
+
+def test_the_grafana_dashboard_queries_only_metrics_the_gateway_exports(served):
+    stub, _, admin, url, _ = served
+    xb = clustered_embeddings(10, D, seed=6)
+    stub.CreateCollection(pb.CreateCollectionRequest(collection_id="c", dimension=D), metadata=admin)
+    stub.AddEmbeddings(pb.AddEmbeddingsRequest(collection_id="c", faces=[
+        pb.NewFace(face_id=f"f{i}", embedding=convert.embedding(x)) for i, x in enumerate(xb)]), metadata=admin)
+    stub.SearchByEmbedding(pb.SearchByEmbeddingRequest(collection_id="c", queries=[convert.embedding(xb[0])],
+                                                       k=1, purpose="p", case_id="c"), metadata=admin)
+    exported = {name for name, _ in _scrape(url)}
+    dashboard = json.loads((Path(__file__).resolve().parents[1] / "infra/grafana/gallery-dashboard.json").read_text())
+    queried = {name for panel in dashboard["panels"] for target in panel["targets"]
+               for name in re.findall(r"\bgallery_[a-z_]+", target["expr"])}
+    assert len(queried) >= 8 and queried <= exported, sorted(queried - exported)
