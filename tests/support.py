@@ -66,7 +66,8 @@ class Served:
     """
 
     def __init__(self, store: str | Path, port: int, log_path: str | Path,
-                 flags: tuple[str, ...] = ("--num-shards", "2", "--shard-num-cpus", "0.5", "--face-workers", "0"),
+                 flags: tuple[str, ...] = ("--num-shards", "2", "--shard-num-cpus", "0.5", "--face-workers", "0",
+                                           "--metrics-port", "0"),
                  ready_timeout_s: float = 120):
         self.address = f"127.0.0.1:{port}"
         self.token_path = Path(f"{Path(store).resolve()}.admin-token")

@@ -577,6 +577,17 @@ def test_gateway_runs_gallery_serve_on_the_ray_cluster(rendered: dict[str, list[
     assert mounts["/tmp/ray"] == {m["mountPath"]: m["name"] for m in head["volumeMounts"]}["/tmp/ray"]
 
 
+def test_prometheus_scrapes_the_gateway_metrics(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    gateway, args = _gateway(rendered)
+    cluster = one_of(_objects(rendered["serving"], "RayCluster"))
+    annotations = cluster["spec"]["headGroupSpec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/path"] == "/metrics"
+    # gallery serve binds its metrics to loopback unless told otherwise: Prometheus could not reach them
+    assert _flag(args, "--metrics-host") == "0.0.0.0"
+    assert _flag(args, "--metrics-port") == annotations["prometheus.io/port"]
+    assert {"name": "metrics", "containerPort": 9464, "protocol": "TCP"} in gateway["ports"]
+
+
 def test_one_gpu_worker_per_shard(rendered: dict[str, list[dict[str, Any]]]) -> None:
     _, args = _gateway(rendered)
     cluster = one_of(_objects(rendered["serving"], "RayCluster"))

@@ -16,7 +16,15 @@ import numpy as np
 from cluster.gateway.collections import Collections, CollectionState
 from cluster.gateway.maintenance import Maintenance
 from cluster.gateway.reads import Reads
-from cluster.gateway.search import MAX_K, MAX_QUERIES, Candidate, SearchPath, SearchResults
+from cluster.gateway.search import (
+    DEFAULT_MAX_QUEUED_QUERIES,
+    MAX_K,
+    MAX_QUERIES,
+    Candidate,
+    FanOutObserver,
+    SearchPath,
+    SearchResults,
+)
 from cluster.gateway.writes import MAX_FACE_ID_LENGTH, MAX_FACES_PER_ADD, MAX_IDS_PER_CALL, Writes
 from cluster.index import tuning
 from cluster.index.calibration import Calibration, EmbeddingModel
@@ -45,6 +53,9 @@ class Gallery:
         background_maintenance: train and calibrate collections in the background as they grow.
         lease: the store's writer lease (see cluster/storage/lease.py), which the gallery then owns and
             releases on close; None takes it here. StoreInUse when another gateway holds it.
+        max_queued_queries: queries the search path holds at once (queued or in flight), >= MAX_QUERIES;
+            beyond, searches are refused at once with ResourceExhausted.
+        fan_out_observer: told each search fan-out's duration and each worker's search time (metrics).
 
     Example:
         >>> gallery = Gallery(ObjectStore("/tmp/g"), LocalShards(2, "/tmp/g"))
@@ -57,7 +68,8 @@ class Gallery:
     def __init__(self, store: ObjectStore, shards: ShardBackend, *, model: EmbeddingModel | None = None,
                  default_train_threshold: int = tuning.DEFAULT_TRAIN_THRESHOLD, max_segments: int = 64,
                  call_timeout_s: float = 120.0, background_maintenance: bool = True,
-                 lease: WriterLease | None = None):
+                 lease: WriterLease | None = None, max_queued_queries: int = DEFAULT_MAX_QUEUED_QUERIES,
+                 fan_out_observer: FanOutObserver | None = None):
         self.lease = lease or WriterLease.acquire(store)
         self.store = store
         self.shards = shards
@@ -65,7 +77,8 @@ class Gallery:
         self.collections = Collections(store, shards, self.lease, model=model,
                                        default_train_threshold=default_train_threshold)
         self.writes = Writes(self.collections, shards, max_segments=max_segments)
-        self.searches = SearchPath(self.collections, shards, call_timeout_s=call_timeout_s)
+        self.searches = SearchPath(self.collections, shards, call_timeout_s=call_timeout_s,
+                                   max_queued_queries=max_queued_queries, fan_out_observer=fan_out_observer)
         self.reads = Reads(shards)
         self.maintenance = Maintenance(self.collections, shards, background=background_maintenance)
         try:
@@ -140,8 +153,8 @@ class Gallery:
             timeout_s: the caller's remaining deadline.
 
         Raises:
-            InvalidArgument, ResourceExhausted, NotFound, FailedPrecondition (empty collection),
-            DeadlineExceeded, Unavailable.
+            InvalidArgument, NotFound, FailedPrecondition (empty collection), DeadlineExceeded, Unavailable,
+            ResourceExhausted (over MAX_QUERIES, or the gateway already holds max_queued_queries queries).
         """
         return self.searches.search(self.collections.get(collection_id), xq, k, nprobe=nprobe,
                                     min_similarity=min_similarity, timeout_s=timeout_s)

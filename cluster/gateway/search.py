@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import pickle
 import time
+from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 import numpy as np
+from opentelemetry import trace
 
 from cluster.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted
+from cluster.gateway.admission import QueryAdmission
 from cluster.gateway.batching import QueryBatcher
 from cluster.gateway.collections import Collections, CollectionState
 from cluster.index import tuning, vectors
@@ -28,6 +31,15 @@ from cluster.storage.records import FaceRecord
 
 MAX_K = 1000
 MAX_QUERIES = 1024
+# Four full requests: enough to keep the one dispatch slot busy with the next batch ready behind it, few enough
+# that an admitted query waits for a handful of batches, not for minutes (benchmarks/README.md, overload).
+DEFAULT_MAX_QUEUED_QUERIES = 4 * MAX_QUERIES
+
+# Called after each fan-out with its duration and each worker's own search time, in worker order (seconds).
+FanOutObserver = Callable[[float, list[float]], None]
+
+# A no-op until the process installs an OpenTelemetry SDK tracer provider (and, with it, an exporter).
+_tracer = trace.get_tracer(__name__)
 
 
 @dataclass
@@ -55,12 +67,21 @@ class SearchPath:
         collections: the registry the collections' live state is read from.
         shards: the workers searched.
         call_timeout_s: bound on one fan-out.
+        max_queued_queries: queries held at once, queued or in flight; a search that would exceed it is
+            refused at once with ResourceExhausted. At least MAX_QUERIES, so that any valid request can be admitted.
+        fan_out_observer: told the duration of each fan-out and of each worker's search (for metrics).
     """
 
-    def __init__(self, collections: Collections, shards: ShardBackend, *, call_timeout_s: float):
+    def __init__(self, collections: Collections, shards: ShardBackend, *, call_timeout_s: float,
+                 max_queued_queries: int = DEFAULT_MAX_QUEUED_QUERIES, fan_out_observer: FanOutObserver | None = None):
+        if max_queued_queries < MAX_QUERIES:
+            raise ValueError(f"max_queued_queries must be >= {MAX_QUERIES} (the queries of one request), "
+                             f"got {max_queued_queries}")
         self.collections = collections
         self.shards = shards
         self.call_timeout_s = call_timeout_s
+        self.admission = QueryAdmission(max_queued_queries)
+        self._fan_out_observer = fan_out_observer
         self._batcher = QueryBatcher(self._search_batch)
 
     def close(self) -> None:
@@ -82,8 +103,17 @@ class SearchPath:
         xq = vectors.normalize(xq, what="queries")
         if m.face_count == 0:
             raise FailedPrecondition(f"collection {m.collection_id!r} is empty: enroll faces before searching")
+        nq = xq.shape[0]
+        self.admission.admit(nq)  # ResourceExhausted at once when the gateway holds too many queries
         started = time.monotonic()
-        future = self._batcher.submit((m.collection_id, k, nprobe), xq)
+        try:
+            future = self._batcher.submit((m.collection_id, k, nprobe), xq)
+        except BaseException:
+            self.admission.release(nq)
+            raise
+        # Released when the queries leave the gateway: answered, failed, or cancelled while queued. A caller
+        # that stops waiting does not release queries that are still being searched: they still cost the shards.
+        future.add_done_callback(lambda _: self.admission.release(nq))
         try:
             D, I, records = future.result(timeout=timeout_s)
         except FutureTimeout as e:
@@ -121,8 +151,14 @@ class SearchPath:
             Dq, Iq = live.quantizer.search(xq, nprobe)
             rerank_k = tuning.partition_rerank_depth(collection_depth, k, state.manifest.num_partitions)
         request = SearchRequest(state.manifest.collection_id, xq, k, live.version, Iq, Dq, rerank_k)
-        replies = [pickle.loads(reply) for reply in self.shards.search(
-            pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL), self.call_timeout_s)]
+        with _tracer.start_as_current_span("gallery.search.fan_out", attributes={
+                "gallery.collection_id": request.collection_id, "gallery.queries": xq.shape[0], "gallery.k": k,
+                "gallery.index_version": live.version, "gallery.shard_workers": self.shards.num_workers}):
+            started = time.perf_counter()
+            replies = [pickle.loads(reply) for reply in self.shards.search(
+                pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL), self.call_timeout_s)]
+            if self._fan_out_observer is not None:
+                self._fan_out_observer(time.perf_counter() - started, [r.search_s for r in replies])
         D, I = merge_topk([(r.D, r.I) for r in replies], k)
         records = {label: record for r in replies for label, record in r.records.items()}
         return D, I, records

@@ -4,6 +4,7 @@ reads the audit log. Each command's flags are its function's keyword arguments."
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import ipaddress
 import logging
@@ -19,11 +20,13 @@ from cluster.api import flags
 from cluster.api.limits import MAX_IMAGE_BYTES, MAX_S3_IMAGE_BYTES
 from cluster.gateway.face_service import FaceService
 from cluster.gateway.gallery import Gallery
+from cluster.gateway.search import DEFAULT_MAX_QUEUED_QUERIES
 from cluster.index import gpu, tuning
 from cluster.serve import admin, runtime
 from cluster.serve.audit import AuditLog
 from cluster.serve.face_servicer import FaceGalleryServicer
 from cluster.serve.interceptors import TrustInterceptor
+from cluster.serve.metrics import GatewayMetrics, serving_metrics
 from cluster.serve.server import running_server
 from cluster.serve.tokens import ROLES, TokenRegistry, admin_token_path, ensure_admin_token
 from cluster.shards.ray_shards import RayShards
@@ -41,7 +44,8 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
           face_num_cpus: float = 1.0, face_num_gpus: float = -1.0, max_image_bytes: int = MAX_IMAGE_BYTES,
           max_s3_image_bytes: int = MAX_S3_IMAGE_BYTES, audit_store: str = "", admin_token_file: str = "",
           tls_cert: str = "", tls_key: str = "", tls_client_ca: str = "", tls_client_role: str = "searcher",
-          insecure: bool = False) -> None:
+          insecure: bool = False, max_queued_queries: int = DEFAULT_MAX_QUEUED_QUERIES, metrics_port: int = 9464,
+          metrics_host: str = "127.0.0.1") -> None:
     """Serves gallery.v1 until SIGINT or SIGTERM.
 
     Args:
@@ -70,9 +74,16 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
             TLS), and a caller without a token is identified by its certificate's common name.
         tls_client_role: role of callers identified by a client certificate (admin, enroller, searcher, auditor).
         insecure: serve plaintext on an address other than loopback (tokens then cross the network in clear).
+        max_queued_queries: queries the gateway holds at once (queued or in flight), >= 1024; searches beyond
+            are refused at once with RESOURCE_EXHAUSTED, so that admitted ones keep a bounded latency.
+        metrics_port: Prometheus metrics on http://<metrics_host>:<port>/metrics; 0 serves none.
+        metrics_host: address of the metrics endpoint; 127.0.0.1 keeps it private to the machine, 0.0.0.0 lets
+            Prometheus scrape it from inside a cluster.
     """
     credentials = _tls_credentials(host, tls_cert, tls_key, tls_client_ca, tls_client_role, insecure)
     _check_port_free(host, port)
+    if metrics_port:
+        _check_port_free(metrics_host, metrics_port)
     # Both stores are opened first, so that one that cannot be a store stops serve before the lease and Ray.
     object_store = ObjectStore(store, s3_endpoint=s3_endpoint or None)
     audit_object_store = ObjectStore(audit_store, s3_endpoint=s3_endpoint or None) if audit_store else object_store
@@ -91,13 +102,18 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
     if face_workers:
         face_actors = runtime.start_face_workers(face_workers, num_cpus=face_num_cpus, num_gpus=face_gpus)
         model = ray.get(face_actors[0].ready.remote())
-    gallery = Gallery(object_store, shards, model=model, default_train_threshold=train_threshold, lease=lease)
+    metrics = GatewayMetrics()
+    gallery = Gallery(object_store, shards, model=model, default_train_threshold=train_threshold, lease=lease,
+                      max_queued_queries=max_queued_queries, fan_out_observer=metrics.observe_fan_out)
+    metrics.watch(gallery)
     tokens = TokenRegistry(object_store)
     token_path = admin_token_file or admin_token_path(store)
     if ensure_admin_token(tokens, token_path):
         print(f"created the admin token: {token_path} (mode 0600; `gallery token create` makes others)", flush=True)
     audit = AuditLog(audit_object_store)
-    interceptors = [TrustInterceptor(audit, tokens, certificate_role=tls_client_role if tls_client_ca else None)]
+    # Metrics first: the calls the trust interceptor refuses are counted too.
+    interceptors = [metrics.interceptor(),
+                    TrustInterceptor(audit, tokens, certificate_role=tls_client_role if tls_client_ca else None)]
     faces = FaceService(gallery, face_actors, s3=S3ImageReader(s3_endpoint or None, max_bytes=max_s3_image_bytes),
                         max_image_bytes=max_image_bytes) if face_actors else None
     # The objects alive after start-up (Ray, protobuf, FAISS wrappers) never become garbage; moved out of
@@ -109,10 +125,12 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
         signal.signal(sig, lambda *_: stop.set())
     with running_server(gallery, f"{host}:{port}", max_workers=max_workers, interceptors=interceptors,
                         servicer=FaceGalleryServicer(gallery, faces, audit_object_store),
-                        credentials=credentials) as (_, bound):
+                        credentials=credentials) as (_, bound), \
+            (serving_metrics(metrics, metrics_host, metrics_port) if metrics_port else contextlib.nullcontext()):
         print(f"gallery.v1 serving on {host}:{bound} ({'TLS' if credentials else 'plaintext'}; store {store}, "
               f"{num_shards} shards, {face_workers} face workers{f' with {model.name}' if model else ''}; "
-              f"admin token in {token_path})", flush=True)
+              f"admin token in {token_path}"
+              f"{f'; metrics on http://{metrics_host}:{metrics_port}/metrics' if metrics_port else ''})", flush=True)
         # A signal that lands on another thread runs its Python handler only once the main thread runs
         # Python again: an endless wait here could leave SIGTERM unanswered (seen once in CI).
         while not stop.wait(timeout=0.5):

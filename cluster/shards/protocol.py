@@ -33,3 +33,4 @@ class SearchReply:
     D: np.ndarray
     I: np.ndarray
     records: dict[int, FaceRecord]  # of the labels in I
+    search_s: float = 0.0  # the worker's own time on the request, for the gateway's per-shard latency
