@@ -87,6 +87,8 @@ class Gallery:
             self.close()
             raise
         logger.info("gallery opened %d collections from %s", loaded, store.uri)
+        for state in self.collections.states():  # training or calibration a stop interrupted resumes now
+            self.maintenance.start_if_due(state)
 
     def close(self) -> None:
         """Stops searching and maintenance and gives the writer lease back; the shard workers keep running."""
@@ -132,7 +134,7 @@ class Gallery:
         """
         state = self.collections.get(collection_id)
         added = self.writes.add(state, records, embeddings, skip_existing=skip_existing)
-        self.maintenance.after_write(state)
+        self.maintenance.start_if_due(state)
         return added
 
     def delete_faces(self, collection_id: str, face_ids: list[str]) -> tuple[list[str], list[str]]:

@@ -54,8 +54,9 @@ class Maintenance:
             if state.maintenance is not None:
                 state.maintenance.join()
 
-    def after_write(self, state: CollectionState) -> None:
-        """Starts training or calibration in the background when the collection has grown enough."""
+    def start_if_due(self, state: CollectionState) -> None:
+        """Starts training or calibration in the background when the collection has grown enough (after a
+        write, or at start when a stop interrupted it)."""
         if not self.background or (state.maintenance and state.maintenance.is_alive()):
             return
         m = state.manifest

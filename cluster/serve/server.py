@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 
 import grpc
@@ -48,10 +48,8 @@ def create_server(gallery: Gallery, address: str = "127.0.0.1:0", *, max_workers
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
                          interceptors=list(interceptors), options=options)
     gallery_pb2_grpc.add_GalleryServicer_to_server(servicer or GalleryServicer(gallery), server)
-    health_servicer = health.HealthServicer()
+    health_servicer = GalleryHealth(lambda: not gallery.shards.unavailable_workers())
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     unbound = f"could not bind {address}: is another server listening on it?"
     try:
@@ -61,6 +59,26 @@ def create_server(gallery: Gallery, address: str = "127.0.0.1:0", *, max_workers
     if port == 0:
         raise OSError(unbound)
     return server, port
+
+
+class GalleryHealth(health.HealthServicer):
+    """gRPC health whose status follows the shard workers: NOT_SERVING for the server ("") and for
+    gallery.v1.Gallery while any worker cannot answer, SERVING again once all can. Checked when asked."""
+
+    def __init__(self, serving: Callable[[], bool]):
+        super().__init__()
+        self._serving = serving
+        self._refresh()
+
+    def _refresh(self) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if self._serving()
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in ("", SERVICE_NAME):
+            self.set(name, status)
+
+    def Check(self, request, context):
+        self._refresh()
+        return super().Check(request, context)
 
 
 @contextlib.contextmanager

@@ -51,6 +51,10 @@ class ShardBackend(abc.ABC):
     def train(self, xt: np.ndarray, nlist: int, pq_m: int) -> bytes:
         """A trained, empty IVF-PQ index (`cluster.index.training.train_ivfpq`), trained where the backend runs."""
 
+    def unavailable_workers(self) -> list[int]:
+        """Workers that cannot answer now (down, restarting, being created anew); [] when all can."""
+        return []
+
     def close(self) -> None:
         """Lets go of the workers' channels; the workers themselves keep running (see `stop`)."""
 

@@ -75,6 +75,14 @@ class SearchFanOut:
                 return replies
         return ray.get([w.search.remote(request) for w in self.workers], timeout=timeout_s)
 
+    def replace_worker(self, worker_id: int, worker) -> None:
+        """A worker was created anew (its predecessor is dead for good): searches reach it from now on."""
+        with self._lock:
+            self.workers[worker_id] = worker
+            pools = self._pools
+        if pools is not None:
+            self._drop(pools)  # the dead worker's channel is gone; fetch every address again
+
     def channel_addresses(self) -> list | None:
         """The workers' channel addresses in use, None while searches go out as actor calls."""
         pools = self._pools
