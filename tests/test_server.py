@@ -167,3 +167,28 @@ def test_deadline_is_honoured(stub, enrolled):
     many = pb.SearchByEmbeddingRequest(collection_id="staff", queries=[_embedding(x) for x in enrolled], k=50)
     assert _code(stub.SearchByEmbedding, many, timeout=0.001)[0] == grpc.StatusCode.DEADLINE_EXCEEDED
     assert len(stub.SearchByEmbedding(many, timeout=30).results) == 300
+
+
+def test_finite_embeddings_whose_float32_norm_overflows_are_normalised_on_add_and_search(stub):
+    """All 3e38 is finite but its float32 norm is inf: it was stored as a zero vector; now it has its direction."""
+    stub.CreateCollection(pb.CreateCollectionRequest(collection_id="huge", dimension=D))
+    huge = np.full(D, 3e38, np.float32)
+    other = np.resize(np.array([1.0, -1.0], np.float32), D)
+    stub.AddEmbeddings(pb.AddEmbeddingsRequest(collection_id="huge", faces=[
+        pb.NewFace(face_id="huge", embedding=_embedding(huge)), pb.NewFace(face_id="other", embedding=_embedding(other))]))
+    stored = stub.GetFaces(pb.GetFacesRequest(collection_id="huge", face_ids=["huge"], include_embeddings=True))
+    np.testing.assert_allclose(np.frombuffer(stored.faces[0].embedding.values, "<f4"), 1 / np.sqrt(D), rtol=1e-3)
+    response = stub.SearchByEmbedding(pb.SearchByEmbeddingRequest(
+        collection_id="huge", queries=[_embedding(-huge), _embedding(huge)], k=2, purpose="test", case_id="t"))
+    assert [c.face.face_id for c in response.results[1].candidates] == ["huge", "other"]
+    assert response.results[1].candidates[0].similarity == pytest.approx(1.0, abs=1e-3)
+    assert response.results[0].candidates[0].similarity == pytest.approx(0.0, abs=1e-3)  # -huge ⟂ other
+    zero = _embedding(np.zeros(D, np.float32))
+    for call, request in [
+        (stub.AddEmbeddings, pb.AddEmbeddingsRequest(collection_id="huge", faces=[pb.NewFace(embedding=zero)])),
+        (stub.SearchByEmbedding, pb.SearchByEmbeddingRequest(collection_id="huge", queries=[zero], k=1,
+                                                             purpose="test", case_id="t")),
+    ]:
+        code, details = _code(call, request)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "all zeros" in details, details
+    assert stub.DescribeCollection(pb.DescribeCollectionRequest(collection_id="huge")).face_count == 2
