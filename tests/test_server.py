@@ -1,5 +1,7 @@
 """gallery.v1 over a real gRPC server on 127.0.0.1: results, status codes, health, reflection."""
 
+import base64
+
 import grpc
 import numpy as np
 import pytest
@@ -192,3 +194,42 @@ def test_finite_embeddings_whose_float32_norm_overflows_are_normalised_on_add_an
         code, details = _code(call, request)
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "all zeros" in details, details
     assert stub.DescribeCollection(pb.DescribeCollectionRequest(collection_id="huge")).face_count == 2
+
+
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+def test_page_tokens_are_tamper_evident_and_tied_to_their_collection(stub):
+    """ListFaces tokens were "partition:slot" in base64: "-1:-1" and "0:1e23" answered INTERNAL and "0:-100" was
+    accepted. Forged, edited, truncated, other-collection and stale tokens now get INVALID_ARGUMENT."""
+    xb = clustered_embeddings(40, D, seed=3)
+    for cid in ("pages", "elsewhere"):
+        stub.CreateCollection(pb.CreateCollectionRequest(collection_id=cid, dimension=D))
+        stub.AddEmbeddings(pb.AddEmbeddingsRequest(collection_id=cid, faces=_faces(xb)))
+    first = stub.ListFaces(pb.ListFacesRequest(collection_id="pages", max_results=7))
+    token = first.next_token
+    assert token and len(stub.ListFaces(pb.ListFacesRequest(collection_id="pages", max_results=7,
+                                                            next_token=token)).faces) == 7
+    raw = bytearray(base64.urlsafe_b64decode(token))
+    raw[9] ^= 1  # the partition's first byte
+    edited = base64.urlsafe_b64encode(bytes(raw)).decode()
+    forged = [_b64("-1:-1"), _b64("0:1e23"), _b64("0:-100"), _b64("0:7"), "garbage", "\0", "é" * 40, token[:-4],
+              token + "AAAA", edited]
+    for bad in forged:
+        code, details = _code(stub.ListFaces, pb.ListFacesRequest(collection_id="pages", next_token=bad))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "not a page token this server issued" in details, bad
+    code, details = _code(stub.ListFaces, pb.ListFacesRequest(collection_id="elsewhere", next_token=token))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "collection 'elsewhere'" in details
+    stub.DeleteCollection(pb.DeleteCollectionRequest(collection_id="pages"))
+    stub.CreateCollection(pb.CreateCollectionRequest(collection_id="pages", dimension=D))
+    stub.AddEmbeddings(pb.AddEmbeddingsRequest(collection_id="pages", faces=_faces(xb)))
+    code, details = _code(stub.ListFaces, pb.ListFacesRequest(collection_id="pages", next_token=token))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "stale" in details, details
+
+
+def test_collection_page_tokens_of_any_text_answer_a_page(stub):
+    stub.CreateCollection(pb.CreateCollectionRequest(collection_id="b", dimension=D))
+    for token in ("", "\0", "a", "..", "/", "\uffff" * 1000, "\U0010ffff", "b"):
+        page = stub.ListCollections(pb.ListCollectionsRequest(next_token=token))
+        assert [c.collection_id for c in page.collections] == (["b"] if token < "b" else []), token
