@@ -150,6 +150,11 @@ def test_bad_input_gets_clear_errors_and_changes_nothing(stub, gallery, enrolled
         (stub.CreateCollection, pb.CreateCollectionRequest(collection_id="nodim"), I, "no face model"),
         (stub.ListFaces, pb.ListFacesRequest(collection_id="staff", next_token="garbage"), I, "next_token"),
         (stub.DeleteFaces, pb.DeleteFacesRequest(collection_id="staff"), I, "face_ids: 0 given"),
+        (stub.DeleteFaces, pb.DeleteFacesRequest(collection_id="staff", face_ids=["face-1"] * 4097),
+         grpc.StatusCode.RESOURCE_EXHAUSTED, "face_ids: 4097 given, 1 to 4096"),
+        (stub.GetFaces, pb.GetFacesRequest(collection_id="staff", face_ids=["face-1"] * 4097),
+         grpc.StatusCode.RESOURCE_EXHAUSTED, "face_ids: 4097 given, 1 to 4096"),
+        (stub.GetFaces, pb.GetFacesRequest(collection_id="staff"), I, "face_ids: 0 given"),
     ]
     for call, request, code, message in cases:
         got, details = _code(call, request)

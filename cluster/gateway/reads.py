@@ -9,7 +9,7 @@ import hmac
 import secrets
 import struct
 
-from cluster.errors import InvalidArgument
+from cluster.errors import InvalidArgument, ResourceExhausted
 from cluster.gateway.collections import CollectionState, ids_by_worker
 from cluster.gateway.writes import MAX_IDS_PER_CALL
 from cluster.shards.backend import ShardBackend
@@ -40,7 +40,8 @@ class Reads:
                   ) -> tuple[list[FaceRecord], list[str]]:
         """Returns (faces found in request order, unknown ids)."""
         if not 1 <= len(face_ids) <= MAX_IDS_PER_CALL:
-            raise InvalidArgument(f"face_ids: {len(face_ids)} given, 1 to {MAX_IDS_PER_CALL} per request")
+            raise (ResourceExhausted if face_ids else InvalidArgument)(
+                f"face_ids: {len(face_ids)} given, 1 to {MAX_IDS_PER_CALL} per request")
         m = state.manifest
         grouped = ids_by_worker(list(dict.fromkeys(face_ids)), m.num_partitions, self.shards.num_workers)
         found = {r.face_id: r for records in self.shards.call(
