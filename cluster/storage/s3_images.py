@@ -109,7 +109,8 @@ class S3ImageReader:
         Raises:
             ImageNotFound: no such object, bucket or version.
             ImageTooLarge: an object over `max_bytes`, refused from its size before its body is read.
-            InvalidArgument: no bucket or key, or an object that cannot be read (access denied, …).
+            InvalidArgument: no bucket or key, a bucket name S3 does not allow, or an object that cannot be read
+                (access denied, …).
             Unavailable: S3 could not be reached, `retries` + 1 times.
         """
         if not obj.bucket or not obj.name:
@@ -149,6 +150,8 @@ class S3ImageReader:
                 kind = ImageNotFound if code in _NOT_FOUND else InvalidArgument
                 raise kind(f"image {obj.uri} cannot be read: {code} ({error.get('Message', '')})") from e
             raise Unavailable(f"reading image {obj.uri} failed: {e}") from e
+        except botocore.exceptions.ParamValidationError as e:  # the request's bucket or key, refused before sending
+            raise InvalidArgument(f"image {obj.uri} cannot be read: {e}") from e
         except botocore.exceptions.BotoCoreError as e:
             raise Unavailable(f"reading image {obj.uri} failed: {e}") from e
         if len(data) > self.max_bytes:
