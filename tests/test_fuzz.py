@@ -7,7 +7,7 @@ import pytest
 from fuzz_requests import MESSAGES, RPCS, SEEDED, campaign, delete_unseeded, fuzz_target, serving, snapshot
 from support import S3_CREDENTIALS
 
-REQUESTS = 1500  # about a minute on 2 cores, besides the server's start
+REQUESTS = 1500  # 40-80 s on 2 shared cores, besides the server's start (about 15 s)
 
 
 @pytest.fixture(scope="module")
