@@ -19,7 +19,7 @@ from gallery.v1 import gallery_pb2_grpc
 from PIL import Image
 
 from cluster.api import convert
-from cluster.errors import InvalidArgument
+from cluster.errors import InvalidArgument, ResourceExhausted
 from cluster.gateway.face_service import FaceService
 from cluster.gateway.gallery import Gallery
 from cluster.serve import runtime
@@ -270,7 +270,7 @@ def test_index_faces_from_s3(people, stub, s3_server, s3_bucket):
     stored = stub.GetFaces(pb.GetFacesRequest(collection_id="from-s3", face_ids=[face.face_id])).faces[0]
     assert stored.image_uri == face.image_uri
     code, details = status(stub.IndexFaces, pb.IndexFacesRequest(collection_id="from-s3", image=image(padded)))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and f"over the limit of {5 * MiB} bytes" in details
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and f"over the limit of {5 * MiB} bytes" in details
     # The S3 probe finds the two obama photos of "people".
     result = stub.SearchFacesByImage(pb.SearchFacesByImageRequest(
         collection_id="people", image=pb.Image(s3_object=pb.S3Object(bucket=s3_bucket, name="visits/obama3.jpg"))))
@@ -278,6 +278,8 @@ def test_index_faces_from_s3(people, stub, s3_server, s3_bucket):
 
 
 BAD_IMAGES = ("empty", "text", "corrupt-jpeg", "corrupt-png", "truncated", "over-5MiB", "bomb")
+# One code per kind of limit (proto header): over a size limit (bytes or pixels) is RESOURCE_EXHAUSTED.
+TOO_LARGE = {"over-5MiB", "bomb"}
 
 
 @pytest.fixture(scope="module")
@@ -301,12 +303,13 @@ def bad_images() -> dict[str, tuple[bytes, str]]:
 
 
 @pytest.mark.parametrize("case", BAD_IMAGES)
-def test_bad_images_are_invalid_argument_and_store_nothing(people, stub, bad_images, case):
+def test_bad_images_are_refused_and_store_nothing(people, stub, bad_images, case):
     data, pattern = bad_images[case]
+    expected = grpc.StatusCode.RESOURCE_EXHAUSTED if case in TOO_LARGE else grpc.StatusCode.INVALID_ARGUMENT
     before = face_count(stub)
     listed = len(stub.ListFaces(pb.ListFacesRequest(collection_id="people")).faces)
     code, details = status(stub.IndexFaces, pb.IndexFacesRequest(collection_id="people", image=image(data)))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and re.search(pattern, details), details
+    assert code == expected and re.search(pattern, details), details
     assert details.startswith("image: ")
     assert face_count(stub) == before
     assert len(stub.ListFaces(pb.ListFacesRequest(collection_id="people")).faces) == listed
@@ -316,7 +319,7 @@ def test_bad_images_are_invalid_argument_and_store_nothing(people, stub, bad_ima
         (stub.CompareFaces, pb.CompareFacesRequest(source_image=image(data), target_image=image(data))),
     ]:
         code, details = status(call, request)
-        assert code == grpc.StatusCode.INVALID_ARGUMENT and re.search(pattern, details), details
+        assert code == expected and re.search(pattern, details), details
     assert face_count(stub) == before
 
 
@@ -325,11 +328,12 @@ def test_bad_s3_images(people, stub, s3_server, s3_bucket):
     client.put_object(Bucket=s3_bucket, Key="big.jpg", Body=photo("obama.jpg") + bytes(15 * MiB))
     client.put_object(Bucket=s3_bucket, Key="junk.jpg", Body=b"not an image at all")
     before = face_count(stub)
-    for key, words in [("big.jpg", f"over the limit of {15 * MiB} bytes"), ("junk.jpg", "not a JPEG"),
-                       ("missing.jpg", "NoSuchKey")]:
+    I, R = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED
+    for key, expected, words in [("big.jpg", R, f"over the limit of {15 * MiB} bytes"),
+                                 ("junk.jpg", I, "not a JPEG"), ("missing.jpg", I, "NoSuchKey")]:
         code, details = status(stub.IndexFaces, pb.IndexFacesRequest(
             collection_id="people", image=pb.Image(s3_object=pb.S3Object(bucket=s3_bucket, name=key))))
-        assert code == grpc.StatusCode.INVALID_ARGUMENT and words in details, details
+        assert code == expected and words in details and details.startswith("image: "), details
     code, details = status(stub.IndexFaces, pb.IndexFacesRequest(
         collection_id="people", image=pb.Image(s3_object=pb.S3Object(bucket="no-such-bucket", name="a.jpg"))))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "NoSuchBucket" in details
@@ -367,7 +371,7 @@ def test_raw_embedding_and_unknown_collections(stub):
 def test_limits_are_configurable(served):
     _, gallery, service = served
     small = FaceService(gallery, service.workers, s3=service.s3, max_image_bytes=100_000)
-    with pytest.raises(InvalidArgument, match="over the limit of 100000 bytes"):
+    with pytest.raises(ResourceExhausted, match="over the limit of 100000 bytes"):
         small.detect(photo("obama.jpg"))
     assert len(small.detect(photo("biden.jpg")).faces) == 1  # 67 kB
     with pytest.raises(InvalidArgument, match="bucket and name are required"):

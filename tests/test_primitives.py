@@ -61,6 +61,15 @@ def test_normalize_rejects_zero_vector_and_scales_rows():
     np.testing.assert_allclose(np.linalg.norm(vectors.normalize(np.full((2, 4), 3.0)), axis=1), 1.0, rtol=1e-6)
 
 
+@pytest.mark.parametrize("value", [3e38, -3e38, 1e-30, 1e-45])
+def test_normalize_keeps_the_direction_of_finite_vectors_whose_float32_norm_overflows_or_underflows(value):
+    x = np.full((1, 4), value, dtype=np.float32)
+    x[0, 1] = 0
+    y = vectors.normalize(x)
+    assert y.dtype == np.float32 and np.isfinite(y).all()
+    np.testing.assert_allclose(y[0], np.sign(value) * np.array([1, 0, 1, 1]) / np.sqrt(3), rtol=1e-6)
+
+
 def test_merge_matches_one_flat_index():
     xb = clustered_embeddings(3000, 32, seed=3)
     xq = clustered_embeddings(50, 32, seed=4)

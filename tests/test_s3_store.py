@@ -44,6 +44,10 @@ def test_s3_images_are_refused_by_size_and_named_when_missing(s3_server, s3_buck
         reader.read(S3Object(s3_bucket, "faces/gone.jpg"))
     with pytest.raises(ImageNotFound, match="NoSuchBucket"):
         reader.read(S3Object("no-such-bucket", "a.jpg"))
+    # Found by tests/test_fuzz.py: botocore's own refusal of a bucket name answered UNAVAILABLE ("retry").
+    for bucket in ("a b", "é", "a/b", "x" * 300):
+        with pytest.raises(InvalidArgument, match="Invalid bucket name"):
+            reader.read(S3Object(bucket, "a.jpg"))
     for uri in ("s3://bucket-only", "s3:///key", "/local/path.jpg"):
         with pytest.raises(InvalidArgument, match="s3://bucket/key"):
             S3Object.from_uri(uri)

@@ -1,5 +1,7 @@
 """gallery.v1 over a real gRPC server on 127.0.0.1: results, status codes, health, reflection."""
 
+import base64
+
 import grpc
 import numpy as np
 import pytest
@@ -148,6 +150,11 @@ def test_bad_input_gets_clear_errors_and_changes_nothing(stub, gallery, enrolled
         (stub.CreateCollection, pb.CreateCollectionRequest(collection_id="nodim"), I, "no face model"),
         (stub.ListFaces, pb.ListFacesRequest(collection_id="staff", next_token="garbage"), I, "next_token"),
         (stub.DeleteFaces, pb.DeleteFacesRequest(collection_id="staff"), I, "face_ids: 0 given"),
+        (stub.DeleteFaces, pb.DeleteFacesRequest(collection_id="staff", face_ids=["face-1"] * 4097),
+         grpc.StatusCode.RESOURCE_EXHAUSTED, "face_ids: 4097 given, 1 to 4096"),
+        (stub.GetFaces, pb.GetFacesRequest(collection_id="staff", face_ids=["face-1"] * 4097),
+         grpc.StatusCode.RESOURCE_EXHAUSTED, "face_ids: 4097 given, 1 to 4096"),
+        (stub.GetFaces, pb.GetFacesRequest(collection_id="staff"), I, "face_ids: 0 given"),
     ]
     for call, request, code, message in cases:
         got, details = _code(call, request)
@@ -167,3 +174,67 @@ def test_deadline_is_honoured(stub, enrolled):
     many = pb.SearchByEmbeddingRequest(collection_id="staff", queries=[_embedding(x) for x in enrolled], k=50)
     assert _code(stub.SearchByEmbedding, many, timeout=0.001)[0] == grpc.StatusCode.DEADLINE_EXCEEDED
     assert len(stub.SearchByEmbedding(many, timeout=30).results) == 300
+
+
+def test_finite_embeddings_whose_float32_norm_overflows_are_normalised_on_add_and_search(stub):
+    """All 3e38 is finite but its float32 norm is inf: it was stored as a zero vector; now it has its direction."""
+    stub.CreateCollection(pb.CreateCollectionRequest(collection_id="huge", dimension=D))
+    huge = np.full(D, 3e38, np.float32)
+    other = np.resize(np.array([1.0, -1.0], np.float32), D)
+    stub.AddEmbeddings(pb.AddEmbeddingsRequest(collection_id="huge", faces=[
+        pb.NewFace(face_id="huge", embedding=_embedding(huge)), pb.NewFace(face_id="other", embedding=_embedding(other))]))
+    stored = stub.GetFaces(pb.GetFacesRequest(collection_id="huge", face_ids=["huge"], include_embeddings=True))
+    np.testing.assert_allclose(np.frombuffer(stored.faces[0].embedding.values, "<f4"), 1 / np.sqrt(D), rtol=1e-3)
+    response = stub.SearchByEmbedding(pb.SearchByEmbeddingRequest(
+        collection_id="huge", queries=[_embedding(-huge), _embedding(huge)], k=2, purpose="test", case_id="t"))
+    assert [c.face.face_id for c in response.results[1].candidates] == ["huge", "other"]
+    assert response.results[1].candidates[0].similarity == pytest.approx(1.0, abs=1e-3)
+    assert response.results[0].candidates[0].similarity == pytest.approx(0.0, abs=1e-3)  # -huge ⟂ other
+    zero = _embedding(np.zeros(D, np.float32))
+    for call, request in [
+        (stub.AddEmbeddings, pb.AddEmbeddingsRequest(collection_id="huge", faces=[pb.NewFace(embedding=zero)])),
+        (stub.SearchByEmbedding, pb.SearchByEmbeddingRequest(collection_id="huge", queries=[zero], k=1,
+                                                             purpose="test", case_id="t")),
+    ]:
+        code, details = _code(call, request)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "all zeros" in details, details
+    assert stub.DescribeCollection(pb.DescribeCollectionRequest(collection_id="huge")).face_count == 2
+
+
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+def test_page_tokens_are_tamper_evident_and_tied_to_their_collection(stub):
+    """ListFaces tokens were "partition:slot" in base64: "-1:-1" and "0:1e23" answered INTERNAL and "0:-100" was
+    accepted. Forged, edited, truncated, other-collection and stale tokens now get INVALID_ARGUMENT."""
+    xb = clustered_embeddings(40, D, seed=3)
+    for cid in ("pages", "elsewhere"):
+        stub.CreateCollection(pb.CreateCollectionRequest(collection_id=cid, dimension=D))
+        stub.AddEmbeddings(pb.AddEmbeddingsRequest(collection_id=cid, faces=_faces(xb)))
+    first = stub.ListFaces(pb.ListFacesRequest(collection_id="pages", max_results=7))
+    token = first.next_token
+    assert token and len(stub.ListFaces(pb.ListFacesRequest(collection_id="pages", max_results=7,
+                                                            next_token=token)).faces) == 7
+    raw = bytearray(base64.urlsafe_b64decode(token))
+    raw[9] ^= 1  # the partition's first byte
+    edited = base64.urlsafe_b64encode(bytes(raw)).decode()
+    forged = [_b64("-1:-1"), _b64("0:1e23"), _b64("0:-100"), _b64("0:7"), "garbage", "\0", "é" * 40, token[:-4],
+              token + "AAAA", edited]
+    for bad in forged:
+        code, details = _code(stub.ListFaces, pb.ListFacesRequest(collection_id="pages", next_token=bad))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "not a page token this server issued" in details, bad
+    code, details = _code(stub.ListFaces, pb.ListFacesRequest(collection_id="elsewhere", next_token=token))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "collection 'elsewhere'" in details
+    stub.DeleteCollection(pb.DeleteCollectionRequest(collection_id="pages"))
+    stub.CreateCollection(pb.CreateCollectionRequest(collection_id="pages", dimension=D))
+    stub.AddEmbeddings(pb.AddEmbeddingsRequest(collection_id="pages", faces=_faces(xb)))
+    code, details = _code(stub.ListFaces, pb.ListFacesRequest(collection_id="pages", next_token=token))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "stale" in details, details
+
+
+def test_collection_page_tokens_of_any_text_answer_a_page(stub):
+    stub.CreateCollection(pb.CreateCollectionRequest(collection_id="b", dimension=D))
+    for token in ("", "\0", "a", "..", "/", "\uffff" * 1000, "\U0010ffff", "b"):
+        page = stub.ListCollections(pb.ListCollectionsRequest(next_token=token))
+        assert [c.collection_id for c in page.collections] == (["b"] if token < "b" else []), token

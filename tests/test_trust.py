@@ -7,6 +7,7 @@ import grpc
 import pytest
 from gallery.v1 import gallery_pb2 as pb
 from gallery.v1 import gallery_pb2_grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cluster.api import convert
@@ -16,6 +17,7 @@ from cluster.serve.audit import AuditLog, read_audit
 from cluster.serve.authz import PERMISSIONS
 from cluster.serve.interceptors import TrustInterceptor
 from cluster.serve.server import running_server
+from cluster.serve.servicer import GalleryServicer
 from cluster.serve.tokens import REGISTRY_KEY, ROLES, TokenRegistry, ensure_admin_token, token_hash
 from cluster.storage.object_store import ObjectStore
 
@@ -201,6 +203,33 @@ def test_every_call_is_recorded_with_caller_purpose_probe_candidates_and_thresho
     assert search["probe_sha256"] == audit_log.fingerprint(convert.encode(xb[4]))
     assert search["candidates"][0][0][0] == "f4" and search["threshold"] == 0.5
     assert convert.encode(xb[4]).hex() not in json.dumps(records)  # the probe itself is never kept
+
+
+def test_audit_queries_with_timestamps_that_do_not_convert_are_invalid_argument(secured, gallery):
+    """Found by tests/test_fuzz.py: nanos outside [0, 1e9) or seconds past year 9999 answered INTERNAL; and
+    QueryAuditLog on a server without an audit log answered INTERNAL, not its UNIMPLEMENTED."""
+    stub, _, tokens, audit, _ = secured
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.QueryAuditLog(pb.QueryAuditLogRequest(), metadata=_bearer(tokens["auditor"]))
+    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED, raised.value.details()
+    registry = TokenRegistry(gallery.store)
+    with running_server(gallery, servicer=GalleryServicer(gallery, gallery.store),
+                        interceptors=[TrustInterceptor(audit, registry)]) as (_, port), \
+            grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = gallery_pb2_grpc.GalleryStub(channel)
+        _check_timestamps(stub, tokens)
+
+
+def _check_timestamps(stub, tokens):
+    for since in (Timestamp(seconds=0, nanos=-1), Timestamp(seconds=2**62), Timestamp(seconds=-2**62),
+                  Timestamp(nanos=10**9)):
+        for request in (pb.QueryAuditLogRequest(since=since), pb.QueryAuditLogRequest(until=since)):
+            with pytest.raises(grpc.RpcError) as raised:
+                stub.QueryAuditLog(request, metadata=_bearer(tokens["auditor"]))
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, request
+            assert "not a valid timestamp" in raised.value.details()
+    assert stub.QueryAuditLog(pb.QueryAuditLogRequest(since=Timestamp(seconds=0)),
+                              metadata=_bearer(tokens["auditor"])).records
 
 
 def test_a_call_that_cannot_be_recorded_is_not_answered(gallery, tmp_path):

@@ -1,7 +1,12 @@
 """Limits of the gallery.v1 contract: one definition each, read by the servicers, the gateway, the jobs and
-the client. The proto's comments state the same numbers and the status code a request over each one gets."""
+the client. The proto's comments state the same numbers and the status code a request over each one gets.
 
-# Images (Rekognition's limits): inline bytes in a request, and objects read from S3; INVALID_ARGUMENT over them.
+One status code per kind of limit: a request that carries more than a limit allows (items of a repeated field,
+bytes of a message, of an image or of an S3 object, pixels of an image) gets RESOURCE_EXHAUSTED; a value outside
+its range (k, max_results, max_faces, the length of an id) or malformed gets INVALID_ARGUMENT."""
+
+# Images (Rekognition's limits): inline bytes in a request, and objects read from S3; RESOURCE_EXHAUSTED over them,
+# as over the 50-MP pixel limit (cluster/faces/image.py).
 MAX_IMAGE_BYTES = 5 * 2**20
 MAX_S3_IMAGE_BYTES = 15 * 2**20
 
@@ -15,7 +20,9 @@ MAX_QUERIES = 1024  # queries per SearchByEmbedding; RESOURCE_EXHAUSTED over it
 
 # Writes and reads by id.
 MAX_FACES_PER_ADD = 10_000  # faces per AddEmbeddings; RESOURCE_EXHAUSTED over it
-MAX_IDS_PER_CALL = 4096  # face ids per GetFaces or DeleteFaces, faces per ListFaces page; INVALID_ARGUMENT over it
+# face ids per GetFaces or DeleteFaces (RESOURCE_EXHAUSTED over it), faces per ListFaces page (a max_results
+# over it: INVALID_ARGUMENT)
+MAX_IDS_PER_CALL = 4096
 DEFAULT_FACES_PER_PAGE = 1000  # faces per ListFaces page when a request says 0
 MAX_COLLECTIONS_PER_PAGE = 1000  # collections per ListCollections page; INVALID_ARGUMENT over it
 DEFAULT_COLLECTIONS_PER_PAGE = 100  # collections per ListCollections page when a request says 0

@@ -1,7 +1,8 @@
 """Face pipeline: decode → detect (YuNet) → align → embed (FaceNet in PyTorch).
 
 Plain classes, no Ray and no gRPC: the serving layer wraps `FacePipeline` in an
-actor pool and maps `InvalidImageError` to INVALID_ARGUMENT.
+actor pool and maps `InvalidImageError` to INVALID_ARGUMENT, and `ImageTooLargeError` (one kind of it)
+to RESOURCE_EXHAUSTED.
 
 Example:
     >>> from cluster.faces import FaceDetector, FaceNetEmbedder, FacePipeline, decode_image
@@ -14,14 +15,21 @@ from .align import ARCFACE_TEMPLATE_112, FACENET_TEMPLATE_160, align_face, simil
 from .detect import DetectedFace, FaceDetector
 from .embed import Embedder, TorchEmbedder, TorchScriptEmbedder, default_device
 from .facenet import FaceNetEmbedder, load_facenet
-from .image import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MAX_S3_IMAGE_BYTES, InvalidImageError, decode_image
+from .image import (
+    MAX_IMAGE_BYTES,
+    MAX_IMAGE_PIXELS,
+    MAX_S3_IMAGE_BYTES,
+    ImageTooLargeError,
+    InvalidImageError,
+    decode_image,
+)
 from .pipeline import Face, FacePipeline
 from .quality import QUALITY_FILTER_THRESHOLDS, face_quality, quality_filter_threshold
 
 __all__ = [
     "ARCFACE_TEMPLATE_112", "FACENET_TEMPLATE_160", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS",
     "MAX_S3_IMAGE_BYTES", "QUALITY_FILTER_THRESHOLDS", "DetectedFace", "Embedder", "Face",
-    "FaceDetector", "FaceNetEmbedder", "FacePipeline", "InvalidImageError", "TorchEmbedder",
+    "FaceDetector", "FaceNetEmbedder", "FacePipeline", "ImageTooLargeError", "InvalidImageError", "TorchEmbedder",
     "TorchScriptEmbedder", "align_face", "decode_image", "default_device", "face_quality",
     "load_facenet", "quality_filter_threshold", "similarity_transform",
 ]

@@ -49,6 +49,15 @@ class DetectedFace:
         return self.width * self.height
 
 
+def usable_rows(raw: np.ndarray) -> np.ndarray:
+    """YuNet's output rows whose box, landmarks and score are finite and whose box has an area.
+
+    On images of a few pixels YuNet can answer rows of inf or NaN (seen on a 1x1 PNG in a face worker, found
+    by tests/test_fuzz.py); no face has such a box, and its quality score failed on int(inf) (INTERNAL).
+    """
+    return raw[np.isfinite(raw[:, :15]).all(axis=1) & (raw[:, 2] > 0) & (raw[:, 3] > 0)]
+
+
 class FaceDetector:
     """YuNet face detector (OpenCV zoo, MIT): boxes, 5 landmarks and a quality per face.
 
@@ -112,6 +121,7 @@ class FaceDetector:
             _, raw = self._net.detect(bgr)
         if raw is None or len(raw) == 0:
             return []
+        raw = usable_rows(raw)
         raw = raw[np.argsort(-(raw[:, 2] * raw[:, 3]), kind="stable")][:max_faces]
         gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
         faces = []

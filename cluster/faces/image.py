@@ -23,6 +23,10 @@ class InvalidImageError(ValueError):
     """The bytes are not an image this service accepts; the message says why."""
 
 
+class ImageTooLargeError(InvalidImageError):
+    """An image over a size limit: its bytes, or its pixels (the gRPC API answers RESOURCE_EXHAUSTED)."""
+
+
 def _open(data: bytes) -> Image.Image:
     """Open the header only, accepting JPEG, PNG and WebP."""
     try:
@@ -31,7 +35,7 @@ def _open(data: bytes) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             return Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.DecompressionBombError as exc:
-        raise InvalidImageError(f"image is a decompression bomb: {exc}") from exc
+        raise ImageTooLargeError(f"image is a decompression bomb: {exc}") from exc
     except Image.UnidentifiedImageError as exc:
         raise InvalidImageError(
             "bytes are not a JPEG, PNG or WebP image (unrecognised header)") from exc
@@ -54,9 +58,9 @@ def decode_image(data: bytes, *, max_bytes: int = MAX_IMAGE_BYTES,
         Orientation tag says (so faces are upright as a viewer shows them).
 
     Raises:
-        InvalidImageError: empty input, input over `max_bytes`, bytes that are
-            not a JPEG/PNG/WebP image, a corrupt or truncated file, or a canvas
-            over `max_pixels`.
+        ImageTooLargeError: input over `max_bytes` or a canvas over `max_pixels`.
+        InvalidImageError: empty input, bytes that are not a JPEG/PNG/WebP
+            image, or a corrupt or truncated file.
         ValueError: `max_bytes` or `max_pixels` is not positive.
 
     Example:
@@ -74,7 +78,7 @@ def decode_image(data: bytes, *, max_bytes: int = MAX_IMAGE_BYTES,
     if size == 0:
         raise InvalidImageError("image is empty (0 bytes)")
     if size > max_bytes:
-        raise InvalidImageError(
+        raise ImageTooLargeError(
             f"image is {size} bytes, over the limit of {max_bytes} bytes")
     im = _open(bytes(data))
     try:
@@ -82,7 +86,7 @@ def decode_image(data: bytes, *, max_bytes: int = MAX_IMAGE_BYTES,
         if width <= 0 or height <= 0:
             raise InvalidImageError(f"image has an empty canvas ({width}x{height})")
         if width * height > max_pixels:
-            raise InvalidImageError(
+            raise ImageTooLargeError(
                 f"image is {width}x{height} = {width * height} pixels, over the limit "
                 f"of {max_pixels} pixels (decompression bomb guard)")
         try:

@@ -31,8 +31,15 @@ from cluster.api.limits import (
     MAX_IMAGE_BYTES,
     MAX_K,
 )
-from cluster.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from cluster.faces import DetectedFace, InvalidImageError, quality_filter_threshold
+from cluster.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+from cluster.faces import DetectedFace, ImageTooLargeError, InvalidImageError, quality_filter_threshold
 from cluster.faces.worker import ImageFaces
 from cluster.gateway.gallery import Gallery, SearchResults
 from cluster.storage.records import FaceRecord
@@ -172,7 +179,8 @@ class FaceService:
                     out.append(e)
         for (what, *_), result in zip(calls, out):
             if isinstance(result, InvalidImageError):  # Ray raises the worker's error as an instance of its class
-                raise InvalidArgument(f"{what}: {getattr(result, 'cause', result)}") from None
+                kind = ResourceExhausted if isinstance(result, ImageTooLargeError) else InvalidArgument
+                raise kind(f"{what}: {getattr(result, 'cause', result)}") from None
             if isinstance(result, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)):
                 raise Unavailable(f"a face worker is unavailable (restarting?): {result}") from result
             if isinstance(result, Exception):
@@ -189,11 +197,11 @@ class FaceService:
         if isinstance(image, S3Object):
             try:
                 return self.s3.read(image), self.s3.max_bytes, image.uri
-            except InvalidArgument as e:
-                raise InvalidArgument(f"{what}: {e}") from None
+            except (InvalidArgument, ResourceExhausted) as e:
+                raise type(e)(f"{what}: {e}") from None
         # Refused here rather than in the worker, so that an oversized request is not shipped to it.
         if len(image) > self.max_image_bytes:
-            raise InvalidArgument(f"{what}: image is {len(image)} bytes, over the limit of {self.max_image_bytes} "
+            raise ResourceExhausted(f"{what}: image is {len(image)} bytes, over the limit of {self.max_image_bytes} "
                                   f"bytes for image bytes; larger images can be given as an S3 object "
                                   f"(up to {self.s3.max_bytes} bytes)")
         return bytes(image), self.max_image_bytes, ""
@@ -244,7 +252,8 @@ class FaceService:
             timeout_s: the caller's remaining deadline.
 
         Raises:
-            InvalidArgument (bad image or argument), DeadlineExceeded, Unavailable.
+            InvalidArgument (bad image or argument), ResourceExhausted (image over its size limit),
+            DeadlineExceeded, Unavailable.
         """
         max_faces = self._max_faces(max_faces)
         deadline = self._deadline(timeout_s)
@@ -270,8 +279,8 @@ class FaceService:
             timeout_s: the caller's remaining deadline.
 
         Raises:
-            InvalidArgument, NotFound (collection), FailedPrecondition (not a collection of this
-            face model), DeadlineExceeded, Unavailable.
+            InvalidArgument, ResourceExhausted (image over its size limit), NotFound (collection),
+            FailedPrecondition (not a collection of this face model), DeadlineExceeded, Unavailable.
         """
         max_faces = self._max_faces(max_faces)
         min_quality = self._min_quality(quality_filter)
@@ -309,8 +318,9 @@ class FaceService:
             quality_filter: faces under it are not searched with.
 
         Raises:
-            InvalidArgument (also: no usable face in the image), NotFound, FailedPrecondition
-            (not a face collection of this model, or an empty one), DeadlineExceeded, Unavailable.
+            InvalidArgument (also: no usable face in the image), ResourceExhausted (image over its size
+            limit), NotFound, FailedPrecondition (not a face collection of this model, or an empty one),
+            DeadlineExceeded, Unavailable.
         """
         k = self._k(k)
         self._min_similarity(min_similarity)
@@ -364,7 +374,8 @@ class FaceService:
                 calibrated default (0.75 for FaceNet).
 
         Raises:
-            InvalidArgument (bad image, or no face in the source), DeadlineExceeded, Unavailable.
+            InvalidArgument (bad image, or no face in the source), ResourceExhausted (an image over its
+            size limit), DeadlineExceeded, Unavailable.
         """
         self._min_similarity(min_similarity)
         calibration = self.model.calibration

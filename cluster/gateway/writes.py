@@ -94,7 +94,8 @@ class Writes:
     def delete(self, state: CollectionState, face_ids: list[str]) -> tuple[list[str], list[str]]:
         """Deletes faces; returns (deleted, unknown) ids."""
         if not 1 <= len(face_ids) <= MAX_IDS_PER_CALL:
-            raise InvalidArgument(f"face_ids: {len(face_ids)} given, 1 to {MAX_IDS_PER_CALL} per request")
+            raise (ResourceExhausted if face_ids else InvalidArgument)(
+                f"face_ids: {len(face_ids)} given, 1 to {MAX_IDS_PER_CALL} per request")
         with state.write_lock:
             new = copy.deepcopy(state.manifest)
             grouped = ids_by_worker(list(dict.fromkeys(face_ids)), new.num_partitions, self.shards.num_workers)

@@ -22,10 +22,12 @@ def normalize(x: np.ndarray, *, what: str = "embeddings") -> np.ndarray:
     finite = np.isfinite(x).all(axis=1)
     if not finite.all():
         raise InvalidArgument(f"{what}: row {int(np.argmin(finite))} holds NaN or infinity")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    # In float64: the float32 sum of squares overflows for finite values near 3e38 (the norm came out inf
+    # and the row zero) and underflows for values near 1e-23 (a vector with a direction came out "all zeros").
+    norms = np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
     if (norms == 0).any():
         raise InvalidArgument(f"{what}: row {int(np.argmin(norms[:, 0]))} is all zeros and has no direction")
-    return x / norms
+    return (x / norms).astype(np.float32)
 
 
 def to_stored(x: np.ndarray) -> np.ndarray:

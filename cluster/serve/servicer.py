@@ -32,7 +32,8 @@ _STATUS = {
 
 
 def _status_errors(method):
-    """Ends the call with the status code of a domain error; anything else is INTERNAL."""
+    """Ends the call with the status code of a domain error, or the method's own `context.abort`; anything else
+    is INTERNAL."""
 
     @functools.wraps(method)
     def wrapper(self, request, context: grpc.ServicerContext):
@@ -41,6 +42,8 @@ def _status_errors(method):
         except errors.GalleryError as e:
             context.abort(next(code for cls, code in _STATUS.items() if isinstance(e, cls)), str(e))
         except Exception:
+            if context.code() not in (None, grpc.StatusCode.OK):  # raised by context.abort: the code is set
+                raise
             logger.exception("%s failed", method.__name__)
             context.abort(grpc.StatusCode.INTERNAL, f"{method.__name__} failed; see the server log")
 
@@ -50,6 +53,16 @@ def _status_errors(method):
 def _deadline(context: grpc.ServicerContext) -> float | None:
     remaining = context.time_remaining()
     return remaining if remaining is not None and remaining < 1e6 else None
+
+
+def _iso_time(request, name: str) -> str:
+    """A Timestamp field as ISO 8601 UTC, "" when unset."""
+    if not request.HasField(name):
+        return ""
+    try:  # nanos outside [0, 1e9) or seconds outside years 1..9999 do not convert
+        return getattr(request, name).ToDatetime(timezone.utc).isoformat()
+    except (ValueError, OverflowError) as e:
+        raise errors.InvalidArgument(f"{name} is not a valid timestamp: {e}") from None
 
 
 class GalleryServicer(gallery_pb2_grpc.GalleryServicer):
@@ -160,8 +173,7 @@ class GalleryServicer(gallery_pb2_grpc.GalleryServicer):
         if request.max_results > MAX_AUDIT_RECORDS_PER_PAGE:
             raise errors.InvalidArgument(f"max_results must be in [0, {MAX_AUDIT_RECORDS_PER_PAGE}], "
                                          f"got {request.max_results}")
-        since = request.since.ToDatetime(timezone.utc).isoformat() if request.HasField("since") else ""
-        until = request.until.ToDatetime(timezone.utc).isoformat() if request.HasField("until") else ""
+        since, until = _iso_time(request, "since"), _iso_time(request, "until")
         records = audit.query(self.audit_store, since=since, until=until, identity=request.identity,
                               collection_id=request.collection_id, case_id=request.case_id,
                               limit=request.max_results or DEFAULT_AUDIT_RECORDS_PER_PAGE)

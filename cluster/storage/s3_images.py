@@ -2,9 +2,10 @@
 
 One boto3 client per reader, thread-safe, so that a request's S3 object, or the images a fetch task
 reads in threads, go through one connection pool. Objects are refused from their size before their
-body is read. Errors say what the caller can do: `ImageNotFound` and `ImageTooLarge` (kinds of
-InvalidArgument), InvalidArgument for an object that cannot be read (access denied, a bad bucket
-name), Unavailable when S3 could not be reached, after `retries` retries with exponential backoff.
+body is read. Errors say what the caller can do: `ImageNotFound` (a kind of InvalidArgument),
+`ImageTooLarge` (a kind of ResourceExhausted, as every request over a size limit), InvalidArgument
+for an object that cannot be read (access denied, a bad bucket name), Unavailable when S3 could not
+be reached, after `retries` retries with exponential backoff.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 from cluster.api.limits import MAX_S3_IMAGE_BYTES
-from cluster.errors import InvalidArgument, Unavailable
+from cluster.errors import InvalidArgument, ResourceExhausted, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ class ImageNotFound(InvalidArgument):
     """No object at the bucket, key and version given."""
 
 
-class ImageTooLarge(InvalidArgument):
+class ImageTooLarge(ResourceExhausted):
     """An object over the reader's `max_bytes`."""
 
 
@@ -108,7 +109,8 @@ class S3ImageReader:
         Raises:
             ImageNotFound: no such object, bucket or version.
             ImageTooLarge: an object over `max_bytes`, refused from its size before its body is read.
-            InvalidArgument: no bucket or key, or an object that cannot be read (access denied, …).
+            InvalidArgument: no bucket or key, a bucket name S3 does not allow, or an object that cannot be read
+                (access denied, …).
             Unavailable: S3 could not be reached, `retries` + 1 times.
         """
         if not obj.bucket or not obj.name:
@@ -148,6 +150,8 @@ class S3ImageReader:
                 kind = ImageNotFound if code in _NOT_FOUND else InvalidArgument
                 raise kind(f"image {obj.uri} cannot be read: {code} ({error.get('Message', '')})") from e
             raise Unavailable(f"reading image {obj.uri} failed: {e}") from e
+        except botocore.exceptions.ParamValidationError as e:  # the request's bucket or key, refused before sending
+            raise InvalidArgument(f"image {obj.uri} cannot be read: {e}") from e
         except botocore.exceptions.BotoCoreError as e:
             raise Unavailable(f"reading image {obj.uri} failed: {e}") from e
         if len(data) > self.max_bytes:

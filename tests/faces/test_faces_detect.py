@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from cluster.faces import QUALITY_FILTER_THRESHOLDS, DetectedFace, FaceDetector, quality_filter_threshold
+from cluster.faces.detect import usable_rows
 from cluster.faces.quality import frontal_score, size_score
 
 
@@ -115,3 +116,17 @@ def test_rejects_bad_arguments(detector, photos):
         FaceDetector(score_threshold=1.5)
     with pytest.raises(FileNotFoundError):
         FaceDetector("/nonexistent/yunet.onnx")
+
+
+def test_rows_of_inf_nan_or_no_area_are_not_faces():
+    """YuNet answered a box of inf for a 1x1 PNG in a face worker (found by tests/test_fuzz.py): CompareFaces
+    answered INTERNAL when the quality score took int(inf). Such rows are dropped before any face is made."""
+    face = np.array([10, 20, 30, 40, *range(10), 0.9], np.float32)
+    rows = np.stack([face, face, face, face, face, face])
+    rows[1, 0] = np.inf
+    rows[2, 7] = np.nan
+    rows[3, 14] = -np.inf
+    rows[4, 2] = 0
+    rows[5, 3] = -5
+    np.testing.assert_array_equal(usable_rows(rows), rows[:1])
+    assert usable_rows(rows[1:]).shape == (0, 15)

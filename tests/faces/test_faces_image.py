@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cluster.faces import MAX_IMAGE_BYTES, MAX_S3_IMAGE_BYTES, InvalidImageError, decode_image
+from cluster.faces import MAX_IMAGE_BYTES, MAX_S3_IMAGE_BYTES, ImageTooLargeError, InvalidImageError, decode_image
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "faces"
 
@@ -66,14 +66,14 @@ def test_empty():
 def test_over_the_inline_limit():
     data = (DATA / "obama.jpg").read_bytes()
     padded = data + bytes(MAX_IMAGE_BYTES + 1 - len(data))  # JPEG readers ignore trailing bytes
-    with pytest.raises(InvalidImageError, match=f"over the limit of {MAX_IMAGE_BYTES} bytes"):
+    with pytest.raises(ImageTooLargeError, match=f"over the limit of {MAX_IMAGE_BYTES} bytes"):
         decode_image(padded)
     assert decode_image(padded, max_bytes=MAX_S3_IMAGE_BYTES).ndim == 3  # S3's limit is 15 MiB
 
 
 def test_limit_is_configurable():
     data = (DATA / "obama.jpg").read_bytes()
-    with pytest.raises(InvalidImageError, match="over the limit of 1000 bytes"):
+    with pytest.raises(ImageTooLargeError, match="over the limit of 1000 bytes"):
         decode_image(data, max_bytes=1000)
     with pytest.raises(ValueError, match="max_bytes"):
         decode_image(data, max_bytes=0)
@@ -118,7 +118,7 @@ def test_truncated(rgb, fmt):
 def test_decompression_bomb_png():
     bomb = encode(np.zeros((10_000, 10_000), np.uint8), "PNG")  # 100 MP in ~100 KB
     assert len(bomb) < 200_000
-    with pytest.raises(InvalidImageError, match="pixels, over the limit"):
+    with pytest.raises(ImageTooLargeError, match="pixels, over the limit"):
         decode_image(bomb)
 
 
@@ -131,11 +131,11 @@ def test_huge_canvas_stops_before_decoding():
     ihdr = struct.pack(">IIBBBBB", 64_000, 64_000, 8, 0, 0, 0, 0)
     bomb = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
             + _png_chunk(b"IDAT", zlib.compress(bytes(64_001))) + _png_chunk(b"IEND", b""))
-    with pytest.raises(InvalidImageError, match="decompression bomb"):
+    with pytest.raises(ImageTooLargeError, match="decompression bomb"):
         decode_image(bomb)
 
 
 def test_pixel_limit_is_configurable(rgb):
     data = encode(rgb, "PNG")
-    with pytest.raises(InvalidImageError, match="over the limit of 1000 pixels"):
+    with pytest.raises(ImageTooLargeError, match="over the limit of 1000 pixels"):
         decode_image(data, max_pixels=1000)
