@@ -278,7 +278,7 @@ class AddEmbeddingsResponse(_message.Message):
     def __init__(self, face_ids: _Optional[_Iterable[str]] = ..., skipped_face_ids: _Optional[_Iterable[str]] = ..., face_count: _Optional[int] = ...) -> None: ...
 
 class SearchByEmbeddingRequest(_message.Message):
-    __slots__ = ("collection_id", "queries", "k", "nprobe", "min_similarity", "purpose", "case_id")
+    __slots__ = ("collection_id", "queries", "k", "nprobe", "min_similarity", "purpose", "case_id", "allow_partial")
     COLLECTION_ID_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -286,6 +286,7 @@ class SearchByEmbeddingRequest(_message.Message):
     MIN_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
     CASE_ID_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_PARTIAL_FIELD_NUMBER: _ClassVar[int]
     collection_id: str
     queries: _containers.RepeatedCompositeFieldContainer[Embedding]
     k: int
@@ -293,7 +294,8 @@ class SearchByEmbeddingRequest(_message.Message):
     min_similarity: float
     purpose: str
     case_id: str
-    def __init__(self, collection_id: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., min_similarity: _Optional[float] = ..., purpose: _Optional[str] = ..., case_id: _Optional[str] = ...) -> None: ...
+    allow_partial: bool
+    def __init__(self, collection_id: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., min_similarity: _Optional[float] = ..., purpose: _Optional[str] = ..., case_id: _Optional[str] = ..., allow_partial: _Optional[bool] = ...) -> None: ...
 
 class Candidate(_message.Message):
     __slots__ = ("face", "similarity", "false_match_rate", "gallery_false_match_probability")
@@ -314,16 +316,20 @@ class SearchResult(_message.Message):
     def __init__(self, candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ...) -> None: ...
 
 class SearchByEmbeddingResponse(_message.Message):
-    __slots__ = ("results", "gallery_size", "calibration", "index_state")
+    __slots__ = ("results", "gallery_size", "calibration", "index_state", "partial", "missing_partitions")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     GALLERY_SIZE_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     INDEX_STATE_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    MISSING_PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[SearchResult]
     gallery_size: int
     calibration: Calibration
     index_state: IndexState
-    def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., gallery_size: _Optional[int] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., index_state: _Optional[_Union[IndexState, str]] = ...) -> None: ...
+    partial: bool
+    missing_partitions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., gallery_size: _Optional[int] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., index_state: _Optional[_Union[IndexState, str]] = ..., partial: _Optional[bool] = ..., missing_partitions: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ListFacesRequest(_message.Message):
     __slots__ = ("collection_id", "max_results", "next_token", "include_embeddings")
@@ -453,7 +459,7 @@ class IndexFacesResponse(_message.Message):
     def __init__(self, indexed_faces: _Optional[_Iterable[_Union[Face, _Mapping]]] = ..., unindexed_faces: _Optional[_Iterable[_Union[UnindexedFace, _Mapping]]] = ..., embedding_model: _Optional[str] = ...) -> None: ...
 
 class SearchFacesByImageRequest(_message.Message):
-    __slots__ = ("collection_id", "image", "k", "min_similarity", "all_faces", "quality_filter", "purpose", "case_id")
+    __slots__ = ("collection_id", "image", "k", "min_similarity", "all_faces", "quality_filter", "purpose", "case_id", "allow_partial")
     COLLECTION_ID_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -462,6 +468,7 @@ class SearchFacesByImageRequest(_message.Message):
     QUALITY_FILTER_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
     CASE_ID_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_PARTIAL_FIELD_NUMBER: _ClassVar[int]
     collection_id: str
     image: Image
     k: int
@@ -470,7 +477,8 @@ class SearchFacesByImageRequest(_message.Message):
     quality_filter: QualityFilter
     purpose: str
     case_id: str
-    def __init__(self, collection_id: _Optional[str] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., k: _Optional[int] = ..., min_similarity: _Optional[float] = ..., all_faces: _Optional[bool] = ..., quality_filter: _Optional[_Union[QualityFilter, str]] = ..., purpose: _Optional[str] = ..., case_id: _Optional[str] = ...) -> None: ...
+    allow_partial: bool
+    def __init__(self, collection_id: _Optional[str] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., k: _Optional[int] = ..., min_similarity: _Optional[float] = ..., all_faces: _Optional[bool] = ..., quality_filter: _Optional[_Union[QualityFilter, str]] = ..., purpose: _Optional[str] = ..., case_id: _Optional[str] = ..., allow_partial: _Optional[bool] = ...) -> None: ...
 
 class FaceSearchResult(_message.Message):
     __slots__ = ("searched_face", "candidates")
@@ -481,42 +489,52 @@ class FaceSearchResult(_message.Message):
     def __init__(self, searched_face: _Optional[_Union[FaceDetail, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ...) -> None: ...
 
 class SearchFacesByImageResponse(_message.Message):
-    __slots__ = ("results", "gallery_size", "calibration")
+    __slots__ = ("results", "gallery_size", "calibration", "partial", "missing_partitions")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     GALLERY_SIZE_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    MISSING_PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[FaceSearchResult]
     gallery_size: int
     calibration: Calibration
-    def __init__(self, results: _Optional[_Iterable[_Union[FaceSearchResult, _Mapping]]] = ..., gallery_size: _Optional[int] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ...) -> None: ...
+    partial: bool
+    missing_partitions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, results: _Optional[_Iterable[_Union[FaceSearchResult, _Mapping]]] = ..., gallery_size: _Optional[int] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., partial: _Optional[bool] = ..., missing_partitions: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SearchFacesRequest(_message.Message):
-    __slots__ = ("collection_id", "face_id", "k", "min_similarity", "purpose", "case_id")
+    __slots__ = ("collection_id", "face_id", "k", "min_similarity", "purpose", "case_id", "allow_partial")
     COLLECTION_ID_FIELD_NUMBER: _ClassVar[int]
     FACE_ID_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     MIN_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
     CASE_ID_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_PARTIAL_FIELD_NUMBER: _ClassVar[int]
     collection_id: str
     face_id: str
     k: int
     min_similarity: float
     purpose: str
     case_id: str
-    def __init__(self, collection_id: _Optional[str] = ..., face_id: _Optional[str] = ..., k: _Optional[int] = ..., min_similarity: _Optional[float] = ..., purpose: _Optional[str] = ..., case_id: _Optional[str] = ...) -> None: ...
+    allow_partial: bool
+    def __init__(self, collection_id: _Optional[str] = ..., face_id: _Optional[str] = ..., k: _Optional[int] = ..., min_similarity: _Optional[float] = ..., purpose: _Optional[str] = ..., case_id: _Optional[str] = ..., allow_partial: _Optional[bool] = ...) -> None: ...
 
 class SearchFacesResponse(_message.Message):
-    __slots__ = ("searched_face_id", "candidates", "gallery_size", "calibration")
+    __slots__ = ("searched_face_id", "candidates", "gallery_size", "calibration", "partial", "missing_partitions")
     SEARCHED_FACE_ID_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     GALLERY_SIZE_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    MISSING_PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     searched_face_id: str
     candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
     gallery_size: int
     calibration: Calibration
-    def __init__(self, searched_face_id: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., gallery_size: _Optional[int] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ...) -> None: ...
+    partial: bool
+    missing_partitions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, searched_face_id: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., gallery_size: _Optional[int] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., partial: _Optional[bool] = ..., missing_partitions: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CompareFacesRequest(_message.Message):
     __slots__ = ("source_image", "target_image", "min_similarity", "purpose", "case_id")
