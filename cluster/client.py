@@ -106,7 +106,9 @@ class GalleryClient:
                min_similarity: float | None = None) -> tuple[np.ndarray, list[list[str]]]:
         """Returns D (nq, k) similarities (-inf where fewer) and the face ids, like a faiss index.
 
-        `purpose` (why) and `case_id` (for which case) are required by the server and audited.
+        `purpose` (why) and `case_id` (for which case) are required by the server and audited. Fails with
+        UNAVAILABLE while a partition is down: (D, ids) could not say which faces are missing, so partial
+        results are only to be had from `search_raw(..., allow_partial=True)`.
         """
         response = self.search_raw(collection_id, xq, k, nprobe=nprobe, min_similarity=min_similarity,
                                    purpose=purpose, case_id=case_id)
@@ -118,11 +120,16 @@ class GalleryClient:
         return D, ids
 
     def search_raw(self, collection_id: str, xq: np.ndarray, k: int, *, purpose: str, case_id: str,
-                   nprobe: int = 0, min_similarity: float | None = None) -> pb.SearchByEmbeddingResponse:
-        """The full response, with face records and false-match estimates."""
+                   nprobe: int = 0, min_similarity: float | None = None,
+                   allow_partial: bool = False) -> pb.SearchByEmbeddingResponse:
+        """The full response, with face records and false-match estimates.
+
+        With `allow_partial`, a search while partitions are down answers from the others, with
+        `response.partial` set and `response.missing_partitions` naming them, instead of failing UNAVAILABLE.
+        """
         queries = [convert.embedding(x) for x in np.atleast_2d(xq)]
         request = pb.SearchByEmbeddingRequest(collection_id=collection_id, queries=queries, k=k, nprobe=nprobe,
-                                              purpose=purpose, case_id=case_id)
+                                              purpose=purpose, case_id=case_id, allow_partial=allow_partial)
         if min_similarity is not None:
             request.min_similarity = min_similarity
         return self._call(self._stub.SearchByEmbedding, request)

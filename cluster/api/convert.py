@@ -52,6 +52,12 @@ class ScoredRecord(Protocol):
     gallery_false_match_probability: float
 
 
+class PartialAnswer(Protocol):
+    """What a search response's `partial` and `missing_partitions` are made of: a gateway `SearchResults`."""
+
+    missing_partitions: list[int]
+
+
 class ScoreCalibration(Protocol):
     """What a Calibration message is made of: a `cluster.index.calibration.Calibration`."""
 
@@ -158,6 +164,11 @@ def add_candidates(field, candidates: Iterable[ScoredRecord]) -> None:
     for c in candidates:
         fill_face(field.add(similarity=c.similarity, false_match_rate=c.false_match_rate,
                             gallery_false_match_probability=c.gallery_false_match_probability).face, c.record)
+
+
+def partial_fields(results: PartialAnswer) -> dict:
+    """A search response's `partial` and `missing_partitions`, from a gateway search's results."""
+    return {"partial": bool(results.missing_partitions), "missing_partitions": results.missing_partitions}
 
 
 def index_state(index_version: int) -> pb.IndexState.ValueType:

@@ -24,14 +24,15 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-SearchFn = Callable[[Hashable, np.ndarray], tuple[np.ndarray, np.ndarray, dict]]
+# (D, I, shared): shared (the records of the labels in I, ...) goes to every caller of the batch as it is.
+SearchFn = Callable[[Hashable, np.ndarray], tuple[np.ndarray, np.ndarray, object]]
 
 
 class QueryBatcher:
     """Groups concurrent `submit` calls into batched calls of `search_fn(key, xq)`.
 
     Args:
-        search_fn: returns (D, I, records) for a (nq, d) batch.
+        search_fn: returns (D, I, shared) for a (nq, d) batch; every caller gets its rows of D and I, and shared.
         max_batch_size: a dispatch takes no further requests once it holds this many queries, >= 1.
         max_in_flight: dispatches running at once, >= 1. One is best here: every dispatch already
             runs on all shards in parallel, so fewer, larger batches serve more queries
@@ -50,7 +51,7 @@ class QueryBatcher:
         self._follow_on = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="search-batch")
 
     def submit(self, key: Hashable, xq: np.ndarray) -> Future:
-        """Queues (nq, d) queries and dispatches a batch if a slot is free; the future gives (D, I, records)."""
+        """Queues (nq, d) queries and dispatches a batch if a slot is free; the future gives (D, I, shared)."""
         future: Future = Future()
         self._queue.put((key, xq, future))
         self._serve()
@@ -94,7 +95,7 @@ class QueryBatcher:
             groups.setdefault(key, []).append((xq, future))
         for key, items in groups.items():
             try:
-                D, I, records = self._search_fn(key, np.concatenate([xq for xq, _ in items]))
+                D, I, shared = self._search_fn(key, np.concatenate([xq for xq, _ in items]))
             except BaseException as e:  # every waiting caller gets the error
                 for _, future in items:
                     future.set_exception(e)
@@ -102,5 +103,5 @@ class QueryBatcher:
             start = 0
             for xq, future in items:
                 end = start + xq.shape[0]
-                future.set_result((D[start:end], I[start:end], records))
+                future.set_result((D[start:end], I[start:end], shared))
                 start = end

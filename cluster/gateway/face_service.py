@@ -308,7 +308,8 @@ class FaceService:
 
     def search_by_image(self, collection_id: str, image: Image | None, *, k: int = 0,
                         min_similarity: float | None = None, all_faces: bool = False,
-                        quality_filter: str = "AUTO", timeout_s: float | None = None) -> FaceSearch:
+                        quality_filter: str = "AUTO", timeout_s: float | None = None,
+                        allow_partial: bool = False) -> FaceSearch:
         """Searches a face collection with the largest face of an image, or with each of its faces.
 
         Args:
@@ -316,6 +317,7 @@ class FaceService:
             min_similarity: None for the collection's calibrated default.
             all_faces: search with every face that passes the quality filter (up to 100).
             quality_filter: faces under it are not searched with.
+            allow_partial: see `Gallery.search`.
 
         Raises:
             InvalidArgument (also: no usable face in the image), ResourceExhausted (image over its size
@@ -338,18 +340,19 @@ class FaceService:
                                   else "image: no face found")
         results = self.gallery.search(collection_id, np.stack([f.embedding for f in faces]), k,
                                       min_similarity=min_similarity,
-                                      timeout_s=max(deadline - time.monotonic(), 0.001))
+                                      timeout_s=max(deadline - time.monotonic(), 0.001), allow_partial=allow_partial)
         return FaceSearch(faces, found.width, found.height, results)
 
     def search_faces(self, collection_id: str, face_id: str, *, k: int = 0, min_similarity: float | None = None,
-                     timeout_s: float | None = None) -> tuple[FaceRecord, SearchResults]:
+                     timeout_s: float | None = None, allow_partial: bool = False) -> tuple[FaceRecord, SearchResults]:
         """Searches a collection with the stored embedding of one of its faces, which is left out of the results.
 
         Returns:
             (the searched face's record, its candidates as query 0).
 
         Raises:
-            InvalidArgument, NotFound (collection or face id), DeadlineExceeded, Unavailable.
+            InvalidArgument, NotFound (collection or face id), DeadlineExceeded, Unavailable (also with
+            allow_partial when the searched face's own worker is down: it is read first).
         """
         k = self._k(k)
         self._min_similarity(min_similarity)
@@ -361,7 +364,7 @@ class FaceService:
         record = found[0]
         # One more than asked, since the face finds itself.
         results = self.gallery.search(collection_id, record.embedding[None].astype(np.float32), min(k + 1, MAX_K),
-                                      min_similarity=min_similarity, timeout_s=timeout_s)
+                                      min_similarity=min_similarity, timeout_s=timeout_s, allow_partial=allow_partial)
         others = [c for c in results.candidates[0] if c.record.face_id != face_id][:k]
         return record, dataclasses.replace(results, candidates=[others])
 

@@ -144,7 +144,8 @@ class Gallery:
     # ---- search ------------------------------------------------------------
 
     def search(self, collection_id: str, xq: np.ndarray, k: int, *, nprobe: int = 0,
-               min_similarity: float | None = None, timeout_s: float | None = None) -> SearchResults:
+               min_similarity: float | None = None, timeout_s: float | None = None,
+               allow_partial: bool = False) -> SearchResults:
         """Top-k candidates for each query.
 
         Args:
@@ -153,13 +154,16 @@ class Gallery:
             nprobe: IVF lists probed, 0 for the default; at most nlist.
             min_similarity: drop candidates below; None for the collection's calibrated default.
             timeout_s: the caller's remaining deadline.
+            allow_partial: when shard workers are unavailable, answer from the others, naming the partitions
+                left out in `missing_partitions`; False fails with Unavailable instead.
 
         Raises:
-            InvalidArgument, NotFound, FailedPrecondition (empty collection), DeadlineExceeded, Unavailable,
+            InvalidArgument, NotFound, FailedPrecondition (empty collection), DeadlineExceeded, Unavailable
+            (a worker is down; with allow_partial, every worker is, or one failed during the search),
             ResourceExhausted (over MAX_QUERIES, or the gateway already holds max_queued_queries queries).
         """
         return self.searches.search(self.collections.get(collection_id), xq, k, nprobe=nprobe,
-                                    min_similarity=min_similarity, timeout_s=timeout_s)
+                                    min_similarity=min_similarity, timeout_s=timeout_s, allow_partial=allow_partial)
 
     # ---- reads -------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import pickle
 import time
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from opentelemetry import trace
@@ -58,6 +58,13 @@ class SearchResults:
     gallery_size: int
     calibration: Calibration | None
     index_version: int
+    # Partitions whose workers could not answer, ascending: only ever non-empty when the search allowed
+    # partial results; their faces are missing from the candidates.
+    missing_partitions: list[int] = field(default_factory=list)
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.missing_partitions)
 
 
 class SearchPath:
@@ -88,7 +95,8 @@ class SearchPath:
         self._batcher.close()
 
     def search(self, state: CollectionState, xq: np.ndarray, k: int, *, nprobe: int = 0,
-               min_similarity: float | None = None, timeout_s: float | None = None) -> SearchResults:
+               min_similarity: float | None = None, timeout_s: float | None = None,
+               allow_partial: bool = False) -> SearchResults:
         """Top-k candidates for each query; see `Gallery.search`."""
         m = state.manifest
         if not 1 <= k <= MAX_K:
@@ -107,7 +115,8 @@ class SearchPath:
         self.admission.admit(nq)  # ResourceExhausted at once when the gateway holds too many queries
         started = time.monotonic()
         try:
-            future = self._batcher.submit((m.collection_id, k, nprobe), xq)
+            # Partial and complete searches never share a fan-out: a complete one must fail when a worker is away.
+            future = self._batcher.submit((m.collection_id, k, nprobe, allow_partial), xq)
         except BaseException:
             self.admission.release(nq)
             raise
@@ -115,7 +124,7 @@ class SearchPath:
         # that stops waiting does not release queries that are still being searched: they still cost the shards.
         future.add_done_callback(lambda _: self.admission.release(nq))
         try:
-            D, I, records = future.result(timeout=timeout_s)
+            D, I, (records, missing) = future.result(timeout=timeout_s)
         except FutureTimeout as e:
             future.cancel()
             raise DeadlineExceeded(f"search did not finish within {timeout_s:.3f} s") from e
@@ -130,18 +139,20 @@ class SearchPath:
         candidates = [[Candidate(records[int(label)], float(D[q, j]), float(fmr[q, j]), float(gfmp[q, j]))
                        for j, label in enumerate(I[q]) if label >= 0 and D[q, j] >= min_similarity]
                       for q in range(I.shape[0])]
-        return SearchResults(candidates, gallery_size, calibration, state.live.version)
+        return SearchResults(candidates, gallery_size, calibration, state.live.version, missing)
 
-    def _search_batch(self, key: tuple[str, int, int], xq: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
-        collection_id, k, nprobe = key
+    def _search_batch(self, key: tuple[str, int, int, bool], xq: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, tuple[dict, list[int]]]:
+        collection_id, k, nprobe, allow_partial = key
         state = self.collections.get(collection_id)
         try:
-            return self._fan_out(state, xq, k, nprobe)
+            return self._fan_out(state, xq, k, nprobe, allow_partial)
         except StaleIndexVersion:  # an index switch completed between reading `live` and the shards' answer
-            return self._fan_out(state, xq, k, nprobe)
+            return self._fan_out(state, xq, k, nprobe, allow_partial)
 
-    def _fan_out(self, state: CollectionState, xq: np.ndarray, k: int, nprobe: int
-                 ) -> tuple[np.ndarray, np.ndarray, dict]:
+    def _fan_out(self, state: CollectionState, xq: np.ndarray, k: int, nprobe: int, allow_partial: bool
+                 ) -> tuple[np.ndarray, np.ndarray, tuple[dict, list[int]]]:
+        """(D, I, (records of the labels in I, partitions missing)) of the batch."""
         live = state.live
         Iq = Dq = None
         rerank_k = k
@@ -155,10 +166,18 @@ class SearchPath:
                 "gallery.collection_id": request.collection_id, "gallery.queries": xq.shape[0], "gallery.k": k,
                 "gallery.index_version": live.version, "gallery.shard_workers": self.shards.num_workers}):
             started = time.perf_counter()
-            replies = [pickle.loads(reply) for reply in self.shards.search(
-                pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL), self.call_timeout_s)]
-            if self._fan_out_observer is not None:
+            raw = self.shards.search(pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL), self.call_timeout_s,
+                                     skip_unavailable=allow_partial)
+            skipped = [w for w, reply in enumerate(raw) if reply is None]
+            replies = [pickle.loads(reply) for reply in raw if reply is not None]
+            if self._fan_out_observer is not None and not skipped:  # it reports every worker, in worker order
                 self._fan_out_observer(time.perf_counter() - started, [r.search_s for r in replies])
         D, I = merge_topk([(r.D, r.I) for r in replies], k)
         records = {label: record for r in replies for label, record in r.records.items()}
-        return D, I, records
+        return D, I, (records, _partitions_of(skipped, state.manifest.num_partitions, self.shards.num_workers))
+
+
+def _partitions_of(workers: list[int], num_partitions: int, num_workers: int) -> list[int]:
+    """The partitions the given workers hold (partition p: worker p % num_workers), ascending."""
+    held = set(workers)
+    return [p for p in range(num_partitions) if p % num_workers in held] if held else []

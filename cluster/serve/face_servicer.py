@@ -98,10 +98,12 @@ class FaceGalleryServicer(GalleryServicer):
         search = self.faces.search_by_image(
             request.collection_id, _image(request.image), k=request.k,
             min_similarity=_optional(request, "min_similarity"), all_faces=request.all_faces,
-            quality_filter=_quality_filter(request.quality_filter), timeout_s=_deadline(context))
+            quality_filter=_quality_filter(request.quality_filter), timeout_s=_deadline(context),
+            allow_partial=request.allow_partial)
         results = search.results
         response = pb.SearchFacesByImageResponse(gallery_size=results.gallery_size,
-                                                 calibration=convert.calibration_message(results.calibration))
+                                                 calibration=convert.calibration_message(results.calibration),
+                                                 **convert.partial_fields(results))
         for face, candidates in zip(search.faces, results.candidates):
             searched = response.results.add(searched_face=_detail(face, search.width, search.height))
             convert.add_candidates(searched.candidates, candidates)
@@ -112,9 +114,10 @@ class FaceGalleryServicer(GalleryServicer):
     def SearchFaces(self, request, context):
         record, results = self.faces.search_faces(request.collection_id, request.face_id, k=request.k,
                                                   min_similarity=_optional(request, "min_similarity"),
-                                                  timeout_s=_deadline(context))
+                                                  timeout_s=_deadline(context), allow_partial=request.allow_partial)
         response = pb.SearchFacesResponse(searched_face_id=record.face_id, gallery_size=results.gallery_size,
-                                          calibration=convert.calibration_message(results.calibration))
+                                          calibration=convert.calibration_message(results.calibration),
+                                          **convert.partial_fields(results))
         convert.add_candidates(response.candidates, results.candidates[0])
         return response
 

@@ -198,6 +198,8 @@ def _response_fields(request, response) -> dict:
     else:
         return {}
     fields = {"candidates": lists}
+    if getattr(response, "partial", False):  # the caller was shown candidates of only some partitions
+        fields.update(partial=True, missing_partitions=list(response.missing_partitions))
     if request.HasField("min_similarity"):
         fields["threshold"] = round(request.min_similarity, 6)
     elif hasattr(response, "calibration") and response.HasField("calibration"):

@@ -134,10 +134,10 @@ class GalleryServicer(gallery_pb2_grpc.GalleryServicer):
         results = self.gallery.search(
             request.collection_id, xq, request.k, nprobe=request.nprobe,
             min_similarity=request.min_similarity if request.HasField("min_similarity") else None,
-            timeout_s=_deadline(context))
+            timeout_s=_deadline(context), allow_partial=request.allow_partial)
         response = pb.SearchByEmbeddingResponse(
             gallery_size=results.gallery_size, calibration=convert.calibration_message(results.calibration),
-            index_state=convert.index_state(results.index_version))
+            index_state=convert.index_state(results.index_version), **convert.partial_fields(results))
         for candidates in results.candidates:
             convert.add_candidates(response.results.add().candidates, candidates)
         return response

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from cluster.errors import Unavailable
 from cluster.index.training import train_ivfpq
 from cluster.shards.worker import ShardWorker
 
@@ -44,8 +45,16 @@ class ShardBackend(abc.ABC):
                          timeout_s=timeout_s)
 
     @abc.abstractmethod
-    def search(self, request: bytes, timeout_s: float) -> list[bytes]:
-        """Every worker's `search(request)`, in worker order (pickled `SearchRequest` in, `SearchReply` out)."""
+    def search(self, request: bytes, timeout_s: float, *, skip_unavailable: bool = False) -> list[bytes | None]:
+        """Every worker's `search(request)`, in worker order (pickled `SearchRequest` in, `SearchReply` out).
+
+        Args:
+            skip_unavailable: leave out the workers `unavailable_workers` names, with None in their place.
+
+        Raises:
+            Unavailable: a worker searched is down or fails on the way (never answered with fewer replies);
+                with skip_unavailable, also when every worker is unavailable. DeadlineExceeded: past timeout_s.
+        """
 
     @abc.abstractmethod
     def train(self, xt: np.ndarray, nlist: int, pq_m: int) -> bytes:
@@ -88,17 +97,42 @@ class LocalShards(ShardBackend):
         self.workers = [ShardWorker(i, num_workers, store_uri, s3_endpoint=s3_endpoint, omp_threads=omp_threads)
                         for i in range(num_workers)]
         self._locks = [{False: threading.Lock(), True: threading.Lock()} for _ in range(num_workers)]
+        self._down: set[int] = set()
 
     def call(self, method: str, calls: Iterable[tuple[int, tuple]], *, maintenance: bool = False,
              timeout_s: float | None = None) -> list:
+        calls = list(calls)
+        self._refuse_down(w for w, _ in calls)
         results = []
         for w, args in calls:
             with self._locks[w][maintenance]:
                 results.append(getattr(self.workers[w], method)(*args))
         return results
 
-    def search(self, request: bytes, timeout_s: float) -> list[bytes]:
-        return [worker.search(request) for worker in self.workers]
+    def search(self, request: bytes, timeout_s: float, *, skip_unavailable: bool = False) -> list[bytes | None]:
+        skipped = set(self._down) if skip_unavailable else set()
+        if skipped and len(skipped) == self.num_workers:
+            raise Unavailable(f"every shard worker is unavailable: {sorted(skipped)}")
+        self._refuse_down(w for w in range(self.num_workers) if w not in skipped)
+        return [None if w in skipped else worker.search(request) for w, worker in enumerate(self.workers)]
+
+    def unavailable_workers(self) -> list[int]:
+        """Workers taken down with `take_down`."""
+        return sorted(self._down)
+
+    def take_down(self, worker_id: int, down: bool = True) -> None:
+        """Makes a worker unavailable, as a lost Ray worker is (or available again); its data stays in memory.
+
+        Calls that need it fail with Unavailable meanwhile: the embedded stand-in for a lost worker.
+        """
+        if not 0 <= worker_id < self.num_workers:
+            raise ValueError(f"worker_id must be in [0, {self.num_workers}), got {worker_id}")
+        (self._down.add if down else self._down.discard)(worker_id)
+
+    def _refuse_down(self, workers: Iterable[int]) -> None:
+        down = sorted(self._down.intersection(workers)) if self._down else []
+        if down:
+            raise Unavailable(f"shard worker(s) {down} are down")
 
     def train(self, xt: np.ndarray, nlist: int, pq_m: int) -> bytes:
         return train_ivfpq(xt, nlist, pq_m)

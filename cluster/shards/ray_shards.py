@@ -118,10 +118,28 @@ class RayShards(ShardBackend):
         with _ray_errors():
             return ray.get(refs, timeout=timeout_s or self.call_timeout_s)
 
-    def search(self, request: bytes, timeout_s: float) -> list[bytes]:
+    def search(self, request: bytes, timeout_s: float, *, skip_unavailable: bool = False) -> list[bytes | None]:
+        if skip_unavailable:
+            skipped = self.unavailable_workers()
+            if skipped:
+                return self._search_some(request, timeout_s, skipped)
         self._refuse_gone(range(self.num_workers))
         with _ray_errors():
             return self.fan_out(request, timeout_s)
+
+    def _search_some(self, request: bytes, timeout_s: float, skipped: list[int]) -> list[bytes | None]:
+        """The workers not skipped, as actor calls: the channels reopen only once every worker answers again.
+
+        A worker searched that fails meanwhile fails the whole search: the caller is told which partitions
+        are missing only of the workers skipped here.
+        """
+        searched = [w for w in range(self.num_workers) if w not in skipped]
+        if not searched:
+            raise Unavailable(f"every shard worker is unavailable: {skipped}")
+        self._refuse_gone(searched)
+        with _ray_errors():
+            replies = iter(ray.get([self.workers[w].search.remote(request) for w in searched], timeout=timeout_s))
+        return [None if w in skipped else next(replies) for w in range(self.num_workers)]
 
     def train(self, xt: np.ndarray, nlist: int, pq_m: int) -> bytes:
         with _ray_errors():
