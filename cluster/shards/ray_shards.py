@@ -189,9 +189,9 @@ class RayShards(ShardBackend):
             return False
         self.workers[w] = worker
         self.fan_out.replace_worker(w, worker)
+        self.replacements += 1  # before the worker counts as available: whoever sees it back sees it counted
         self._gone.discard(w)
         self._down.discard(w)
-        self.replacements += 1
         logger.info("shard worker %d is back (created anew)", w)
         return True
 
