@@ -17,9 +17,10 @@ from gallery.v1 import gallery_pb2_grpc
 from support import wait_until
 
 from cluster.api import convert
+from cluster.api.limits import MAX_QUERIES
 from cluster.errors import DeadlineExceeded, ResourceExhausted
 from cluster.gateway.admission import QueryAdmission
-from cluster.gateway.gallery import MAX_QUERIES, Gallery
+from cluster.gateway.gallery import Gallery
 from cluster.index.synthetic import clustered_embeddings
 from cluster.serve.server import running_server
 from cluster.shards.backend import LocalShards

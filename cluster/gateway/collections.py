@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import faiss
 
+from cluster.api.limits import DEFAULT_COLLECTIONS_PER_PAGE, MAX_COLLECTIONS_PER_PAGE
 from cluster.errors import AlreadyExists, InvalidArgument, NotFound
 from cluster.index.calibration import Calibration, EmbeddingModel
 from cluster.index.training import load_index
@@ -156,12 +157,12 @@ class Collections:
         self.shards.call_all("open_collection", m.to_json())
         return m
 
-    def list_ids(self, max_results: int = 100, next_token: str = "") -> tuple[list[str], str]:
+    def list_ids(self, max_results: int = DEFAULT_COLLECTIONS_PER_PAGE, next_token: str = "") -> tuple[list[str], str]:
         """A page of collection ids in order, and the token of the next page ("" at the end)."""
-        if not 0 <= max_results <= 1000:
-            raise InvalidArgument(f"max_results must be in [0, 1000], got {max_results}")
+        if not 0 <= max_results <= MAX_COLLECTIONS_PER_PAGE:
+            raise InvalidArgument(f"max_results must be in [0, {MAX_COLLECTIONS_PER_PAGE}], got {max_results}")
         names = sorted(n for n, s in self._states.items() if not s.deleted and n > next_token)
-        page = names[:max_results or 100]
+        page = names[:max_results or DEFAULT_COLLECTIONS_PER_PAGE]
         return page, page[-1] if len(names) > len(page) else ""
 
     def delete(self, collection_id: str) -> int:

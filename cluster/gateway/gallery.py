@@ -13,19 +13,12 @@ import logging
 
 import numpy as np
 
+from cluster.api.limits import CALL_TIMEOUT_S
 from cluster.gateway.collections import Collections, CollectionState
 from cluster.gateway.maintenance import Maintenance
 from cluster.gateway.reads import Reads
-from cluster.gateway.search import (
-    DEFAULT_MAX_QUEUED_QUERIES,
-    MAX_K,
-    MAX_QUERIES,
-    Candidate,
-    FanOutObserver,
-    SearchPath,
-    SearchResults,
-)
-from cluster.gateway.writes import MAX_FACE_ID_LENGTH, MAX_FACES_PER_ADD, MAX_IDS_PER_CALL, Writes
+from cluster.gateway.search import DEFAULT_MAX_QUEUED_QUERIES, Candidate, FanOutObserver, SearchPath, SearchResults
+from cluster.gateway.writes import Writes
 from cluster.index import tuning
 from cluster.index.calibration import Calibration, EmbeddingModel
 from cluster.shards.backend import ShardBackend
@@ -36,8 +29,7 @@ from cluster.storage.records import FaceRecord
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MAX_FACE_ID_LENGTH", "MAX_FACES_PER_ADD", "MAX_IDS_PER_CALL", "MAX_K", "MAX_QUERIES", "Candidate",
-           "Gallery", "SearchResults"]
+__all__ = ["Candidate", "Gallery", "SearchResults"]
 
 
 class Gallery:
@@ -67,7 +59,7 @@ class Gallery:
 
     def __init__(self, store: ObjectStore, shards: ShardBackend, *, model: EmbeddingModel | None = None,
                  default_train_threshold: int = tuning.DEFAULT_TRAIN_THRESHOLD, max_segments: int = 64,
-                 call_timeout_s: float = 120.0, background_maintenance: bool = True,
+                 call_timeout_s: float = CALL_TIMEOUT_S, background_maintenance: bool = True,
                  lease: WriterLease | None = None, max_queued_queries: int = DEFAULT_MAX_QUEUED_QUERIES,
                  fan_out_observer: FanOutObserver | None = None):
         self.lease = lease or WriterLease.acquire(store)

@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from cluster.api.limits import MIN_FACES_TO_TRAIN
 from cluster.errors import FailedPrecondition, NotFound
 from cluster.gateway.collections import Collections, CollectionState, LiveIndex, by_worker
 from cluster.index import tuning
@@ -31,7 +32,6 @@ logger = logging.getLogger(__name__)
 
 CALIBRATION_SAMPLE = 2000  # faces sampled for gallery calibration: ~2M impostor pairs
 CALIBRATE_FROM = 200  # faces before a raw collection is first calibrated
-MIN_FACES_TO_TRAIN = 256  # IVF-PQ's 8-bit codebooks need at least 256 training vectors
 
 
 class Maintenance:

@@ -9,9 +9,9 @@ import hmac
 import secrets
 import struct
 
+from cluster.api.limits import DEFAULT_FACES_PER_PAGE, MAX_IDS_PER_CALL
 from cluster.errors import InvalidArgument, ResourceExhausted
 from cluster.gateway.collections import CollectionState, ids_by_worker
-from cluster.gateway.writes import MAX_IDS_PER_CALL
 from cluster.shards.backend import ShardBackend
 from cluster.storage.manifest import CollectionManifest
 from cluster.storage.records import FaceRecord
@@ -49,12 +49,12 @@ class Reads:
             for r in records}
         return [found[f] for f in dict.fromkeys(face_ids) if f in found], [f for f in face_ids if f not in found]
 
-    def list_faces(self, state: CollectionState, max_results: int = 1000, next_token: str = "", *,
+    def list_faces(self, state: CollectionState, max_results: int = DEFAULT_FACES_PER_PAGE, next_token: str = "", *,
                    include_embeddings: bool = False) -> tuple[list[FaceRecord], str]:
         """A page of faces in (partition, slot) order and the token of the next page ("" at the end)."""
         if not 0 <= max_results <= MAX_IDS_PER_CALL:
             raise InvalidArgument(f"max_results must be in [0, {MAX_IDS_PER_CALL}], got {max_results}")
-        limit = max_results or 1000
+        limit = max_results or DEFAULT_FACES_PER_PAGE
         m = state.manifest
         partition, start = self._decode_token(m, next_token) if next_token else (0, 0)
         faces: list[FaceRecord] = []

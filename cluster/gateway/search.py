@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from opentelemetry import trace
 
+from cluster.api.limits import MAX_K, MAX_QUERIES
 from cluster.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted
 from cluster.gateway.admission import QueryAdmission
 from cluster.gateway.batching import QueryBatcher
@@ -29,8 +30,6 @@ from cluster.shards.backend import ShardBackend
 from cluster.shards.protocol import SearchRequest
 from cluster.storage.records import FaceRecord
 
-MAX_K = 1000
-MAX_QUERIES = 1024
 # Four full requests: enough to keep the one dispatch slot busy with the next batch ready behind it, few enough
 # that an admitted query waits for a handful of batches, not for minutes (benchmarks/README.md, overload).
 DEFAULT_MAX_QUEUED_QUERIES = 4 * MAX_QUERIES

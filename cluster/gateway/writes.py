@@ -13,6 +13,7 @@ import uuid
 
 import numpy as np
 
+from cluster.api.limits import MAX_FACE_ID_LENGTH, MAX_FACES_PER_ADD, MAX_IDS_PER_CALL
 from cluster.errors import AlreadyExists, DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
 from cluster.gateway.collections import Collections, CollectionState, by_worker, ids_by_worker, partition_of
 from cluster.index import vectors
@@ -23,9 +24,6 @@ from cluster.storage.records import FaceBatch, FaceRecord
 
 logger = logging.getLogger(__name__)
 
-MAX_FACES_PER_ADD = 10_000
-MAX_IDS_PER_CALL = 4096
-MAX_FACE_ID_LENGTH = 255
 
 
 class Writes:

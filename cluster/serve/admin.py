@@ -9,8 +9,12 @@ from __future__ import annotations
 import json
 
 from cluster.serve import audit as audit_log
-from cluster.serve.tokens import ROLES, TokenRegistry
+from cluster.serve.tokens import TokenRegistry
 from cluster.storage.object_store import ObjectStore
+
+
+def _open(store: str, s3_endpoint: str) -> ObjectStore:
+    return ObjectStore(store, s3_endpoint=s3_endpoint or None)
 
 
 def token_create(store: str, name: str, role: str, collections: str = "*", s3_endpoint: str = "") -> str:
@@ -23,10 +27,8 @@ def token_create(store: str, name: str, role: str, collections: str = "*", s3_en
         collections: comma-separated collection ids the token covers, or * for all.
         s3_endpoint: S3 endpoint URL for S3-compatible stores.
     """
-    if role not in ROLES:
-        raise ValueError(f"role {role!r}: one of {', '.join(ROLES)}")
     covered = [c.strip() for c in collections.split(",") if c.strip()]
-    token = TokenRegistry(ObjectStore(store, s3_endpoint=s3_endpoint or None)).create(name, role, covered)
+    token = TokenRegistry(_open(store, s3_endpoint)).create(name, role, covered)
     print(token)
     return token
 
@@ -39,7 +41,7 @@ def token_list(store: str, s3_endpoint: str = "") -> list[dict]:
         s3_endpoint: S3 endpoint URL for S3-compatible stores.
     """
     rows = [{"name": e.name, "role": e.role, "collections": e.collections, "created_at": e.created_at,
-             "sha256": e.sha256[:12]} for e in TokenRegistry(ObjectStore(store, s3_endpoint=s3_endpoint or None)).list()]
+             "sha256": e.sha256[:12]} for e in TokenRegistry(_open(store, s3_endpoint)).list()]
     for row in rows:
         print(json.dumps(row))
     return rows
@@ -53,7 +55,7 @@ def token_revoke(store: str, name: str, s3_endpoint: str = "") -> bool:
         name: the token's name.
         s3_endpoint: S3 endpoint URL for S3-compatible stores.
     """
-    revoked = TokenRegistry(ObjectStore(store, s3_endpoint=s3_endpoint or None)).revoke(name)
+    revoked = TokenRegistry(_open(store, s3_endpoint)).revoke(name)
     if not revoked:
         raise ValueError(f"no token named {name!r}")
     print(f"revoked {name}")
@@ -69,7 +71,7 @@ def audit_verify(store: str, expected_head: str = "", s3_endpoint: str = "") -> 
         s3_endpoint: S3 endpoint URL for S3-compatible stores.
     """
     head = audit_log.Head.from_json(expected_head.encode()) if expected_head else None
-    result = audit_log.verify(ObjectStore(store, s3_endpoint=s3_endpoint or None), expected_head=head)
+    result = audit_log.verify(_open(store, s3_endpoint), expected_head=head)
     for problem in result.problems:
         print(f"BROKEN: {problem}")
     print(f"{'intact' if result.intact else 'NOT intact'}: {result.records} records in {result.objects} objects; "
@@ -91,7 +93,7 @@ def audit_query(store: str, since: str = "", until: str = "", identity: str = ""
         limit: records at most.
         s3_endpoint: S3 endpoint URL for S3-compatible stores.
     """
-    records = list(audit_log.query(ObjectStore(store, s3_endpoint=s3_endpoint or None), since=since, until=until,
+    records = list(audit_log.query(_open(store, s3_endpoint), since=since, until=until,
                                    identity=identity, collection_id=collection_id, case_id=case_id, limit=limit))
     for record in records:
         print(json.dumps(record))

@@ -159,9 +159,10 @@ class AuditLog:
         data = b"\n".join(lines) + b"\n"
         key = f"{PREFIX}{datetime.now(timezone.utc):%Y/%m/%d/%H}/{sequence:012d}-{self.gateway_id}.jsonl"
         self.store.put(key, data)
-        head = Head(sequence, hashlib.sha256(data).hexdigest(), prev)
-        self.store.put(HEAD_KEY, head.to_json())
-        self._head = head
+        # The object is in the chain once written: the next one follows it even if HEAD fails below (and its
+        # records' RPCs are refused), rather than reusing its sequence and overwriting it.
+        self._head = Head(sequence, hashlib.sha256(data).hexdigest(), prev)
+        self.store.put(HEAD_KEY, self._head.to_json())
 
 
 def _object_keys(store: ObjectStore) -> list[str]:

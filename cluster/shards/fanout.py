@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import ray
 
+from cluster.api.limits import CALL_TIMEOUT_S
 from cluster.errors import DeadlineExceeded
 from cluster.shards.channel import ChannelClosed, ChannelPool, exchange
 
@@ -33,7 +34,7 @@ class SearchFanOut:
         timeout_s: bound on fetching the workers' channel addresses at start.
     """
 
-    def __init__(self, workers: Sequence, *, timeout_s: float = 120.0):
+    def __init__(self, workers: Sequence, *, timeout_s: float = CALL_TIMEOUT_S):
         self.workers = list(workers)
         self._node_id = ray.get_runtime_context().get_node_id()
         self._pools: list[ChannelPool] | None = None

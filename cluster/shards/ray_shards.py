@@ -20,6 +20,7 @@ import faiss
 import numpy as np
 import ray
 
+from cluster.api.limits import CALL_TIMEOUT_S
 from cluster.errors import DeadlineExceeded, Unavailable
 from cluster.index.training import train_ivfpq, usable_cpus
 from cluster.shards.backend import ShardBackend
@@ -30,7 +31,6 @@ from cluster.shards.worker import ShardWorker
 logger = logging.getLogger(__name__)
 
 NAMESPACE = "gallery"
-CALL_TIMEOUT_S = 120.0
 PROBE_INTERVAL_S = 1.0  # how often the supervisor asks each worker whether it is alive
 PROBE_TIMEOUT_S = 5.0  # a worker silent for this long counts as unavailable (restarting, or stuck)
 MAX_BACKOFF_S = 30.0  # longest wait between two attempts to create a dead worker anew
