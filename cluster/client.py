@@ -60,11 +60,13 @@ class GalleryClient:
 
     # ---- collections -------------------------------------------------------
 
-    def create_collection(self, collection_id: str, *, dimension: int = 0, train_threshold: int = 0
-                          ) -> pb.CollectionDescription:
-        """Creates an empty collection; dimension 0 is the server's face model, train_threshold 0 its default."""
+    def create_collection(self, collection_id: str, *, dimension: int = 0, train_threshold: int = 0,
+                          default_fpir: float = 0.0) -> pb.CollectionDescription:
+        """Creates an empty collection; dimension 0 is the server's face model, train_threshold 0 its default,
+        default_fpir 0 the default target FPIR of its kind (0.01 for faces, none for raw embeddings)."""
         return self._call(self._stub.CreateCollection, pb.CreateCollectionRequest(
-            collection_id=collection_id, dimension=dimension, train_threshold=train_threshold)).collection
+            collection_id=collection_id, dimension=dimension, train_threshold=train_threshold,
+            default_fpir=default_fpir)).collection
 
     def describe(self, collection_id: str) -> pb.CollectionDescription:
         """The collection's size, index state and calibration."""
@@ -75,6 +77,14 @@ class GalleryClient:
         """One page of collections (max_results 0: the server's default) and the token of the next one."""
         return self._call(self._stub.ListCollections,
                           pb.ListCollectionsRequest(max_results=max_results, next_token=next_token), timeout_s)
+
+    def set_calibration(self, collection_id: str, calibration) -> pb.CollectionDescription:
+        """Makes a calibration measured on labelled faces (a `cluster.index.calibration.Calibration`, e.g. from
+        jobs/calibrate.py) the collection's; returns the collection then."""
+        return self._call(self._stub.SetCalibration, pb.SetCalibrationRequest(
+            collection_id=collection_id, impostor_pairs=calibration.n_pairs,
+            impostor_tail=np.asarray(calibration.tail, np.float32).tolist(),
+            impostor_quantiles=np.asarray(calibration.quantiles, np.float32).tolist())).collection
 
     def build_index(self, collection_id: str, *, timeout_s: float | None = None) -> pb.CollectionDescription:
         """Trains IVF-PQ now and waits until it is live; returns the collection then.
@@ -120,16 +130,20 @@ class GalleryClient:
         return D, ids
 
     def search_raw(self, collection_id: str, xq: np.ndarray, k: int, *, purpose: str, case_id: str,
-                   nprobe: int = 0, min_similarity: float | None = None,
+                   nprobe: int = 0, min_similarity: float | None = None, target_fpir: float = 0.0,
                    allow_partial: bool = False) -> pb.SearchByEmbeddingResponse:
-        """The full response, with face records and false-match estimates.
+        """The full response, with face records and false-match estimates: candidates for human review.
+
+        `target_fpir` (instead of `min_similarity`): the server derives the threshold from the collection's
+        calibration and current size, and returns it in `response.threshold_used`.
 
         With `allow_partial`, a search while partitions are down answers from the others, with
         `response.partial` set and `response.missing_partitions` naming them, instead of failing UNAVAILABLE.
         """
         queries = [convert.embedding(x) for x in np.atleast_2d(xq)]
         request = pb.SearchByEmbeddingRequest(collection_id=collection_id, queries=queries, k=k, nprobe=nprobe,
-                                              purpose=purpose, case_id=case_id, allow_partial=allow_partial)
+                                              purpose=purpose, case_id=case_id, allow_partial=allow_partial,
+                                              target_fpir=target_fpir)
         if min_similarity is not None:
             request.min_similarity = min_similarity
         return self._call(self._stub.SearchByEmbedding, request)

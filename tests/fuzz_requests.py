@@ -149,12 +149,15 @@ images = st.one_of(
 timestamps = st.one_of(st.none(), st.builds(timestamp_pb2.Timestamp, seconds=st.integers(-2**63, 2**63 - 1),
                                             nanos=st.integers(-2**31, 2**31 - 1)),
                        st.builds(timestamp_pb2.Timestamp, seconds=st.integers(0, 2**32)))
+# target_fpir: unset (0), valid, and out of range or not a number.
+fpirs = st.one_of(st.just(0.0), st.sampled_from([1e-6, 0.01, 0.5, 1.0, -0.1, 2.0, math.nan, math.inf]),
+                  st.floats(width=64))
 _why = dict(purpose=st.one_of(st.just("fuzz"), texts), case_id=st.one_of(st.just("case-1"), texts))
 
 MESSAGES = {
     "CreateCollection": st.builds(pb.CreateCollectionRequest, collection_id=new_ids,
                                   dimension=st.one_of(st.sampled_from([0, 1, D, 4096, 4097]), u32),
-                                  train_threshold=u64),
+                                  train_threshold=u64, default_fpir=fpirs),
     "DescribeCollection": st.builds(pb.DescribeCollectionRequest, collection_id=any_ids),
     "ListCollections": st.builds(pb.ListCollectionsRequest, max_results=u32, next_token=page_tokens),
     "DeleteCollection": st.builds(pb.DeleteCollectionRequest, collection_id=new_ids),
@@ -162,7 +165,7 @@ MESSAGES = {
                                faces=_repeated(new_faces, [10_001]), skip_existing=st.booleans()),
     "SearchByEmbedding": st.builds(pb.SearchByEmbeddingRequest, collection_id=any_ids,
                                    queries=_repeated(embeddings(), [1024, 1025]), k=u32, nprobe=u32,
-                                   min_similarity=optional_float, **_why),
+                                   min_similarity=optional_float, target_fpir=fpirs, **_why),
     "ListFaces": st.builds(pb.ListFacesRequest, collection_id=any_ids, max_results=u32, next_token=page_tokens,
                            include_embeddings=st.booleans()),
     "GetFaces": st.builds(pb.GetFacesRequest, collection_id=any_ids, face_ids=face_ids,
@@ -173,13 +176,18 @@ MESSAGES = {
                             max_faces=u32, quality_filter=enums, metadata=metadata),
     "SearchFacesByImage": st.builds(pb.SearchFacesByImageRequest, collection_id=any_ids, image=images, k=u32,
                                     min_similarity=optional_float, all_faces=st.booleans(), quality_filter=enums,
-                                    **_why),
+                                    target_fpir=fpirs, **_why),
     "SearchFaces": st.builds(pb.SearchFacesRequest, collection_id=any_ids,
                              face_id=st.one_of(st.sampled_from(["s0", "s7"]), texts), k=u32,
-                             min_similarity=optional_float, **_why),
+                             min_similarity=optional_float, target_fpir=fpirs, **_why),
     "CompareFaces": st.builds(pb.CompareFacesRequest, source_image=images, target_image=images,
-                              min_similarity=optional_float, **_why),
+                              min_similarity=optional_float, target_fpir=fpirs, **_why),
     "BuildIndex": st.builds(pb.BuildIndexRequest, collection_id=new_ids),
+    "SetCalibration": st.builds(pb.SetCalibrationRequest, collection_id=new_ids,
+                                impostor_pairs=st.one_of(st.sampled_from([0, 9, 10, 11, 20_000]), u64),
+                                impostor_tail=st.lists(floats32, max_size=12),
+                                impostor_quantiles=st.one_of(st.lists(floats32, max_size=12),
+                                                             st.just([0.0] * 1001))),
     "QueryAuditLog": st.builds(pb.QueryAuditLogRequest, since=timestamps, until=timestamps, identity=texts,
                                collection_id=any_ids, case_id=texts, max_results=u32),
 }

@@ -20,7 +20,7 @@ def target(ray_session, s3_server, tmp_path_factory):
 
 
 def test_every_rpc_has_a_generator():
-    assert set(MESSAGES) == set(RPCS) and len(RPCS) == 16
+    assert set(MESSAGES) == set(RPCS) and len(RPCS) == 17
 
 
 def test_hostile_requests_never_fail_internally_nor_change_data(target):

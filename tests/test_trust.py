@@ -115,6 +115,9 @@ def _requests(xb):
         "CompareFaces": pb.CompareFacesRequest(source_image=image, target_image=image, **why),
         "BuildIndex": pb.BuildIndexRequest(collection_id="c"),
         "QueryAuditLog": pb.QueryAuditLogRequest(),
+        "SetCalibration": pb.SetCalibrationRequest(collection_id="c", impostor_pairs=10,
+                                                   impostor_tail=[0.5 - 0.01 * i for i in range(10)],
+                                                   impostor_quantiles=[0.0] * 1001),
     }
 
 

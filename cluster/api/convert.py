@@ -29,7 +29,8 @@ _WIRE_DTYPE = np.dtype("<f4")
 LANDMARK_TYPES = (pb.Landmark.EYE_RIGHT, pb.Landmark.EYE_LEFT, pb.Landmark.NOSE, pb.Landmark.MOUTH_RIGHT,
                   pb.Landmark.MOUTH_LEFT)
 
-_CALIBRATION_SOURCES = {"model": pb.CALIBRATION_SOURCE_MODEL, "gallery": pb.CALIBRATION_SOURCE_GALLERY}
+_CALIBRATION_SOURCES = {"model": pb.CALIBRATION_SOURCE_MODEL, "gallery": pb.CALIBRATION_SOURCE_GALLERY,
+                        "job": pb.CALIBRATION_SOURCE_JOB}
 
 
 class Record(Protocol):
@@ -50,6 +51,14 @@ class ScoredRecord(Protocol):
     similarity: float
     false_match_rate: float
     gallery_false_match_probability: float
+    false_match_rate_is_bound: bool
+
+
+class Threshold(Protocol):
+    """What a response's threshold_used and fpir_bound are made of: a gateway `Threshold`."""
+
+    similarity: float
+    fpir_bound: float
 
 
 class PartialAnswer(Protocol):
@@ -61,9 +70,11 @@ class PartialAnswer(Protocol):
 class ScoreCalibration(Protocol):
     """What a Calibration message is made of: a `cluster.index.calibration.Calibration`."""
 
-    source: str  # "model" or "gallery"
+    source: str  # "model", "gallery" or "job"
     n_pairs: int
     default_min_similarity: float
+
+    def threshold_for_fpir(self, fpir: float, gallery_size: int) -> Threshold: ...
 
 
 # ---- Embedding -------------------------------------------------------------
@@ -151,19 +162,37 @@ def new_face(face_id: str, x: np.ndarray, *, external_image_id: str = "", image_
 
 # ---- search results --------------------------------------------------------
 
-def calibration_message(calibration: ScoreCalibration | None) -> pb.Calibration:
-    """A Calibration message; None (no calibration yet) is source NONE with no default threshold (-1)."""
+def calibration_message(calibration: ScoreCalibration | None, gallery_size: int = 0,
+                        default_fpir: float = 0.0) -> pb.Calibration:
+    """A Calibration message; None (no calibration yet) is source NONE with no default threshold (-1).
+
+    With a default FPIR, the default threshold is the one it gives at `gallery_size` faces.
+    """
     if calibration is None:
-        return pb.Calibration(source=pb.CALIBRATION_SOURCE_NONE, default_min_similarity=-1.0)
+        return pb.Calibration(source=pb.CALIBRATION_SOURCE_NONE, default_min_similarity=-1.0,
+                              default_fpir=default_fpir)
+    threshold = (calibration.threshold_for_fpir(default_fpir, gallery_size).similarity if default_fpir
+                 else calibration.default_min_similarity)
     return pb.Calibration(source=_CALIBRATION_SOURCES[calibration.source], impostor_pairs=calibration.n_pairs,
-                          default_min_similarity=calibration.default_min_similarity)
+                          default_min_similarity=threshold, default_fpir=default_fpir)
+
+
+def threshold_fields(threshold: Threshold) -> dict:
+    """A search or compare response's threshold_used and fpir_bound."""
+    return {"threshold_used": threshold.similarity, "fpir_bound": threshold.fpir_bound}
+
+
+def optional_fpir(target_fpir: float) -> float | None:
+    """A request's target_fpir: None when unset (0)."""
+    return None if target_fpir == 0.0 else target_fpir
 
 
 def add_candidates(field, candidates: Iterable[ScoredRecord]) -> None:
     """Appends candidates to a repeated Candidate field, in place."""
     for c in candidates:
         fill_face(field.add(similarity=c.similarity, false_match_rate=c.false_match_rate,
-                            gallery_false_match_probability=c.gallery_false_match_probability).face, c.record)
+                            gallery_false_match_probability=c.gallery_false_match_probability,
+                            false_match_rate_is_bound=c.false_match_rate_is_bound).face, c.record)
 
 
 def partial_fields(results: PartialAnswer) -> dict:

@@ -112,10 +112,14 @@ class FaceWorker:
 
 
 def embedding_model(embedder) -> EmbeddingModel:
-    """The gallery's view of a face model: its name, dimension and impostor-score calibration."""
-    scores = embedder.impostor_scores() if hasattr(embedder, "impostor_scores") else None
+    """The gallery's view of a face model: its name, dimension and impostor-score calibration.
+
+    The calibration is the model's shipped score table (`calibration_table`, made by
+    benchmarks/calibrate_faces.py), when it has one; face collections set their thresholds from it
+    as a target FPIR.
+    """
+    table = getattr(embedder, "calibration_table", None)
     calibration = None
-    if scores is not None:
-        threshold = embedder.default_threshold if embedder.default_threshold is not None else -1.0
-        calibration = Calibration.from_scores(scores, source="model", default_min_similarity=threshold)
+    if table is not None:
+        calibration = Calibration.from_table(table, source="model")
     return EmbeddingModel(embedder.name, embedder.dimension, calibration)

@@ -17,7 +17,7 @@ import faiss
 
 from cluster.api.limits import DEFAULT_COLLECTIONS_PER_PAGE, MAX_COLLECTIONS_PER_PAGE
 from cluster.errors import AlreadyExists, InvalidArgument, NotFound
-from cluster.index.calibration import Calibration, EmbeddingModel
+from cluster.index.calibration import DEFAULT_FPIR, Calibration, EmbeddingModel
 from cluster.index.training import load_index
 from cluster.shards.backend import ShardBackend
 from cluster.storage import manifest as manifests
@@ -52,6 +52,12 @@ class CollectionState:
     write_lock: threading.Lock = field(default_factory=threading.Lock)  # writes, training and compaction
     maintenance: threading.Thread | None = None
     deleted: bool = False
+
+
+def default_fpir(m: CollectionManifest) -> float:
+    """The collection's default target FPIR; 0: none. Face collections whose manifest predates the field get
+    DEFAULT_FPIR, as new ones do."""
+    return m.default_fpir or (DEFAULT_FPIR if m.embedding_model else 0.0)
 
 
 def partition_of(face_id: str, num_partitions: int) -> int:
@@ -110,10 +116,10 @@ class Collections:
         if m.index_version:
             live = LiveIndex.from_trained(m.index_version, load_index(self.store.get(m.trained_index)), m.nlist)
         calibration = None
-        if m.embedding_model and self.model and self.model.name == m.embedding_model:
-            calibration = self.model.calibration
-        elif m.calibration:
+        if m.calibration and (m.calibration_source == "job" or not m.embedding_model):
             calibration = Calibration.from_bytes(self.store.get(m.calibration))
+        elif m.embedding_model and self.model and self.model.name == m.embedding_model:
+            calibration = self.model.calibration
         return CollectionState(m, live, calibration)
 
     def commit(self, m: CollectionManifest) -> None:
@@ -130,19 +136,27 @@ class Collections:
     def states(self) -> list[CollectionState]:
         return list(self._states.values())
 
-    def create(self, collection_id: str, *, dimension: int = 0, train_threshold: int = 0) -> CollectionManifest:
+    def create(self, collection_id: str, *, dimension: int = 0, train_threshold: int = 0,
+               default_fpir: float = 0.0) -> CollectionManifest:
         """Creates an empty collection.
 
+        Args:
+            default_fpir: target FPIR of searches that set no threshold, in (0, 1); 0: DEFAULT_FPIR for a face
+                collection, none for raw embeddings.
+
         Raises:
-            InvalidArgument: bad id, no dimension and no face model.
+            InvalidArgument: bad id, no dimension and no face model, default_fpir outside [0, 1).
             AlreadyExists: the id is taken.
         """
         manifests.check_collection_id(collection_id)
+        if not (default_fpir == 0.0 or 0.0 < default_fpir < 1.0):
+            raise InvalidArgument(f"default_fpir must be in (0, 1), or 0 for the default, got {default_fpir}")
         model_name = ""
         if dimension == 0:
             if self.model is None:
                 raise InvalidArgument("dimension is 0 and this server has no face model: give a dimension")
             dimension, model_name = self.model.dimension, self.model.name
+            default_fpir = default_fpir or DEFAULT_FPIR
         if not 1 <= dimension <= 4096:
             raise InvalidArgument(f"dimension must be in [1, 4096], got {dimension}")
         num_partitions = self.shards.num_workers  # one partition per worker at creation
@@ -151,7 +165,7 @@ class Collections:
                 raise AlreadyExists(f"collection {collection_id!r} already exists")
             m = CollectionManifest(collection_id, dimension, num_partitions,
                                    train_threshold or self.default_train_threshold, time.time(), model_name,
-                                   partitions=[PartitionManifest() for _ in range(num_partitions)])
+                                   default_fpir=default_fpir, partitions=[PartitionManifest() for _ in range(num_partitions)])
             self.commit(m)
             self._states[collection_id] = self._open(m)
         self.shards.call_all("open_collection", m.to_json())

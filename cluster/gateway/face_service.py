@@ -42,11 +42,17 @@ from cluster.errors import (
 from cluster.faces import DetectedFace, ImageTooLargeError, InvalidImageError, quality_filter_threshold
 from cluster.faces.worker import ImageFaces
 from cluster.gateway.gallery import Gallery, SearchResults
+from cluster.gateway.search import Threshold, check_threshold_args, choose_threshold
 from cluster.storage.records import FaceRecord
 from cluster.storage.s3_images import S3ImageReader, S3Object
 
 logger = logging.getLogger(__name__)
 
+# CompareFaces' default false-match rate when the request sets no threshold. A 1:1 comparison is often a
+# verification someone acts on, so it is held as strictly as a search of a 100-face gallery at the default
+# FPIR (1 - (1 - 1e-4)^100 ≈ 0.01); the shipped calibrations measure it (SFace: 20 of ~210,000 impostor
+# pairs), so it is a measured rate, not a bound.
+DEFAULT_COMPARE_FMR = 1e-4
 SMALL_FACE_PX = 20  # FaceNet has too few pixels to identify a face this small (see faces/quality.py)
 
 Image = bytes | S3Object  # what a request gives: the image's bytes, or an S3 object to read
@@ -85,6 +91,7 @@ class FaceMatch:
     face: DetectedFace
     similarity: float
     false_match_rate: float  # -1 when the model has no calibration
+    false_match_rate_is_bound: bool = False  # above every impostor measured: a 95 % upper bound
 
 
 @dataclass
@@ -96,6 +103,7 @@ class Comparison:
     matches: list[FaceMatch]  # best first
     unmatched: list[DetectedFace]  # largest first
     target_size: tuple[int, int]
+    threshold: Threshold = Threshold(-1.0)
 
 
 def unindexed_reasons(face: DetectedFace, min_quality: float) -> list[str]:
@@ -206,9 +214,12 @@ class FaceService:
                                   f"(up to {self.s3.max_bytes} bytes)")
         return bytes(image), self.max_image_bytes, ""
 
-    def _face_collection(self, collection_id: str) -> None:
-        """Raises unless the collection holds embeddings of this server's face model."""
-        m, _ = self.gallery.describe(collection_id)
+    def _face_collection(self, collection_id: str, *, min_similarity: float | None = None,
+                         target_fpir: float | None = None) -> None:
+        """Raises unless the collection holds embeddings of this server's face model and the threshold arguments
+        are valid for it."""
+        m, state = self.gallery.describe(collection_id)
+        check_threshold_args(state.calibration, min_similarity=min_similarity, target_fpir=target_fpir)
         if not m.embedding_model:
             raise FailedPrecondition(
                 f"collection {collection_id!r} holds raw embeddings (dimension {m.dimension}, no embedding model); "
@@ -307,14 +318,15 @@ class FaceService:
         return IndexedFaces(records, unindexed, found.width, found.height)
 
     def search_by_image(self, collection_id: str, image: Image | None, *, k: int = 0,
-                        min_similarity: float | None = None, all_faces: bool = False,
-                        quality_filter: str = "AUTO", timeout_s: float | None = None,
+                        min_similarity: float | None = None, target_fpir: float | None = None,
+                        all_faces: bool = False, quality_filter: str = "AUTO", timeout_s: float | None = None,
                         allow_partial: bool = False) -> FaceSearch:
         """Searches a face collection with the largest face of an image, or with each of its faces.
 
         Args:
             k: candidates per face, 1..1000, 0 for 10.
             min_similarity: None for the collection's calibrated default.
+            target_fpir: instead of min_similarity, a target FPIR in (0, 1) (see `Gallery.search`).
             all_faces: search with every face that passes the quality filter (up to 100).
             quality_filter: faces under it are not searched with.
             allow_partial: see `Gallery.search`.
@@ -327,7 +339,7 @@ class FaceService:
         k = self._k(k)
         self._min_similarity(min_similarity)
         min_quality = self._min_quality(quality_filter)
-        self._face_collection(collection_id)
+        self._face_collection(collection_id, min_similarity=min_similarity, target_fpir=target_fpir)
         deadline = self._deadline(timeout_s)
         data, max_bytes, _ = self._read(image, "image")
         (found,) = self._run([("image", "analyze_selected", data, {
@@ -339,12 +351,13 @@ class FaceService:
                                   f"{min_quality} as quality_filter {quality_filter} asks)" if found.faces
                                   else "image: no face found")
         results = self.gallery.search(collection_id, np.stack([f.embedding for f in faces]), k,
-                                      min_similarity=min_similarity,
+                                      min_similarity=min_similarity, target_fpir=target_fpir,
                                       timeout_s=max(deadline - time.monotonic(), 0.001), allow_partial=allow_partial)
         return FaceSearch(faces, found.width, found.height, results)
 
     def search_faces(self, collection_id: str, face_id: str, *, k: int = 0, min_similarity: float | None = None,
-                     timeout_s: float | None = None, allow_partial: bool = False) -> tuple[FaceRecord, SearchResults]:
+                     target_fpir: float | None = None, timeout_s: float | None = None,
+                     allow_partial: bool = False) -> tuple[FaceRecord, SearchResults]:
         """Searches a collection with the stored embedding of one of its faces, which is left out of the results.
 
         Returns:
@@ -364,17 +377,21 @@ class FaceService:
         record = found[0]
         # One more than asked, since the face finds itself.
         results = self.gallery.search(collection_id, record.embedding[None].astype(np.float32), min(k + 1, MAX_K),
-                                      min_similarity=min_similarity, timeout_s=timeout_s, allow_partial=allow_partial)
+                                      min_similarity=min_similarity, target_fpir=target_fpir, timeout_s=timeout_s,
+                                      allow_partial=allow_partial)
         others = [c for c in results.candidates[0] if c.record.face_id != face_id][:k]
         return record, dataclasses.replace(results, candidates=[others])
 
     def compare_faces(self, source: Image | None, target: Image | None, *, min_similarity: float | None = None,
-                      timeout_s: float | None = None) -> Comparison:
+                      target_fpir: float | None = None, timeout_s: float | None = None) -> Comparison:
         """Compares the largest face of `source` with up to 100 faces of `target` (1:1 comparisons).
 
+        A match is a candidate for human review, never an identification.
+
         Args:
-            min_similarity: matches are the target faces at or above it; None for the model's
-                calibrated default (0.75 for FaceNet).
+            min_similarity: matches are the target faces at or above it.
+            target_fpir: instead, the largest acceptable false-match rate, in (0, 1): the threshold is the
+                model calibration's for it (a gallery of one face). Neither: DEFAULT_COMPARE_FMR.
 
         Raises:
             InvalidArgument (bad image, or no face in the source), ResourceExhausted (an image over its
@@ -382,8 +399,9 @@ class FaceService:
         """
         self._min_similarity(min_similarity)
         calibration = self.model.calibration
-        if min_similarity is None:
-            min_similarity = calibration.default_min_similarity if calibration else -1.0
+        threshold = choose_threshold(calibration, 1, min_similarity=min_similarity, target_fpir=target_fpir,
+                                     default_fpir=DEFAULT_COMPARE_FMR)
+        min_similarity = threshold.similarity
         deadline = self._deadline(timeout_s)
         source_data, source_max_bytes, _ = self._read(source, "source_image")
         target_data, target_max_bytes, _ = self._read(target, "target_image")
@@ -398,9 +416,10 @@ class FaceService:
         similarities = (np.stack([f.embedding for f in targets]) @ probe.embedding if targets
                         else np.empty(0, np.float32))
         fmr = calibration.false_match_rate(similarities) if calibration else np.full(similarities.shape, -1.0)
+        bound = calibration.false_match_rate_is_bound(similarities) if calibration else np.zeros(similarities.shape)
         order = np.argsort(-similarities, kind="stable")
-        matches = [FaceMatch(targets[i], float(similarities[i]), float(fmr[i]))
+        matches = [FaceMatch(targets[i], float(similarities[i]), float(fmr[i]), bool(bound[i]))
                    for i in order if similarities[i] >= min_similarity]
         unmatched = [f for f, s in zip(targets, similarities) if s < min_similarity]
-        return Comparison(probe, (src.width, src.height), matches, unmatched, (tgt.width, tgt.height))
+        return Comparison(probe, (src.width, src.height), matches, unmatched, (tgt.width, tgt.height), threshold)
 

@@ -14,10 +14,18 @@ import logging
 import numpy as np
 
 from cluster.api.limits import CALL_TIMEOUT_S
-from cluster.gateway.collections import Collections, CollectionState
+from cluster.gateway.collections import Collections, CollectionState, default_fpir
 from cluster.gateway.maintenance import Maintenance
 from cluster.gateway.reads import Reads
-from cluster.gateway.search import DEFAULT_MAX_QUEUED_QUERIES, Candidate, FanOutObserver, SearchPath, SearchResults
+from cluster.gateway.search import (
+    DEFAULT_MAX_QUEUED_QUERIES,
+    Candidate,
+    FanOutObserver,
+    SearchPath,
+    SearchResults,
+    Threshold,
+    choose_threshold,
+)
 from cluster.gateway.writes import Writes
 from cluster.index import tuning
 from cluster.index.calibration import Calibration, EmbeddingModel
@@ -91,10 +99,18 @@ class Gallery:
 
     # ---- collections -------------------------------------------------------
 
-    def create_collection(self, collection_id: str, *, dimension: int = 0, train_threshold: int = 0
-                          ) -> CollectionManifest:
-        """Creates an empty collection (dimension 0: the face model's). InvalidArgument, AlreadyExists."""
-        return self.collections.create(collection_id, dimension=dimension, train_threshold=train_threshold)
+    def create_collection(self, collection_id: str, *, dimension: int = 0, train_threshold: int = 0,
+                          default_fpir: float = 0.0) -> CollectionManifest:
+        """Creates an empty collection (dimension 0: the face model's; default_fpir 0: the default for its kind,
+        see `Collections.create`). InvalidArgument, AlreadyExists."""
+        return self.collections.create(collection_id, dimension=dimension, train_threshold=train_threshold,
+                                       default_fpir=default_fpir)
+
+    def default_threshold(self, collection_id: str) -> Threshold:
+        """The threshold a search that sets none gets now: it follows the collection's size when its default
+        is an FPIR."""
+        state = self.collections.get(collection_id)
+        return choose_threshold(state.calibration, state.manifest.face_count, default_fpir=default_fpir(state.manifest))
 
     def describe(self, collection_id: str) -> tuple[CollectionManifest, CollectionState]:
         state = self.collections.get(collection_id)
@@ -136,15 +152,17 @@ class Gallery:
     # ---- search ------------------------------------------------------------
 
     def search(self, collection_id: str, xq: np.ndarray, k: int, *, nprobe: int = 0,
-               min_similarity: float | None = None, timeout_s: float | None = None,
-               allow_partial: bool = False) -> SearchResults:
-        """Top-k candidates for each query.
+               min_similarity: float | None = None, target_fpir: float | None = None,
+               timeout_s: float | None = None, allow_partial: bool = False) -> SearchResults:
+        """Top-k candidates for each query: candidates for human review, never identifications.
 
         Args:
             xq: (nq, d) float32 queries, normalised here.
             k: candidates per query, 1..MAX_K.
             nprobe: IVF lists probed, 0 for the default; at most nlist.
             min_similarity: drop candidates below; None for the collection's calibrated default.
+            target_fpir: instead of min_similarity, the largest acceptable false-positive identification rate in
+                (0, 1): the threshold is derived from the calibration at the collection's current size.
             timeout_s: the caller's remaining deadline.
             allow_partial: when shard workers are unavailable, answer from the others, naming the partitions
                 left out in `missing_partitions`; False fails with Unavailable instead.
@@ -155,7 +173,8 @@ class Gallery:
             ResourceExhausted (over MAX_QUERIES, or the gateway already holds max_queued_queries queries).
         """
         return self.searches.search(self.collections.get(collection_id), xq, k, nprobe=nprobe,
-                                    min_similarity=min_similarity, timeout_s=timeout_s, allow_partial=allow_partial)
+                                    min_similarity=min_similarity, target_fpir=target_fpir, timeout_s=timeout_s,
+                                    allow_partial=allow_partial)
 
     # ---- reads -------------------------------------------------------------
 
@@ -175,6 +194,10 @@ class Gallery:
         return self.reads.memory_bytes(self.collections.get(collection_id))
 
     # ---- maintenance -------------------------------------------------------
+
+    def set_calibration(self, collection_id: str, calibration: Calibration) -> None:
+        """Stores a calibration a job measured on labelled faces (source "job"); the collection uses it from now on."""
+        self.maintenance.set_calibration(collection_id, calibration)
 
     def train(self, collection_id: str) -> int:
         """Trains IVF-PQ now and switches every partition to it; returns the new index version."""

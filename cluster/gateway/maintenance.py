@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from cluster.api.limits import MIN_FACES_TO_TRAIN
-from cluster.errors import FailedPrecondition, NotFound
+from cluster.errors import FailedPrecondition, InvalidArgument, NotFound
 from cluster.gateway.collections import Collections, CollectionState, LiveIndex, by_worker
 from cluster.index import tuning
 from cluster.index.calibration import Calibration, impostor_scores
@@ -77,7 +77,10 @@ class Maintenance:
         return tuning.should_train(m.face_count, m.trained_on, m.train_threshold)
 
     def _needs_calibration(self, m: CollectionManifest) -> bool:
-        return not m.embedding_model and m.face_count >= CALIBRATE_FROM and m.face_count >= 4 * m.calibrated_on
+        # A calibration a job measured on labelled faces (SetCalibration) is kept: pairs of the gallery's own faces,
+        # whose persons are mostly unknown, are the weaker estimate.
+        return (not m.embedding_model and m.calibration_source != "job" and m.face_count >= CALIBRATE_FROM
+                and m.face_count >= 4 * m.calibrated_on)
 
     def _maintain_now(self, collection_id: str) -> None:
         try:
@@ -115,12 +118,27 @@ class Maintenance:
         with state.write_lock:
             new = copy.deepcopy(state.manifest)
             new.calibration = new.next_key("calibration.npz")
-            new.calibrated_on = new.face_count
+            new.calibrated_on, new.calibration_source = new.face_count, "gallery"
             self.collections.store.put(new.calibration, calibration.to_bytes())
             self.collections.commit(new)
             state.manifest, state.calibration = new, calibration
             manifests.gc_collection(self.collections.store, new)
         return calibration
+
+    def set_calibration(self, collection_id: str, calibration: Calibration) -> None:
+        """Stores a calibration measured by a job on labelled faces; the collection uses it from now on."""
+        if calibration.source != "job":
+            raise InvalidArgument(f"a stored calibration must come from a job, got source {calibration.source!r}")
+        state = self.collections.get(collection_id)
+        with state.write_lock:
+            new = copy.deepcopy(state.manifest)
+            new.calibration = new.next_key("calibration.npz")
+            new.calibrated_on, new.calibration_source = new.face_count, "job"
+            self.collections.store.put(new.calibration, calibration.to_bytes())
+            self.collections.commit(new)
+            state.manifest, state.calibration = new, calibration
+            manifests.gc_collection(self.collections.store, new)
+        logger.info("%s: calibration from a job, %d impostor pairs", collection_id, calibration.n_pairs)
 
     def train(self, collection_id: str) -> int:
         """Trains IVF-PQ on a sample and switches every partition to it; searches go on meanwhile.
@@ -140,7 +158,7 @@ class Maintenance:
         xt, persons = self._sample(collection_id, tuning.training_sample_size(m.face_count, nlist), seed=m.sequence)
         trained_bytes = self.shards.train(xt, nlist, pq_m)
         calibration = None
-        if not m.embedding_model:
+        if not m.embedding_model and m.calibration_source != "job":
             keep = slice(0, CALIBRATION_SAMPLE)
             calibration = Calibration.from_scores(impostor_scores(xt[keep], persons[keep]), source="gallery")
         store = self.collections.store
@@ -161,7 +179,7 @@ class Maintenance:
             new.index_version, new.nlist, new.pq_m, new.trained_on = version, nlist, pq_m, new.face_count
             if calibration is not None:
                 new.calibration = new.next_key("calibration.npz")
-                new.calibrated_on = new.face_count
+                new.calibrated_on, new.calibration_source = new.face_count, "gallery"
                 store.put(new.calibration, calibration.to_bytes())
             self.collections.commit(new)
             self.shards.call("activate", [(w, (collection_id, version, parts)) for w, parts in groups.items()])

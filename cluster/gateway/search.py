@@ -21,7 +21,7 @@ from cluster.api.limits import MAX_K, MAX_QUERIES
 from cluster.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted
 from cluster.gateway.admission import QueryAdmission
 from cluster.gateway.batching import QueryBatcher
-from cluster.gateway.collections import Collections, CollectionState
+from cluster.gateway.collections import Collections, CollectionState, default_fpir
 from cluster.index import tuning, vectors
 from cluster.index.calibration import Calibration, gallery_probability
 from cluster.index.merge import merge_topk
@@ -49,6 +49,55 @@ class Candidate:
     similarity: float
     false_match_rate: float  # -1 when uncalibrated
     gallery_false_match_probability: float
+    false_match_rate_is_bound: bool = False  # above every impostor measured: both rates are 95 % upper bounds
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """The similarity threshold a search or compare applied, and the 95 % upper bound on its FPIR (-1: uncalibrated)."""
+
+    similarity: float
+    fpir_bound: float = -1.0
+
+
+def choose_threshold(calibration: Calibration | None, gallery_size: int, *, min_similarity: float | None = None,
+                     target_fpir: float | None = None, default_fpir: float = 0.0) -> Threshold:
+    """The threshold of a search: `min_similarity` as given, else the one `target_fpir` gives at `gallery_size`
+    faces, else the one `default_fpir` gives (when > 0), else the calibration's fixed default (-1: none).
+
+    A target FPIR becomes a threshold through the calibration's upper bound on the false-match rate
+    (`Calibration.threshold_for_fpir`), so the threshold rises as the gallery grows.
+
+    Raises:
+        InvalidArgument: both min_similarity and target_fpir, target_fpir outside (0, 1), min_similarity outside
+            [-1, 1].
+        FailedPrecondition: a target_fpir without a calibration.
+    """
+    check_threshold_args(calibration, min_similarity=min_similarity, target_fpir=target_fpir)
+    if min_similarity is not None:
+        return Threshold(min_similarity, calibration.fpir_bound(min_similarity, gallery_size) if calibration else -1.0)
+    if calibration is None:
+        return Threshold(-1.0)
+    fpir = target_fpir or default_fpir
+    if fpir:
+        chosen = calibration.threshold_for_fpir(fpir, gallery_size)
+        return Threshold(chosen.similarity, chosen.fpir_bound)
+    similarity = calibration.default_min_similarity
+    return Threshold(similarity, calibration.fpir_bound(similarity, gallery_size))
+
+
+def check_threshold_args(calibration: Calibration | None, *, min_similarity: float | None,
+                         target_fpir: float | None) -> None:
+    """The checks of `choose_threshold`, for a request to fail before any work is done."""
+    if target_fpir is not None and min_similarity is not None:
+        raise InvalidArgument("give min_similarity or target_fpir, not both")
+    if min_similarity is not None and not -1.0 <= min_similarity <= 1.0:
+        raise InvalidArgument(f"min_similarity must be a cosine similarity in [-1, 1], got {min_similarity}")
+    if target_fpir is not None and not 0.0 < target_fpir < 1.0:
+        raise InvalidArgument(f"target_fpir must be in (0, 1), got {target_fpir}")
+    if target_fpir is not None and calibration is None:
+        raise FailedPrecondition("target_fpir needs a calibrated collection (raw-embedding collections calibrate "
+                                 "once they hold 200 faces, or by SetCalibration): give min_similarity instead")
 
 
 @dataclass
@@ -60,6 +109,8 @@ class SearchResults:
     # Partitions whose workers could not answer, ascending: only ever non-empty when the search allowed
     # partial results; their faces are missing from the candidates.
     missing_partitions: list[int] = field(default_factory=list)
+    threshold: Threshold = Threshold(-1.0)  # what candidates were held to
+    default_fpir: float = 0.0  # the collection's default target FPIR (0: none), for its Calibration message
 
     @property
     def partial(self) -> bool:
@@ -94,10 +145,12 @@ class SearchPath:
         self._batcher.close()
 
     def search(self, state: CollectionState, xq: np.ndarray, k: int, *, nprobe: int = 0,
-               min_similarity: float | None = None, timeout_s: float | None = None,
+               min_similarity: float | None = None, target_fpir: float | None = None, timeout_s: float | None = None,
                allow_partial: bool = False) -> SearchResults:
         """Top-k candidates for each query; see `Gallery.search`."""
         m = state.manifest
+        # Checked before the fan-out; the threshold itself is chosen at the size the search answers from.
+        check_threshold_args(state.calibration, min_similarity=min_similarity, target_fpir=target_fpir)
         if not 1 <= k <= MAX_K:
             raise InvalidArgument(f"k must be in [1, {MAX_K}], got {k}")
         if xq.ndim != 2 or xq.shape[1] != m.dimension:
@@ -130,15 +183,18 @@ class SearchPath:
         if timeout_s is not None and time.monotonic() - started > timeout_s:  # it ran in this thread
             raise DeadlineExceeded(f"search did not finish within {timeout_s:.3f} s")
         calibration = state.calibration
-        if min_similarity is None:
-            min_similarity = calibration.default_min_similarity if calibration else -1.0
         gallery_size = m.face_count
+        threshold = choose_threshold(calibration, gallery_size, min_similarity=min_similarity,
+                                     target_fpir=target_fpir, default_fpir=default_fpir(m))
         fmr = calibration.false_match_rate(D) if calibration else np.full(D.shape, -1.0)
         gfmp = gallery_probability(fmr, gallery_size) if calibration else fmr
-        candidates = [[Candidate(records[int(label)], float(D[q, j]), float(fmr[q, j]), float(gfmp[q, j]))
-                       for j, label in enumerate(I[q]) if label >= 0 and D[q, j] >= min_similarity]
+        bound = calibration.false_match_rate_is_bound(D) if calibration else np.zeros(D.shape, bool)
+        candidates = [[Candidate(records[int(label)], float(D[q, j]), float(fmr[q, j]), float(gfmp[q, j]),
+                                 bool(bound[q, j]))
+                       for j, label in enumerate(I[q]) if label >= 0 and D[q, j] >= threshold.similarity]
                       for q in range(I.shape[0])]
-        return SearchResults(candidates, gallery_size, calibration, state.live.version, missing)
+        return SearchResults(candidates, gallery_size, calibration, state.live.version, missing, threshold,
+                             default_fpir(m))
 
     def _search_batch(self, key: tuple[str, int, int, bool], xq: np.ndarray
                       ) -> tuple[np.ndarray, np.ndarray, tuple[dict, list[int]]]:

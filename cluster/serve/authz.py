@@ -31,6 +31,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "CompareFaces": frozenset({SEARCHER}),
     "BuildIndex": frozenset({ENROLLER}),
     "QueryAuditLog": frozenset({AUDITOR}),
+    "SetCalibration": frozenset({ENROLLER}),
 }
 # Reading embeddings (ListFaces, GetFaces with include_embeddings) needs one of these.
 READS_EMBEDDINGS = frozenset({ADMIN, ENROLLER})

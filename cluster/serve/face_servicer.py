@@ -97,13 +97,14 @@ class FaceGalleryServicer(GalleryServicer):
     def SearchFacesByImage(self, request, context):
         search = self.faces.search_by_image(
             request.collection_id, _image(request.image), k=request.k,
-            min_similarity=_optional(request, "min_similarity"), all_faces=request.all_faces,
-            quality_filter=_quality_filter(request.quality_filter), timeout_s=_deadline(context),
-            allow_partial=request.allow_partial)
+            min_similarity=_optional(request, "min_similarity"), target_fpir=convert.optional_fpir(request.target_fpir),
+            all_faces=request.all_faces, quality_filter=_quality_filter(request.quality_filter),
+            timeout_s=_deadline(context), allow_partial=request.allow_partial)
         results = search.results
-        response = pb.SearchFacesByImageResponse(gallery_size=results.gallery_size,
-                                                 calibration=convert.calibration_message(results.calibration),
-                                                 **convert.partial_fields(results))
+        response = pb.SearchFacesByImageResponse(
+            gallery_size=results.gallery_size,
+            calibration=convert.calibration_message(results.calibration, results.gallery_size, results.default_fpir),
+            **convert.partial_fields(results), **convert.threshold_fields(results.threshold))
         for face, candidates in zip(search.faces, results.candidates):
             searched = response.results.add(searched_face=_detail(face, search.width, search.height))
             convert.add_candidates(searched.candidates, candidates)
@@ -114,10 +115,12 @@ class FaceGalleryServicer(GalleryServicer):
     def SearchFaces(self, request, context):
         record, results = self.faces.search_faces(request.collection_id, request.face_id, k=request.k,
                                                   min_similarity=_optional(request, "min_similarity"),
+                                                  target_fpir=convert.optional_fpir(request.target_fpir),
                                                   timeout_s=_deadline(context), allow_partial=request.allow_partial)
-        response = pb.SearchFacesResponse(searched_face_id=record.face_id, gallery_size=results.gallery_size,
-                                          calibration=convert.calibration_message(results.calibration),
-                                          **convert.partial_fields(results))
+        response = pb.SearchFacesResponse(
+            searched_face_id=record.face_id, gallery_size=results.gallery_size,
+            calibration=convert.calibration_message(results.calibration, results.gallery_size, results.default_fpir),
+            **convert.partial_fields(results), **convert.threshold_fields(results.threshold))
         convert.add_candidates(response.candidates, results.candidates[0])
         return response
 
@@ -126,10 +129,13 @@ class FaceGalleryServicer(GalleryServicer):
     def CompareFaces(self, request, context):
         c = self.faces.compare_faces(_image(request.source_image), _image(request.target_image),
                                      min_similarity=_optional(request, "min_similarity"),
+                                     target_fpir=convert.optional_fpir(request.target_fpir),
                                      timeout_s=_deadline(context))
         tw, th = c.target_size
         return pb.CompareFacesResponse(
             source_face=_detail(c.source, *c.source_size),
             face_matches=[pb.CompareFacesMatch(face=_detail(m.face, tw, th), similarity=m.similarity,
-                                               false_match_rate=m.false_match_rate) for m in c.matches],
-            unmatched_faces=[_detail(f, tw, th) for f in c.unmatched])
+                                               false_match_rate=m.false_match_rate,
+                                               false_match_rate_is_bound=m.false_match_rate_is_bound)
+                          for m in c.matches],
+            unmatched_faces=[_detail(f, tw, th) for f in c.unmatched], **convert.threshold_fields(c.threshold))

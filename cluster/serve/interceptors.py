@@ -200,8 +200,7 @@ def _response_fields(request, response) -> dict:
     fields = {"candidates": lists}
     if getattr(response, "partial", False):  # the caller was shown candidates of only some partitions
         fields.update(partial=True, missing_partitions=list(response.missing_partitions))
-    if request.HasField("min_similarity"):
-        fields["threshold"] = round(request.min_similarity, 6)
-    elif hasattr(response, "calibration") and response.HasField("calibration"):
-        fields["threshold"] = round(response.calibration.default_min_similarity, 6)
+    fields["threshold"] = round(response.threshold_used, 6)
+    if getattr(request, "target_fpir", 0.0):
+        fields["target_fpir"] = request.target_fpir
     return fields

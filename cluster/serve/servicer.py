@@ -7,13 +7,16 @@ import logging
 from datetime import timezone
 
 import grpc
+import numpy as np
 from gallery.v1 import gallery_pb2 as pb
 from gallery.v1 import gallery_pb2_grpc
 
 from cluster import errors
 from cluster.api import convert
 from cluster.api.limits import DEFAULT_AUDIT_RECORDS_PER_PAGE, MAX_AUDIT_RECORDS_PER_PAGE
+from cluster.gateway.collections import default_fpir
 from cluster.gateway.gallery import Gallery
+from cluster.index.calibration import CALIBRATION_QUANTILES, CALIBRATION_TAIL, Calibration
 from cluster.serve import audit
 from cluster.storage.object_store import ObjectStore
 from cluster.storage.records import FaceRecord
@@ -85,7 +88,7 @@ class GalleryServicer(gallery_pb2_grpc.GalleryServicer):
             index_state=convert.index_state(m.index_version), nlist=m.nlist, pq_m=m.pq_m, trained_on=m.trained_on,
             training=bool(state.maintenance and state.maintenance.is_alive()),
             train_threshold=m.train_threshold, embedding_model=m.embedding_model,
-            calibration=convert.calibration_message(state.calibration),
+            calibration=convert.calibration_message(state.calibration, m.face_count, default_fpir(m)),
             memory_bytes=self.gallery.memory_bytes(collection_id))
         description.created_at.FromNanoseconds(int(m.created_at * 1e9))
         return description
@@ -93,7 +96,7 @@ class GalleryServicer(gallery_pb2_grpc.GalleryServicer):
     @_status_errors
     def CreateCollection(self, request, context):
         self.gallery.create_collection(request.collection_id, dimension=request.dimension,
-                                       train_threshold=request.train_threshold)
+                                       train_threshold=request.train_threshold, default_fpir=request.default_fpir)
         return pb.CreateCollectionResponse(collection=self._describe(request.collection_id))
 
     @_status_errors
@@ -134,10 +137,13 @@ class GalleryServicer(gallery_pb2_grpc.GalleryServicer):
         results = self.gallery.search(
             request.collection_id, xq, request.k, nprobe=request.nprobe,
             min_similarity=request.min_similarity if request.HasField("min_similarity") else None,
-            timeout_s=_deadline(context), allow_partial=request.allow_partial)
+            target_fpir=convert.optional_fpir(request.target_fpir), timeout_s=_deadline(context),
+            allow_partial=request.allow_partial)
         response = pb.SearchByEmbeddingResponse(
-            gallery_size=results.gallery_size, calibration=convert.calibration_message(results.calibration),
-            index_state=convert.index_state(results.index_version), **convert.partial_fields(results))
+            gallery_size=results.gallery_size,
+            calibration=convert.calibration_message(results.calibration, results.gallery_size, results.default_fpir),
+            index_state=convert.index_state(results.index_version), **convert.partial_fields(results),
+            **convert.threshold_fields(results.threshold))
         for candidates in results.candidates:
             convert.add_candidates(response.results.add().candidates, candidates)
         return response
@@ -165,6 +171,23 @@ class GalleryServicer(gallery_pb2_grpc.GalleryServicer):
         self.gallery.wait_for_maintenance(request.collection_id, _deadline(context))
         self.gallery.train(request.collection_id)
         return pb.BuildIndexResponse(collection=self._describe(request.collection_id))
+
+    @_status_errors
+    def SetCalibration(self, request, context):
+        tail, quantiles = np.array(request.impostor_tail, np.float32), np.array(request.impostor_quantiles, np.float32)
+        n = request.impostor_pairs
+        if n < 10:
+            raise errors.InvalidArgument(f"impostor_pairs must be >= 10, got {n}")
+        if tail.size != min(n, CALIBRATION_TAIL) or quantiles.size != CALIBRATION_QUANTILES:
+            raise errors.InvalidArgument(f"impostor_tail must hold min(impostor_pairs, {CALIBRATION_TAIL}) = "
+                                         f"{min(n, CALIBRATION_TAIL)} scores and impostor_quantiles "
+                                         f"{CALIBRATION_QUANTILES}; got {tail.size} and {quantiles.size}")
+        for name, x, step in (("impostor_tail", tail, -1), ("impostor_quantiles", quantiles, 1)):
+            if not (np.isfinite(x).all() and np.abs(x).max() <= 1.0 and np.all(step * np.diff(x) >= 0)):
+                raise errors.InvalidArgument(f"{name} must be finite cosines in [-1, 1], "
+                                             f"{'descending' if step < 0 else 'ascending'}")
+        self.gallery.set_calibration(request.collection_id, Calibration("job", int(n), tail, quantiles))
+        return pb.SetCalibrationResponse(collection=self._describe(request.collection_id))
 
     @_status_errors
     def QueryAuditLog(self, request, context):

@@ -55,6 +55,8 @@ class CollectionManifest:
     trained_on: int = 0
     calibration: str | None = None  # key of a Calibration, for raw-embedding collections
     calibrated_on: int = 0
+    calibration_source: str = ""  # of `calibration`: "gallery" (estimated in the background) or "job" (SetCalibration)
+    default_fpir: float = 0.0  # target FPIR of searches that set no threshold; 0: the server's default for its kind
     partitions: list[PartitionManifest] = field(default_factory=list)
 
     def next_key(self, name: str) -> str:

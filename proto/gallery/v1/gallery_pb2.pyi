@@ -22,6 +22,7 @@ class CalibrationSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CALIBRATION_SOURCE_NONE: _ClassVar[CalibrationSource]
     CALIBRATION_SOURCE_MODEL: _ClassVar[CalibrationSource]
     CALIBRATION_SOURCE_GALLERY: _ClassVar[CalibrationSource]
+    CALIBRATION_SOURCE_JOB: _ClassVar[CalibrationSource]
 
 class QualityFilter(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -38,6 +39,7 @@ CALIBRATION_SOURCE_UNSPECIFIED: CalibrationSource
 CALIBRATION_SOURCE_NONE: CalibrationSource
 CALIBRATION_SOURCE_MODEL: CalibrationSource
 CALIBRATION_SOURCE_GALLERY: CalibrationSource
+CALIBRATION_SOURCE_JOB: CalibrationSource
 QUALITY_FILTER_UNSPECIFIED: QualityFilter
 QUALITY_FILTER_NONE: QualityFilter
 QUALITY_FILTER_AUTO: QualityFilter
@@ -143,24 +145,28 @@ class Face(_message.Message):
     def __init__(self, face_id: _Optional[str] = ..., external_image_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., embedding: _Optional[_Union[Embedding, _Mapping]] = ..., detail: _Optional[_Union[FaceDetail, _Mapping]] = ..., image_uri: _Optional[str] = ...) -> None: ...
 
 class Calibration(_message.Message):
-    __slots__ = ("source", "impostor_pairs", "default_min_similarity")
+    __slots__ = ("source", "impostor_pairs", "default_min_similarity", "default_fpir")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     IMPOSTOR_PAIRS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_MIN_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_FPIR_FIELD_NUMBER: _ClassVar[int]
     source: CalibrationSource
     impostor_pairs: int
     default_min_similarity: float
-    def __init__(self, source: _Optional[_Union[CalibrationSource, str]] = ..., impostor_pairs: _Optional[int] = ..., default_min_similarity: _Optional[float] = ...) -> None: ...
+    default_fpir: float
+    def __init__(self, source: _Optional[_Union[CalibrationSource, str]] = ..., impostor_pairs: _Optional[int] = ..., default_min_similarity: _Optional[float] = ..., default_fpir: _Optional[float] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("collection_id", "dimension", "train_threshold")
+    __slots__ = ("collection_id", "dimension", "train_threshold", "default_fpir")
     COLLECTION_ID_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     TRAIN_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_FPIR_FIELD_NUMBER: _ClassVar[int]
     collection_id: str
     dimension: int
     train_threshold: int
-    def __init__(self, collection_id: _Optional[str] = ..., dimension: _Optional[int] = ..., train_threshold: _Optional[int] = ...) -> None: ...
+    default_fpir: float
+    def __init__(self, collection_id: _Optional[str] = ..., dimension: _Optional[int] = ..., train_threshold: _Optional[int] = ..., default_fpir: _Optional[float] = ...) -> None: ...
 
 class CreateCollectionResponse(_message.Message):
     __slots__ = ("collection",)
@@ -278,7 +284,7 @@ class AddEmbeddingsResponse(_message.Message):
     def __init__(self, face_ids: _Optional[_Iterable[str]] = ..., skipped_face_ids: _Optional[_Iterable[str]] = ..., face_count: _Optional[int] = ...) -> None: ...
 
 class SearchByEmbeddingRequest(_message.Message):
-    __slots__ = ("collection_id", "queries", "k", "nprobe", "min_similarity", "purpose", "case_id", "allow_partial")
+    __slots__ = ("collection_id", "queries", "k", "nprobe", "min_similarity", "purpose", "case_id", "allow_partial", "target_fpir")
     COLLECTION_ID_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -287,6 +293,7 @@ class SearchByEmbeddingRequest(_message.Message):
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
     CASE_ID_FIELD_NUMBER: _ClassVar[int]
     ALLOW_PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FPIR_FIELD_NUMBER: _ClassVar[int]
     collection_id: str
     queries: _containers.RepeatedCompositeFieldContainer[Embedding]
     k: int
@@ -295,19 +302,22 @@ class SearchByEmbeddingRequest(_message.Message):
     purpose: str
     case_id: str
     allow_partial: bool
-    def __init__(self, collection_id: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., min_similarity: _Optional[float] = ..., purpose: _Optional[str] = ..., case_id: _Optional[str] = ..., allow_partial: _Optional[bool] = ...) -> None: ...
+    target_fpir: float
+    def __init__(self, collection_id: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., min_similarity: _Optional[float] = ..., purpose: _Optional[str] = ..., case_id: _Optional[str] = ..., allow_partial: _Optional[bool] = ..., target_fpir: _Optional[float] = ...) -> None: ...
 
 class Candidate(_message.Message):
-    __slots__ = ("face", "similarity", "false_match_rate", "gallery_false_match_probability")
+    __slots__ = ("face", "similarity", "false_match_rate", "gallery_false_match_probability", "false_match_rate_is_bound")
     FACE_FIELD_NUMBER: _ClassVar[int]
     SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     FALSE_MATCH_RATE_FIELD_NUMBER: _ClassVar[int]
     GALLERY_FALSE_MATCH_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    FALSE_MATCH_RATE_IS_BOUND_FIELD_NUMBER: _ClassVar[int]
     face: Face
     similarity: float
     false_match_rate: float
     gallery_false_match_probability: float
-    def __init__(self, face: _Optional[_Union[Face, _Mapping]] = ..., similarity: _Optional[float] = ..., false_match_rate: _Optional[float] = ..., gallery_false_match_probability: _Optional[float] = ...) -> None: ...
+    false_match_rate_is_bound: bool
+    def __init__(self, face: _Optional[_Union[Face, _Mapping]] = ..., similarity: _Optional[float] = ..., false_match_rate: _Optional[float] = ..., gallery_false_match_probability: _Optional[float] = ..., false_match_rate_is_bound: _Optional[bool] = ...) -> None: ...
 
 class SearchResult(_message.Message):
     __slots__ = ("candidates",)
@@ -316,20 +326,24 @@ class SearchResult(_message.Message):
     def __init__(self, candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ...) -> None: ...
 
 class SearchByEmbeddingResponse(_message.Message):
-    __slots__ = ("results", "gallery_size", "calibration", "index_state", "partial", "missing_partitions")
+    __slots__ = ("results", "gallery_size", "calibration", "index_state", "partial", "missing_partitions", "threshold_used", "fpir_bound")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     GALLERY_SIZE_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     INDEX_STATE_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_FIELD_NUMBER: _ClassVar[int]
     MISSING_PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_USED_FIELD_NUMBER: _ClassVar[int]
+    FPIR_BOUND_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[SearchResult]
     gallery_size: int
     calibration: Calibration
     index_state: IndexState
     partial: bool
     missing_partitions: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., gallery_size: _Optional[int] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., index_state: _Optional[_Union[IndexState, str]] = ..., partial: _Optional[bool] = ..., missing_partitions: _Optional[_Iterable[int]] = ...) -> None: ...
+    threshold_used: float
+    fpir_bound: float
+    def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., gallery_size: _Optional[int] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., index_state: _Optional[_Union[IndexState, str]] = ..., partial: _Optional[bool] = ..., missing_partitions: _Optional[_Iterable[int]] = ..., threshold_used: _Optional[float] = ..., fpir_bound: _Optional[float] = ...) -> None: ...
 
 class ListFacesRequest(_message.Message):
     __slots__ = ("collection_id", "max_results", "next_token", "include_embeddings")
@@ -459,7 +473,7 @@ class IndexFacesResponse(_message.Message):
     def __init__(self, indexed_faces: _Optional[_Iterable[_Union[Face, _Mapping]]] = ..., unindexed_faces: _Optional[_Iterable[_Union[UnindexedFace, _Mapping]]] = ..., embedding_model: _Optional[str] = ...) -> None: ...
 
 class SearchFacesByImageRequest(_message.Message):
-    __slots__ = ("collection_id", "image", "k", "min_similarity", "all_faces", "quality_filter", "purpose", "case_id", "allow_partial")
+    __slots__ = ("collection_id", "image", "k", "min_similarity", "all_faces", "quality_filter", "purpose", "case_id", "allow_partial", "target_fpir")
     COLLECTION_ID_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -469,6 +483,7 @@ class SearchFacesByImageRequest(_message.Message):
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
     CASE_ID_FIELD_NUMBER: _ClassVar[int]
     ALLOW_PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FPIR_FIELD_NUMBER: _ClassVar[int]
     collection_id: str
     image: Image
     k: int
@@ -478,7 +493,8 @@ class SearchFacesByImageRequest(_message.Message):
     purpose: str
     case_id: str
     allow_partial: bool
-    def __init__(self, collection_id: _Optional[str] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., k: _Optional[int] = ..., min_similarity: _Optional[float] = ..., all_faces: _Optional[bool] = ..., quality_filter: _Optional[_Union[QualityFilter, str]] = ..., purpose: _Optional[str] = ..., case_id: _Optional[str] = ..., allow_partial: _Optional[bool] = ...) -> None: ...
+    target_fpir: float
+    def __init__(self, collection_id: _Optional[str] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., k: _Optional[int] = ..., min_similarity: _Optional[float] = ..., all_faces: _Optional[bool] = ..., quality_filter: _Optional[_Union[QualityFilter, str]] = ..., purpose: _Optional[str] = ..., case_id: _Optional[str] = ..., allow_partial: _Optional[bool] = ..., target_fpir: _Optional[float] = ...) -> None: ...
 
 class FaceSearchResult(_message.Message):
     __slots__ = ("searched_face", "candidates")
@@ -489,21 +505,25 @@ class FaceSearchResult(_message.Message):
     def __init__(self, searched_face: _Optional[_Union[FaceDetail, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ...) -> None: ...
 
 class SearchFacesByImageResponse(_message.Message):
-    __slots__ = ("results", "gallery_size", "calibration", "partial", "missing_partitions")
+    __slots__ = ("results", "gallery_size", "calibration", "partial", "missing_partitions", "threshold_used", "fpir_bound")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     GALLERY_SIZE_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_FIELD_NUMBER: _ClassVar[int]
     MISSING_PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_USED_FIELD_NUMBER: _ClassVar[int]
+    FPIR_BOUND_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[FaceSearchResult]
     gallery_size: int
     calibration: Calibration
     partial: bool
     missing_partitions: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, results: _Optional[_Iterable[_Union[FaceSearchResult, _Mapping]]] = ..., gallery_size: _Optional[int] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., partial: _Optional[bool] = ..., missing_partitions: _Optional[_Iterable[int]] = ...) -> None: ...
+    threshold_used: float
+    fpir_bound: float
+    def __init__(self, results: _Optional[_Iterable[_Union[FaceSearchResult, _Mapping]]] = ..., gallery_size: _Optional[int] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., partial: _Optional[bool] = ..., missing_partitions: _Optional[_Iterable[int]] = ..., threshold_used: _Optional[float] = ..., fpir_bound: _Optional[float] = ...) -> None: ...
 
 class SearchFacesRequest(_message.Message):
-    __slots__ = ("collection_id", "face_id", "k", "min_similarity", "purpose", "case_id", "allow_partial")
+    __slots__ = ("collection_id", "face_id", "k", "min_similarity", "purpose", "case_id", "allow_partial", "target_fpir")
     COLLECTION_ID_FIELD_NUMBER: _ClassVar[int]
     FACE_ID_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -511,6 +531,7 @@ class SearchFacesRequest(_message.Message):
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
     CASE_ID_FIELD_NUMBER: _ClassVar[int]
     ALLOW_PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FPIR_FIELD_NUMBER: _ClassVar[int]
     collection_id: str
     face_id: str
     k: int
@@ -518,57 +539,70 @@ class SearchFacesRequest(_message.Message):
     purpose: str
     case_id: str
     allow_partial: bool
-    def __init__(self, collection_id: _Optional[str] = ..., face_id: _Optional[str] = ..., k: _Optional[int] = ..., min_similarity: _Optional[float] = ..., purpose: _Optional[str] = ..., case_id: _Optional[str] = ..., allow_partial: _Optional[bool] = ...) -> None: ...
+    target_fpir: float
+    def __init__(self, collection_id: _Optional[str] = ..., face_id: _Optional[str] = ..., k: _Optional[int] = ..., min_similarity: _Optional[float] = ..., purpose: _Optional[str] = ..., case_id: _Optional[str] = ..., allow_partial: _Optional[bool] = ..., target_fpir: _Optional[float] = ...) -> None: ...
 
 class SearchFacesResponse(_message.Message):
-    __slots__ = ("searched_face_id", "candidates", "gallery_size", "calibration", "partial", "missing_partitions")
+    __slots__ = ("searched_face_id", "candidates", "gallery_size", "calibration", "partial", "missing_partitions", "threshold_used", "fpir_bound")
     SEARCHED_FACE_ID_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     GALLERY_SIZE_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_FIELD_NUMBER: _ClassVar[int]
     MISSING_PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_USED_FIELD_NUMBER: _ClassVar[int]
+    FPIR_BOUND_FIELD_NUMBER: _ClassVar[int]
     searched_face_id: str
     candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
     gallery_size: int
     calibration: Calibration
     partial: bool
     missing_partitions: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, searched_face_id: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., gallery_size: _Optional[int] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., partial: _Optional[bool] = ..., missing_partitions: _Optional[_Iterable[int]] = ...) -> None: ...
+    threshold_used: float
+    fpir_bound: float
+    def __init__(self, searched_face_id: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., gallery_size: _Optional[int] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., partial: _Optional[bool] = ..., missing_partitions: _Optional[_Iterable[int]] = ..., threshold_used: _Optional[float] = ..., fpir_bound: _Optional[float] = ...) -> None: ...
 
 class CompareFacesRequest(_message.Message):
-    __slots__ = ("source_image", "target_image", "min_similarity", "purpose", "case_id")
+    __slots__ = ("source_image", "target_image", "min_similarity", "purpose", "case_id", "target_fpir")
     SOURCE_IMAGE_FIELD_NUMBER: _ClassVar[int]
     TARGET_IMAGE_FIELD_NUMBER: _ClassVar[int]
     MIN_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
     CASE_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FPIR_FIELD_NUMBER: _ClassVar[int]
     source_image: Image
     target_image: Image
     min_similarity: float
     purpose: str
     case_id: str
-    def __init__(self, source_image: _Optional[_Union[Image, _Mapping]] = ..., target_image: _Optional[_Union[Image, _Mapping]] = ..., min_similarity: _Optional[float] = ..., purpose: _Optional[str] = ..., case_id: _Optional[str] = ...) -> None: ...
+    target_fpir: float
+    def __init__(self, source_image: _Optional[_Union[Image, _Mapping]] = ..., target_image: _Optional[_Union[Image, _Mapping]] = ..., min_similarity: _Optional[float] = ..., purpose: _Optional[str] = ..., case_id: _Optional[str] = ..., target_fpir: _Optional[float] = ...) -> None: ...
 
 class CompareFacesMatch(_message.Message):
-    __slots__ = ("face", "similarity", "false_match_rate")
+    __slots__ = ("face", "similarity", "false_match_rate", "false_match_rate_is_bound")
     FACE_FIELD_NUMBER: _ClassVar[int]
     SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     FALSE_MATCH_RATE_FIELD_NUMBER: _ClassVar[int]
+    FALSE_MATCH_RATE_IS_BOUND_FIELD_NUMBER: _ClassVar[int]
     face: FaceDetail
     similarity: float
     false_match_rate: float
-    def __init__(self, face: _Optional[_Union[FaceDetail, _Mapping]] = ..., similarity: _Optional[float] = ..., false_match_rate: _Optional[float] = ...) -> None: ...
+    false_match_rate_is_bound: bool
+    def __init__(self, face: _Optional[_Union[FaceDetail, _Mapping]] = ..., similarity: _Optional[float] = ..., false_match_rate: _Optional[float] = ..., false_match_rate_is_bound: _Optional[bool] = ...) -> None: ...
 
 class CompareFacesResponse(_message.Message):
-    __slots__ = ("source_face", "face_matches", "unmatched_faces")
+    __slots__ = ("source_face", "face_matches", "unmatched_faces", "threshold_used", "fpir_bound")
     SOURCE_FACE_FIELD_NUMBER: _ClassVar[int]
     FACE_MATCHES_FIELD_NUMBER: _ClassVar[int]
     UNMATCHED_FACES_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_USED_FIELD_NUMBER: _ClassVar[int]
+    FPIR_BOUND_FIELD_NUMBER: _ClassVar[int]
     source_face: FaceDetail
     face_matches: _containers.RepeatedCompositeFieldContainer[CompareFacesMatch]
     unmatched_faces: _containers.RepeatedCompositeFieldContainer[FaceDetail]
-    def __init__(self, source_face: _Optional[_Union[FaceDetail, _Mapping]] = ..., face_matches: _Optional[_Iterable[_Union[CompareFacesMatch, _Mapping]]] = ..., unmatched_faces: _Optional[_Iterable[_Union[FaceDetail, _Mapping]]] = ...) -> None: ...
+    threshold_used: float
+    fpir_bound: float
+    def __init__(self, source_face: _Optional[_Union[FaceDetail, _Mapping]] = ..., face_matches: _Optional[_Iterable[_Union[CompareFacesMatch, _Mapping]]] = ..., unmatched_faces: _Optional[_Iterable[_Union[FaceDetail, _Mapping]]] = ..., threshold_used: _Optional[float] = ..., fpir_bound: _Optional[float] = ...) -> None: ...
 
 class BuildIndexRequest(_message.Message):
     __slots__ = ("collection_id",)
@@ -625,3 +659,21 @@ class QueryAuditLogResponse(_message.Message):
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     records: _containers.RepeatedCompositeFieldContainer[AuditRecord]
     def __init__(self, records: _Optional[_Iterable[_Union[AuditRecord, _Mapping]]] = ...) -> None: ...
+
+class SetCalibrationRequest(_message.Message):
+    __slots__ = ("collection_id", "impostor_pairs", "impostor_tail", "impostor_quantiles")
+    COLLECTION_ID_FIELD_NUMBER: _ClassVar[int]
+    IMPOSTOR_PAIRS_FIELD_NUMBER: _ClassVar[int]
+    IMPOSTOR_TAIL_FIELD_NUMBER: _ClassVar[int]
+    IMPOSTOR_QUANTILES_FIELD_NUMBER: _ClassVar[int]
+    collection_id: str
+    impostor_pairs: int
+    impostor_tail: _containers.RepeatedScalarFieldContainer[float]
+    impostor_quantiles: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, collection_id: _Optional[str] = ..., impostor_pairs: _Optional[int] = ..., impostor_tail: _Optional[_Iterable[float]] = ..., impostor_quantiles: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class SetCalibrationResponse(_message.Message):
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: CollectionDescription
+    def __init__(self, collection: _Optional[_Union[CollectionDescription, _Mapping]] = ...) -> None: ...

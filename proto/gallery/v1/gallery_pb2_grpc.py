@@ -114,6 +114,11 @@ class GalleryStub:
                 request_serializer=gallery_dot_v1_dot_gallery__pb2.QueryAuditLogRequest.SerializeToString,
                 response_deserializer=gallery_dot_v1_dot_gallery__pb2.QueryAuditLogResponse.FromString,
                 _registered_method=True)
+        self.SetCalibration = channel.unary_unary(
+                '/gallery.v1.Gallery/SetCalibration',
+                request_serializer=gallery_dot_v1_dot_gallery__pb2.SetCalibrationRequest.SerializeToString,
+                response_deserializer=gallery_dot_v1_dot_gallery__pb2.SetCalibrationResponse.FromString,
+                _registered_method=True)
 
 
 class GalleryServicer:
@@ -239,6 +244,15 @@ class GalleryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetCalibration(self, request, context):
+        """Replaces a collection's calibration with impostor scores measured on a
+        labelled set (jobs/calibrate.py); its source becomes JOB and its
+        thresholds follow from it. Admins and enrollers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GalleryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -321,6 +335,11 @@ def add_GalleryServicer_to_server(servicer, server):
                     servicer.QueryAuditLog,
                     request_deserializer=gallery_dot_v1_dot_gallery__pb2.QueryAuditLogRequest.FromString,
                     response_serializer=gallery_dot_v1_dot_gallery__pb2.QueryAuditLogResponse.SerializeToString,
+            ),
+            'SetCalibration': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetCalibration,
+                    request_deserializer=gallery_dot_v1_dot_gallery__pb2.SetCalibrationRequest.FromString,
+                    response_serializer=gallery_dot_v1_dot_gallery__pb2.SetCalibrationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -755,6 +774,33 @@ class Gallery:
             '/gallery.v1.Gallery/QueryAuditLog',
             gallery_dot_v1_dot_gallery__pb2.QueryAuditLogRequest.SerializeToString,
             gallery_dot_v1_dot_gallery__pb2.QueryAuditLogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetCalibration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gallery.v1.Gallery/SetCalibration',
+            gallery_dot_v1_dot_gallery__pb2.SetCalibrationRequest.SerializeToString,
+            gallery_dot_v1_dot_gallery__pb2.SetCalibrationResponse.FromString,
             options,
             channel_credentials,
             insecure,
