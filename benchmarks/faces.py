@@ -1,9 +1,13 @@
-"""Faces per second for detection, alignment and embedding, per batch size, on CPU and GPU.
+"""Faces per second for detection, alignment and embedding, per batch size, on CPU and GPU; score figures per model.
 
 Uses the real test photos: a 2×2 tiling of the 1927 Solvay photo (116 faces of
 ≈35 px, 2560×1852) and a 6-person colour photo (1280×886). Each figure is the
 median of `repeats` timed runs after one warm-up run. Prints a table, then one
 JSON line with every figure and the machine it ran on.
+
+The score figures (`score_figures`) come from each model's shipped score table
+(`cluster/faces/data/<model>_calibration.npz`, measured on every real face available offline by
+benchmarks/calibrate_faces.py): genuine and impostor score quantiles, and FNMR at FMR 1e-3 and 1e-4.
 
     python benchmarks/faces.py [--batch-sizes 1,4,16,32,64] [--repeats 3] [--threads 0]
 """
@@ -21,6 +25,7 @@ import torch
 from host import describe  # benchmarks/host.py
 
 from cluster.faces import FaceDetector, FaceNetEmbedder, FacePipeline, decode_image
+from cluster.index.calibration import Calibration, calibration_table_path
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "faces"
 
@@ -34,6 +39,34 @@ def timeit(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def score_figures(models: tuple[str, ...] = ("sface", "facenet")) -> dict:
+    """Per model: genuine and impostor score quantiles and FNMR at FMR 1e-3 and 1e-4, from its shipped table.
+
+    The FMR thresholds are measured ones (just above the (FMR·n + 1)-th highest impostor score), not bounds:
+    ~200,000 impostor pairs hold 20 at FMR 1e-4, enough to measure it.
+    """
+    out = {}
+    for model in models:
+        with np.load(calibration_table_path(model)) as table:
+            genuine, kinds, tail, n = table["genuine"], table["genuine_kind"], table["tail"], int(table["n_pairs"])
+        calibration = Calibration.from_table(calibration_table_path(model))
+        probabilities = np.linspace(0, 1, calibration.quantiles.size)
+        figures = {"impostor_pairs": n, "genuine_pairs": int(genuine.size),
+                   "impostor_quantiles": {str(p): round(float(np.interp(p / 100, probabilities, calibration.quantiles)), 4)
+                                          for p in (50, 99, 99.9)} | {"max": round(float(tail[0]), 4)},
+                   "genuine_quantiles": {str(p): round(float(np.percentile(genuine, p)), 4) for p in (0, 1, 5, 50)}}
+        for fmr in (1e-3, 1e-4):
+            t = float(np.nextafter(tail[int(fmr * n)], np.float32(1)))
+            figures[f"fnmr_at_fmr_{fmr:g}"] = {
+                "threshold": round(t, 4), "fnmr": round(float(np.mean(genuine < t)), 4),
+                "fnmr_by_kind": {k: round(float(np.mean(genuine[kinds == k] < t)), 3) for k in sorted(set(kinds))}}
+        out[model] = figures
+        print(f"scores  {model:8s} impostor max {figures['impostor_quantiles']['max']:.3f} over {n} pairs; genuine "
+              f"median {figures['genuine_quantiles']['50']:.3f}; FNMR {figures['fnmr_at_fmr_0.001']['fnmr']:.3f} "
+              f"at FMR 1e-3, {figures['fnmr_at_fmr_0.0001']['fnmr']:.3f} at 1e-4")
+    return out
 
 
 def main(batch_sizes: str = "1,4,16,32,64", repeats: int = 3, threads: int = 0) -> dict:
@@ -73,6 +106,7 @@ def main(batch_sizes: str = "1,4,16,32,64", repeats: int = 3, threads: int = 0) 
             s = timeit(lambda embed=pipe.embedder.embed, batch=batch: embed(batch), repeats)
             result["embed"][device][str(b)] = round(b / s, 1)
             print(f"embed   {device:4s} batch {b:4d}          {s * 1000:8.1f} ms  {b / s:8.1f} faces/s")
+    result["scores"] = score_figures()
     return result
 
 

@@ -11,8 +11,13 @@ import pytest
 
 from cluster.errors import FailedPrecondition, InvalidArgument
 from cluster.gateway.search import choose_threshold
-from cluster.index.calibration import (DEFAULT_FPIR, Calibration, calibration_table_path, fmr_upper_bound,
-                                       gallery_probability)
+from cluster.index.calibration import (
+    DEFAULT_FPIR,
+    Calibration,
+    calibration_table_path,
+    fmr_upper_bound,
+    gallery_probability,
+)
 
 MODELS = ("sface", "facenet")
 GALLERY_SIZES = (1, 10, 100, 1_000, 10_000, 100_000, 10_000_000)

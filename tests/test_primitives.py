@@ -155,8 +155,8 @@ def test_calibration_false_match_rates():
     assert fmr[0] == pytest.approx(1.0, abs=1e-3)
     assert fmr[1] == pytest.approx(0.5, abs=0.01)
     assert fmr[2] == pytest.approx((scores >= 0.2).mean(), rel=0.05)
-    assert fmr[3] == pytest.approx(((scores >= 0.3).sum() + 1) / (scores.size + 1), rel=1e-3)
-    assert fmr[4] == pytest.approx(1 / (scores.size + 1))  # never claims zero for an unseen tail
+    assert fmr[3] == pytest.approx((scores >= 0.3).sum() / scores.size, rel=1e-3)
+    assert fmr[4] == pytest.approx(3 / scores.size, rel=0.01)  # never claims zero: the 95 % bound beyond the data
     assert np.all(np.diff(fmr) <= 0)
 
 
