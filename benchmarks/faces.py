@@ -54,8 +54,9 @@ def score_figures(models: tuple[str, ...] = ("sface", "facenet")) -> dict:
         calibration = Calibration.from_table(calibration_table_path(model))
         probabilities = np.linspace(0, 1, calibration.quantiles.size)
         figures = {"impostor_pairs": n, "genuine_pairs": int(genuine.size),
-                   "impostor_quantiles": {str(p): round(float(np.interp(p / 100, probabilities, calibration.quantiles)), 4)
-                                          for p in (50, 99, 99.9)} | {"max": round(float(tail[0]), 4)},
+                   "impostor_quantiles": {
+                       str(p): round(float(np.interp(p / 100, probabilities, calibration.quantiles)), 4)
+                       for p in (50, 99, 99.9)} | {"max": round(float(tail[0]), 4)},
                    "genuine_quantiles": {str(p): round(float(np.percentile(genuine, p)), 4) for p in (0, 1, 5, 50)}}
         for fmr in (1e-3, 1e-4):
             t = float(np.nextafter(tail[int(fmr * n)], np.float32(1)))

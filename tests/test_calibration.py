@@ -1,4 +1,5 @@
-"""False-match rates, their bounds beyond the data, and thresholds derived from a target FPIR (cluster/index/calibration.py).
+"""False-match rates, their bounds beyond the data, and thresholds derived from a target FPIR
+(cluster/index/calibration.py).
 
 Pure maths on synthetic scores and on the score tables shipped in cluster/faces/data/ (measured on real
 faces by benchmarks/calibrate_faces.py); no server.
@@ -63,11 +64,14 @@ def test_measured_rates_and_the_bound_beyond_the_data(synthetic):
     assert fmr[0] == pytest.approx(0.5, abs=0.01)
     assert fmr[1] == pytest.approx((scores >= 0.2).mean(), rel=0.05)
     assert fmr[2] == pytest.approx((scores >= np.float32(0.3)).sum() / scores.size, rel=1e-6)  # measured, exact
-    assert fmr[3] == pytest.approx(1 / scores.size)  # the highest impostor itself: seen once
-    assert not calibration.false_match_rate_is_bound(np.array([0.0, 0.3, top])).any()
-    beyond = np.array([np.nextafter(np.float32(top), np.float32(1)), 0.9, 1.0])
+    assert not calibration.false_match_rate_is_bound(np.array([0.0, 0.2, 0.3])).any()
+    third = float(calibration.tail[2])  # three impostors at or above it: 3/n, just over the bound for none
+    assert calibration.false_match_rate(third) == pytest.approx(3 / scores.size)
+    assert not calibration.false_match_rate_is_bound(third)
+    beyond = np.array([float(calibration.tail[1]), top, np.nextafter(np.float32(top), np.float32(1)), 0.9, 1.0])
     assert calibration.false_match_rate_is_bound(beyond).all()
-    # Never a point estimate the data cannot support: beyond the data, the 95 % bound (≈ 3/n), not 0 or 1/n.
+    # Never a point estimate the data cannot support: where 2, 1 or no impostors scored as high, not 2/n, 1/n or 0
+    # but the 95 % bound for none seen (≈ 3/n), flagged.
     assert np.all(calibration.false_match_rate(beyond) == fmr_upper_bound(0, scores.size))
 
 
@@ -83,7 +87,8 @@ def test_fpir_threshold_rises_with_the_gallery_and_keeps_its_promise(synthetic):
             assert gallery_probability(np.array(per_pair), n) <= 0.01
         else:  # too few pairs to certify: just above every impostor seen, and the bound says what it is
             assert t.similarity > scores.max() and t.fpir_bound > 0.01
-            assert t.fpir_bound == pytest.approx(float(gallery_probability(np.array(fmr_upper_bound(0, scores.size)), n)))
+            bound_at_zero = fmr_upper_bound(0, scores.size)
+            assert t.fpir_bound == pytest.approx(float(gallery_probability(np.array(bound_at_zero), n)))
     assert thresholds[0].met and not thresholds[-1].met
     with pytest.raises(ValueError):
         calibration.threshold_for_fpir(0.0, 10)

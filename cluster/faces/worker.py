@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from cluster.index.calibration import Calibration, EmbeddingModel
 
@@ -120,6 +121,6 @@ def embedding_model(embedder) -> EmbeddingModel:
     """
     table = getattr(embedder, "calibration_table", None)
     calibration = None
-    if table is not None:
+    if table is not None and Path(table).is_file():
         calibration = Calibration.from_table(table, source="model")
     return EmbeddingModel(embedder.name, embedder.dimension, calibration)

@@ -165,7 +165,8 @@ class Collections:
                 raise AlreadyExists(f"collection {collection_id!r} already exists")
             m = CollectionManifest(collection_id, dimension, num_partitions,
                                    train_threshold or self.default_train_threshold, time.time(), model_name,
-                                   default_fpir=default_fpir, partitions=[PartitionManifest() for _ in range(num_partitions)])
+                                   default_fpir=default_fpir,
+                                   partitions=[PartitionManifest() for _ in range(num_partitions)])
             self.commit(m)
             self._states[collection_id] = self._open(m)
         self.shards.call_all("open_collection", m.to_json())

@@ -8,7 +8,9 @@ distribution of impostor (different-person) similarities into:
   at or above s, the measured fraction count / n. Beyond the data (s above the
   highest impostor score seen) nothing was measured: the rate reported there is
   the one-sided 95 % Clopper-Pearson upper bound 1 - 0.05^(1/n) (about 3/n, the
-  "rule of three"), and ``false_match_rate_is_bound(s)`` says so. A point
+  "rule of three"), and ``false_match_rate_is_bound(s)`` says so. The same bound
+  stands where only 1 or 2 impostors scored >= s: their count / n is below what n
+  pairs can resolve (and would make the rate rise past the highest score). A point
   estimate the data cannot support is never given;
 - ``gallery_false_match_probability(s, N)``: 1 - (1 - FMR(s))^N, the chance
   that at least one of N non-mated faces scores >= s;
@@ -141,14 +143,16 @@ class Calibration:
         return np.where(s >= self.tail[-1], in_tail, np.maximum(bulk, in_tail))
 
     def false_match_rate_is_bound(self, similarity: np.ndarray | float) -> np.ndarray:
-        """True where `similarity` is above every impostor score seen: the FMR there is an upper bound."""
-        return np.asarray(similarity, dtype=np.float32) > self.tail[0]
+        """True where fewer impostors scored >= similarity than n pairs can resolve (none, or 1-2 of them): the
+        FMR reported there is the 95 % upper bound for none seen."""
+        return self.impostor_count(similarity) / self.n_pairs < fmr_upper_bound(0, self.n_pairs)
 
     def false_match_rate(self, similarity: np.ndarray | float) -> np.ndarray:
-        """P(one impostor scores >= similarity), vectorised: measured, or the 95 % bound beyond the data."""
-        count = self.impostor_count(similarity)
-        bound = fmr_upper_bound(0, self.n_pairs)
-        return np.where(self.false_match_rate_is_bound(similarity), bound, count / self.n_pairs)
+        """P(one impostor scores >= similarity), vectorised: measured, or the 95 % bound beyond the data.
+
+        Non-increasing in similarity: the bound for none seen (≈ 3/n) is the floor of the measured rates.
+        """
+        return np.maximum(self.impostor_count(similarity) / self.n_pairs, fmr_upper_bound(0, self.n_pairs))
 
     def fmr_bound(self, similarity: float) -> float:
         """95 % Clopper-Pearson upper bound on FMR(similarity); the measured rate where over 10,000 pairs score
