@@ -22,6 +22,7 @@ from cluster.api import convert
 from cluster.errors import InvalidArgument, ResourceExhausted
 from cluster.gateway.face_service import FaceService
 from cluster.gateway.gallery import Gallery
+from cluster.index.calibration import DEFAULT_FPIR, Calibration, calibration_table_path
 from cluster.serve import runtime
 from cluster.serve.face_servicer import FaceGalleryServicer
 from cluster.serve.server import running_server
@@ -32,7 +33,9 @@ from cluster.storage.s3_images import S3ImageReader, S3Object
 DATA = Path(__file__).resolve().parent / "data" / "faces"
 OBAMA = ("obama.jpg", "obama2.jpg")  # enrolled; obama3.jpg is the probe
 OTHERS = ("biden.jpg", "gauss.webp", "newton.png")
-THRESHOLD = 0.75  # FaceNet's default_min_similarity
+# FaceNet's calibration (cluster/faces/data/facenet_calibration.npz): face collections derive their default threshold
+# from a target FPIR of 0.01 at their current size; compares default to a false-match rate of 1e-4.
+CALIBRATION = Calibration.from_table(calibration_table_path("facenet"))
 MiB = 2**20
 
 
@@ -105,7 +108,9 @@ def test_collection_without_dimension_uses_the_face_model(stub):
     created = stub.CreateCollection(pb.CreateCollectionRequest(collection_id="model-default")).collection
     assert created.dimension == 512 and created.embedding_model.startswith("facenet")
     assert created.calibration.source == pb.CALIBRATION_SOURCE_MODEL
-    assert created.calibration.default_min_similarity == pytest.approx(THRESHOLD)
+    assert created.calibration.default_fpir == pytest.approx(DEFAULT_FPIR)
+    assert created.calibration.default_min_similarity == pytest.approx(
+        CALIBRATION.threshold_for_fpir(DEFAULT_FPIR, 1).similarity)
 
 
 def test_index_faces_records(people, stub):
@@ -135,14 +140,17 @@ def test_same_person_ranks_first_and_others_stay_under_the_threshold(people, stu
     assert response.gallery_size == 11 and response.calibration.source == pb.CALIBRATION_SOURCE_MODEL
     found = [c.face.external_image_id for c in result.candidates]
     assert found and set(found) <= set(OBAMA), found  # the default threshold lets only obama through
-    assert all(c.similarity >= THRESHOLD and 0 < c.false_match_rate < 0.01 for c in result.candidates)
+    threshold = response.threshold_used  # the default FPIR's at 11 faces
+    assert threshold == pytest.approx(CALIBRATION.threshold_for_fpir(DEFAULT_FPIR, 11).similarity)
+    assert 0 < response.fpir_bound <= DEFAULT_FPIR
+    assert all(c.similarity >= threshold and 0 < c.false_match_rate < 0.01 for c in result.candidates)
     everyone = stub.SearchFacesByImage(pb.SearchFacesByImageRequest(
         collection_id="people", image=image(photo("obama3.jpg")), k=50, min_similarity=-1.0)).results[0].candidates
     assert len(everyone) == 11
     assert everyone[0].face.metadata["person"] == "obama"
     impostors = [c.similarity for c in everyone if c.face.metadata["person"] != "obama"]
     genuine = [c.similarity for c in everyone if c.face.metadata["person"] == "obama"]
-    assert max(impostors) < THRESHOLD <= min(genuine)
+    assert max(impostors) < threshold <= min(genuine)
     print(f"obama3 vs enrolled obama: {sorted(genuine)}, top impostor {max(impostors):.3f}")
 
 
@@ -178,7 +186,9 @@ def test_compare_faces(stub):
     assert len(response.face_matches) == 1, [f.similarity for f in response.face_matches]
     (match,) = response.face_matches
     (unmatched,) = response.unmatched_faces
-    assert match.similarity >= THRESHOLD and 0 < match.false_match_rate < 0.01
+    threshold = response.threshold_used
+    assert threshold == pytest.approx(CALIBRATION.threshold_for_fpir(1e-4, 1).similarity)
+    assert match.similarity >= threshold and 0 < match.false_match_rate < 0.01
     assert match.face.bounding_box.left < 0.5 < unmatched.bounding_box.left  # obama on the left
     assert 0 < response.source_face.bounding_box.width < 1
     print(f"compare obama3 vs obama2: {match.similarity:.3f} (FMR {match.false_match_rate:.2g})")
@@ -187,7 +197,15 @@ def test_compare_faces(stub):
                                                         target_image=image(photo("t1.jpg")), min_similarity=-1))
     similarities = [m.similarity for m in everyone.face_matches]
     assert len(similarities) == 6 and not everyone.unmatched_faces
-    assert similarities == sorted(similarities, reverse=True) and similarities[0] < THRESHOLD
+    assert similarities == sorted(similarities, reverse=True) and similarities[0] < threshold
+    # A target false-match rate instead: its threshold, and INVALID_ARGUMENT with a similarity too or out of range.
+    strict = stub.CompareFaces(pb.CompareFacesRequest(source_image=image(photo("obama3.jpg")),
+                                                      target_image=image(target), target_fpir=1e-3))
+    assert strict.threshold_used == pytest.approx(CALIBRATION.threshold_for_fpir(1e-3, 1).similarity)
+    for bad in (dict(target_fpir=1.5), dict(target_fpir=0.01, min_similarity=0.5)):
+        code, _ = status(stub.CompareFaces, pb.CompareFacesRequest(
+            source_image=image(photo("obama3.jpg")), target_image=image(target), **bad))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_detect_faces(stub):

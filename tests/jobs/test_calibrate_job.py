@@ -24,7 +24,7 @@ from cluster.shards.backend import LocalShards
 from cluster.storage.object_store import ObjectStore
 from jobs.calibrate import calibrate
 
-DATA = Path(__file__).resolve().parent / "data" / "faces"
+DATA = Path(__file__).resolve().parents[1] / "data" / "faces"
 PEOPLE = {"obama.jpg": "obama", "obama2.jpg": "obama", "obama3.jpg": "obama", "biden.jpg": "biden",
           "gauss.webp": "gauss", "newton.png": "newton"}
 ERA = {"obama": "modern", "biden": "modern", "gauss": "portrait", "newton": "portrait"}
