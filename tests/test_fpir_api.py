@@ -148,3 +148,33 @@ def test_a_collection_default_fpir_sets_its_threshold(stub, calibration):
     assert plain.calibration.default_fpir == 0
     add(stub, "plain", 0, 20)
     assert search(stub, "plain", unit(1, 99)).threshold_used == -1.0
+
+
+def test_a_job_calibration_outlives_growth_training_and_restart(tmp_path, calibration):
+    """Background calibration from the gallery's own pairs, due at 200 faces and at IVF-PQ training, leaves a
+    calibration measured by a job in place; a gateway started again on the store reads it back."""
+    from cluster.storage.records import FaceRecord
+
+    store = str(tmp_path / "store")
+    gallery = Gallery(ObjectStore(store), LocalShards(2, store), default_train_threshold=300)
+    try:
+        gallery.create_collection("job", dimension=D)
+        gallery.set_calibration("job", calibration)
+        xb = unit(400, seed=7)
+        gallery.add("job", [FaceRecord(f"f{i}", "", "", {}, b"") for i in range(400)], xb)
+        assert gallery.wait_for_maintenance("job", timeout_s=120)
+        m, state = gallery.describe("job")
+        assert m.index_version == 1  # trained at 300 faces, where raw collections also re-calibrate
+        assert state.calibration.source == "job" and state.calibration.n_pairs == 200_000
+        assert m.calibration_source == "job"
+    finally:
+        gallery.close()
+        gallery.shards.stop()
+    again = Gallery(ObjectStore(store), LocalShards(2, store), background_maintenance=False)
+    try:
+        state = again.describe("job")[1]
+        assert state.calibration.source == "job" and state.calibration.n_pairs == 200_000
+        np.testing.assert_array_equal(state.calibration.tail, calibration.tail)
+    finally:
+        again.close()
+        again.shards.stop()
