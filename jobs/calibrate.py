@@ -184,9 +184,9 @@ def plot(genuine: np.ndarray, impostor: np.ndarray, curves: dict, title: str, wi
         if scores.size:
             density = np.histogram(scores, edges)[0] / scores.size
             top = density.max() or 1.0
-            for j, d in enumerate(density):
-                y = box[3] - d / top * (box[3] - box[1] - 10)
-                draw.line((x_of(edges[j], box), y, x_of(edges[j + 1], box), y), fill=colour, width=2)
+            centres = (edges[:-1] + edges[1:]) / 2
+            draw.line([(x_of(c, box), box[3] - d / top * (box[3] - box[1] - 10)) for c, d in zip(centres, density)],
+                      fill=colour, width=2)
     draw.text((box[0] + 5, box[1] + 5), "score density: genuine (green), impostor (red)", fill="black")
     box = panels[1]
     floor = 1e-6  # log scale from 1e-6 to 1

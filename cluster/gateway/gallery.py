@@ -14,7 +14,7 @@ import logging
 import numpy as np
 
 from cluster.api.limits import CALL_TIMEOUT_S
-from cluster.gateway.collections import Collections, CollectionState, default_fpir
+from cluster.gateway.collections import Collections, CollectionState
 from cluster.gateway.maintenance import Maintenance
 from cluster.gateway.reads import Reads
 from cluster.gateway.search import (
@@ -23,8 +23,6 @@ from cluster.gateway.search import (
     FanOutObserver,
     SearchPath,
     SearchResults,
-    Threshold,
-    choose_threshold,
 )
 from cluster.gateway.writes import Writes
 from cluster.index import tuning
@@ -106,11 +104,6 @@ class Gallery:
         return self.collections.create(collection_id, dimension=dimension, train_threshold=train_threshold,
                                        default_fpir=default_fpir)
 
-    def default_threshold(self, collection_id: str) -> Threshold:
-        """The threshold a search that sets none gets now: it follows the collection's size when its default
-        is an FPIR."""
-        state = self.collections.get(collection_id)
-        return choose_threshold(state.calibration, state.manifest.face_count, default_fpir=default_fpir(state.manifest))
 
     def describe(self, collection_id: str) -> tuple[CollectionManifest, CollectionState]:
         state = self.collections.get(collection_id)

@@ -184,11 +184,12 @@ class Calibration:
             raise ValueError(f"gallery_size must be >= 0, got {gallery_size}")
         n_gallery = max(int(gallery_size), 1)  # an empty gallery answers nothing; its threshold is that of one face
         key = (float(fpir), n_gallery)
-        if key not in self._thresholds:
+        found = self._thresholds.get(key)  # searches of one size reuse it; concurrent ones at worst recompute it
+        if found is None:
             if len(self._thresholds) > 4096:
                 self._thresholds.clear()
-            self._thresholds[key] = self._threshold_for_fpir(float(fpir), n_gallery)
-        return self._thresholds[key]
+            found = self._thresholds[key] = self._threshold_for_fpir(float(fpir), n_gallery)
+        return found
 
     def _threshold_for_fpir(self, fpir: float, n_gallery: int) -> FpirThreshold:
         alpha = 1.0 - CONFIDENCE
