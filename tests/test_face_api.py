@@ -176,6 +176,14 @@ def test_search_faces_by_id_excludes_itself(people, stub):
     assert len(everyone) == 10 and face_id not in {c.face.face_id for c in everyone}
     code, details = status(stub.SearchFaces, pb.SearchFacesRequest(collection_id="people", face_id="nobody"))
     assert code == grpc.StatusCode.NOT_FOUND and "nobody" in details
+    # A target FPIR instead of a similarity: the threshold it gives at the collection's 11 faces.
+    loose = stub.SearchFaces(pb.SearchFacesRequest(collection_id="people", face_id=face_id, k=20, target_fpir=0.5))
+    assert loose.threshold_used == pytest.approx(CALIBRATION.threshold_for_fpir(0.5, 11).similarity)
+    assert all(c.similarity >= loose.threshold_used for c in loose.candidates)
+    for bad in (dict(target_fpir=-0.5), dict(target_fpir=0.01, min_similarity=0.5)):
+        code, _ = status(stub.SearchFacesByImage, pb.SearchFacesByImageRequest(
+            collection_id="people", image=image(photo("obama3.jpg")), **bad))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_compare_faces(stub):
