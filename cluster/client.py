@@ -60,11 +60,13 @@ class GalleryClient:
 
     # ---- collections -------------------------------------------------------
 
-    def create_collection(self, collection_id: str, *, dimension: int = 0, train_threshold: int = 0
-                          ) -> pb.CollectionDescription:
-        """Creates an empty collection; dimension 0 is the server's face model, train_threshold 0 its default."""
+    def create_collection(self, collection_id: str, *, dimension: int = 0, train_threshold: int = 0,
+                          embedding_model: str = "") -> pb.CollectionDescription:
+        """Creates an empty collection; dimension 0 is a face collection of `embedding_model` ("" for the server's
+        default model), train_threshold 0 the server's default."""
         return self._call(self._stub.CreateCollection, pb.CreateCollectionRequest(
-            collection_id=collection_id, dimension=dimension, train_threshold=train_threshold)).collection
+            collection_id=collection_id, dimension=dimension, train_threshold=train_threshold,
+            embedding_model=embedding_model)).collection
 
     def describe(self, collection_id: str) -> pb.CollectionDescription:
         """The collection's size, index state and calibration."""
