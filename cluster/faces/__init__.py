@@ -15,7 +15,6 @@ from .align import ARCFACE_TEMPLATE_112, FACENET_TEMPLATE_160, align_face, simil
 from .detect import DetectedFace, FaceDetector
 from .embed import Embedder, TorchEmbedder, TorchScriptEmbedder, default_device
 from .facenet import FaceNetEmbedder, load_facenet
-from .sface import SFaceEmbedder, load_sface
 from .image import (
     MAX_IMAGE_BYTES,
     MAX_IMAGE_PIXELS,
@@ -27,6 +26,7 @@ from .image import (
 from .models import DEFAULT_MODEL, UnknownModelError, describe_model, embedder_for, model_names
 from .pipeline import Face, FacePipeline
 from .quality import QUALITY_FILTER_THRESHOLDS, face_quality, quality_filter_threshold
+from .sface import SFaceEmbedder, load_sface
 
 __all__ = [
     "DEFAULT_MODEL", "SFaceEmbedder", "UnknownModelError", "describe_model", "embedder_for", "load_sface",
