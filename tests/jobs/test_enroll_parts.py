@@ -17,6 +17,7 @@ from cluster.faces import Face
 from jobs.build_index import needs_index
 from jobs.commit import new_faces
 from jobs.embed import FaceEmbedder, face_id
+from cluster.faces import FaceNetEmbedder
 from jobs.enroll import _check_model, default_num_actors
 from jobs.fetch import fetch_images, read_image
 from jobs.image_manifests import ROW_SCHEMA, plan_chunks, read_rows, read_tasks
@@ -26,7 +27,8 @@ from jobs.progress import Progress
 
 @pytest.fixture(scope="module")
 def embedder():
-    return FaceEmbedder(quality_filter="AUTO", device="cpu")
+    # FaceNet, named: these tests check 512-d FaceNet rows (a collection's model is fixed at its creation).
+    return FaceEmbedder(quality_filter="AUTO", device="cpu", model=FaceNetEmbedder.name)
 
 
 def _manifest(tmp_path, rows: list[dict], row_group_size: int = 1000):
