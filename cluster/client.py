@@ -136,6 +136,13 @@ class GalleryClient:
             request.min_similarity = min_similarity
         return self._call(self._stub.SearchByEmbedding, request)
 
+    def list_faces(self, collection_id: str, max_results: int = 0, next_token: str = "", *,
+                   include_embeddings: bool = False) -> pb.ListFacesResponse:
+        """A page of a collection's faces (records, details, image URIs) and the next page's token ("" at the end)."""
+        return self._call(self._stub.ListFaces, pb.ListFacesRequest(
+            collection_id=collection_id, max_results=max_results, next_token=next_token,
+            include_embeddings=include_embeddings))
+
     def delete_faces(self, collection_id: str, face_ids: Sequence[str]) -> pb.DeleteFacesResponse:
         """Deletes faces by id; the response lists those deleted and those unknown."""
         return self._call(self._stub.DeleteFaces, pb.DeleteFacesRequest(collection_id=collection_id,

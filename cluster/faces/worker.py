@@ -113,7 +113,8 @@ class FaceWorker:
 
         Args:
             data: the image's bytes.
-            landmarks: one 5×2 array per face, in pixels of the decoded image.
+            landmarks: one 5×2 array per face, as ratios of the decoded image's width and height (as
+                FaceDetail stores them, so that they hold whatever size the image is decoded at).
             model: the model to embed with.
 
         Returns:
@@ -126,9 +127,9 @@ class FaceWorker:
 
         pipeline = self.pipeline(model)
         image = self._decode(data, max_bytes)
-        s = pipeline.embedder.input_size
-        crops = np.stack([align_face(image, lm, s, pipeline.embedder.template) for lm in landmarks]) \
-            if len(landmarks) else np.empty((0, s, s, 3), np.uint8)
+        s, size = pipeline.embedder.input_size, np.array([image.shape[1], image.shape[0]], np.float32)
+        crops = np.stack([align_face(image, np.asarray(lm, np.float32) * size, s, pipeline.embedder.template)
+                          for lm in landmarks]) if len(landmarks) else np.empty((0, s, s, 3), np.uint8)
         return image.shape[1], image.shape[0], pipeline.embedder.embed(crops)
 
     def analyze_many(self, images: list[bytes], *, max_faces: int = 100, max_bytes: int | None = None,

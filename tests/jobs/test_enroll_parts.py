@@ -13,11 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 from gallery.v1 import gallery_pb2 as pb
 
-from cluster.faces import Face
+from cluster.faces import Face, FaceNetEmbedder
 from jobs.build_index import needs_index
 from jobs.commit import new_faces
 from jobs.embed import FaceEmbedder, face_id
-from cluster.faces import FaceNetEmbedder
 from jobs.enroll import _check_model, default_num_actors
 from jobs.fetch import fetch_images, read_image
 from jobs.image_manifests import ROW_SCHEMA, plan_chunks, read_rows, read_tasks
