@@ -1,6 +1,8 @@
 """The face RPCs of gallery.v1 over a real gRPC server on 127.0.0.1, with FaceWorker Ray actors, on real photos.
 
-One server, one face worker (one model load) and one enrolled collection for the whole module.
+One server, one face worker (each model loaded once) and one enrolled collection per model for the whole module.
+"people" is a FaceNet collection, named so at creation, as collections made before SFace became the default
+are: the threshold assertions below follow FaceNet's calibration. New collections default to SFace.
 Identities: the three obama*.jpg are one person; every other face is someone else.
 """
 
@@ -20,6 +22,7 @@ from PIL import Image
 
 from cluster.api import convert
 from cluster.errors import InvalidArgument, ResourceExhausted
+from cluster.faces import FaceNetEmbedder
 from cluster.gateway.face_service import FaceService
 from cluster.gateway.gallery import Gallery
 from cluster.index.calibration import DEFAULT_FPIR, Calibration, calibration_table_path
@@ -33,9 +36,11 @@ from cluster.storage.s3_images import S3ImageReader, S3Object
 DATA = Path(__file__).resolve().parent / "data" / "faces"
 OBAMA = ("obama.jpg", "obama2.jpg")  # enrolled; obama3.jpg is the probe
 OTHERS = ("biden.jpg", "gauss.webp", "newton.png")
-# FaceNet's calibration (cluster/faces/data/facenet_calibration.npz): face collections derive their default threshold
-# from a target FPIR of 0.01 at their current size; compares default to a false-match rate of 1e-4.
+FACENET = FaceNetEmbedder.name
+# Each model's calibration (cluster/faces/data/<model>_calibration.npz): face collections derive their default
+# threshold from a target FPIR of 0.01 at their current size; compares default to a false-match rate of 1e-4.
 CALIBRATION = Calibration.from_table(calibration_table_path("facenet"))
+SFACE_CALIBRATION = Calibration.from_table(calibration_table_path("sface"))
 MiB = 2**20
 
 
@@ -70,7 +75,8 @@ def served(ray_session, s3_server, tmp_path_factory):
     face_workers = runtime.start_face_workers(1, num_cpus=2, num_gpus=0, cluster_name=name)
     store = str(tmp_path_factory.mktemp("store"))
     shards = RayShards.start(2, store, cluster_name=name, num_cpus=0.5)
-    gallery = Gallery(ObjectStore(store), shards, model=ray.get(face_workers[0].ready.remote()))
+    gallery = Gallery(ObjectStore(store), shards, model=ray.get(face_workers[0].ready.remote()),
+                      models=runtime.face_models())
     service = FaceService(gallery, face_workers, s3=S3ImageReader(s3_server))
     try:
         with running_server(gallery, servicer=FaceGalleryServicer(gallery, service)) as (_, port), \
@@ -89,12 +95,16 @@ def stub(served):
 
 @pytest.fixture(scope="module")
 def people(stub):
-    """Collection "people": the two enrolled obama photos, three other portraits, the 6-person group photo."""
-    stub.CreateCollection(pb.CreateCollectionRequest(collection_id="people"))
+    """FaceNet collection "people": the two enrolled obama photos, three other portraits, the 6-person group photo."""
+    return enroll(stub, "people", FACENET)
+
+
+def enroll(stub, collection_id: str, model: str = "") -> dict:
+    stub.CreateCollection(pb.CreateCollectionRequest(collection_id=collection_id, embedding_model=model))
     indexed = {}
     for name in OBAMA + OTHERS + ("t1.jpg",):
         response = stub.IndexFaces(pb.IndexFacesRequest(
-            collection_id="people", image=image(photo(name)), external_image_id=name,
+            collection_id=collection_id, image=image(photo(name)), external_image_id=name,
             metadata={"person": "obama" if name in OBAMA else name}, quality_filter=pb.QUALITY_FILTER_NONE))
         indexed[name] = response
     return indexed
@@ -104,13 +114,54 @@ def face_count(stub, collection_id: str = "people") -> int:
     return stub.DescribeCollection(pb.DescribeCollectionRequest(collection_id=collection_id)).face_count
 
 
-def test_collection_without_dimension_uses_the_face_model(stub):
+def test_collection_without_dimension_uses_the_default_face_model(stub):
     created = stub.CreateCollection(pb.CreateCollectionRequest(collection_id="model-default")).collection
-    assert created.dimension == 512 and created.embedding_model.startswith("facenet")
+    assert created.dimension == 128 and created.embedding_model == "sface"
     assert created.calibration.source == pb.CALIBRATION_SOURCE_MODEL
+    assert created.calibration.impostor_pairs == SFACE_CALIBRATION.n_pairs
     assert created.calibration.default_fpir == pytest.approx(DEFAULT_FPIR)
     assert created.calibration.default_min_similarity == pytest.approx(
+        SFACE_CALIBRATION.threshold_for_fpir(DEFAULT_FPIR, 1).similarity)
+    named = stub.CreateCollection(pb.CreateCollectionRequest(collection_id="model-facenet",
+                                                             embedding_model=FACENET)).collection
+    assert named.dimension == 512 and named.embedding_model == FACENET
+    assert named.calibration.source == pb.CALIBRATION_SOURCE_MODEL
+    assert named.calibration.default_min_similarity == pytest.approx(
         CALIBRATION.threshold_for_fpir(DEFAULT_FPIR, 1).similarity)
+    assert stub.DescribeCollection(pb.DescribeCollectionRequest(collection_id="model-facenet")).embedding_model == FACENET
+
+
+def test_unknown_model_is_invalid_argument(stub):
+    code, details = status(stub.CreateCollection, pb.CreateCollectionRequest(collection_id="arc",
+                                                                             embedding_model="arcface"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "arcface" in details and "sface" in details
+    code, details = status(stub.CreateCollection, pb.CreateCollectionRequest(collection_id="arc", dimension=64,
+                                                                             embedding_model="sface"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "dimension 0" in details
+    code, details = status(stub.CompareFaces, pb.CompareFacesRequest(
+        source_image=image(photo("obama.jpg")), target_image=image(photo("obama2.jpg")), embedding_model="arcface"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "arcface" in details
+    names = stub.ListCollections(pb.ListCollectionsRequest()).collections
+    assert "arc" not in [c.collection_id for c in names]
+
+
+def test_facenet_collection_still_searchable_beside_a_default_sface_one(people, stub):
+    """One server, one worker: a collection of each model, each searched by image with its own model."""
+    sface = enroll(stub, "people-sface")  # no model named: the default
+    assert all(r.embedding_model == "sface" for r in sface.values())
+    stored = stub.GetFaces(pb.GetFacesRequest(collection_id="people-sface", include_embeddings=True,
+                                              face_ids=[sface["obama.jpg"].indexed_faces[0].face_id])).faces[0]
+    assert stored.embedding.dimension == 128 and len(stored.embedding.values) == 4 * 128
+    for collection_id in ("people", "people-sface"):
+        everyone = stub.SearchFacesByImage(pb.SearchFacesByImageRequest(
+            collection_id=collection_id, image=image(photo("obama3.jpg")), k=50,
+            min_similarity=-1.0)).results[0].candidates
+        assert len(everyone) == 11
+        assert [c.face.metadata["person"] for c in everyone[:2]] == ["obama", "obama"], collection_id
+        impostors = [c.similarity for c in everyone if c.face.metadata["person"] != "obama"]
+        genuine = [c.similarity for c in everyone if c.face.metadata["person"] == "obama"]
+        print(f"{collection_id}: obama3 vs enrolled obama {sorted(genuine)}, top impostor {max(impostors):.3f}")
+        assert min(genuine) > max(impostors) + 0.2
 
 
 def test_index_faces_records(people, stub):
@@ -190,7 +241,8 @@ def test_compare_faces(stub):
     # Target: obama2 next to biden, both 1000 px high as they are.
     target = encode(np.hstack([decode(photo(n)) for n in ("obama2.jpg", "biden.jpg")]), quality=92)
     response = stub.CompareFaces(pb.CompareFacesRequest(source_image=image(photo("obama3.jpg")),
-                                                        target_image=image(target)))
+                                                        target_image=image(target), embedding_model=FACENET))
+    assert response.embedding_model == FACENET
     assert len(response.face_matches) == 1, [f.similarity for f in response.face_matches]
     (match,) = response.face_matches
     (unmatched,) = response.unmatched_faces
@@ -202,18 +254,27 @@ def test_compare_faces(stub):
     print(f"compare obama3 vs obama2: {match.similarity:.3f} (FMR {match.false_match_rate:.2g})")
     # Against six other people, with every face a "match" at min_similarity -1: all under the default threshold.
     everyone = stub.CompareFaces(pb.CompareFacesRequest(source_image=image(photo("obama.jpg")),
-                                                        target_image=image(photo("t1.jpg")), min_similarity=-1))
+                                                        target_image=image(photo("t1.jpg")), min_similarity=-1,
+                                                        embedding_model=FACENET))
     similarities = [m.similarity for m in everyone.face_matches]
     assert len(similarities) == 6 and not everyone.unmatched_faces
     assert similarities == sorted(similarities, reverse=True) and similarities[0] < threshold
     # A target false-match rate instead: its threshold, and INVALID_ARGUMENT with a similarity too or out of range.
     strict = stub.CompareFaces(pb.CompareFacesRequest(source_image=image(photo("obama3.jpg")),
-                                                      target_image=image(target), target_fpir=1e-3))
+                                                      target_image=image(target), target_fpir=1e-3,
+                                                      embedding_model=FACENET))
     assert strict.threshold_used == pytest.approx(CALIBRATION.threshold_for_fpir(1e-3, 1).similarity)
     for bad in (dict(target_fpir=1.5), dict(target_fpir=0.01, min_similarity=0.5)):
         code, _ = status(stub.CompareFaces, pb.CompareFacesRequest(
             source_image=image(photo("obama3.jpg")), target_image=image(target), **bad))
         assert code == grpc.StatusCode.INVALID_ARGUMENT
+    # No model named: the default, SFace; obama scores far above biden with it too.
+    default = stub.CompareFaces(pb.CompareFacesRequest(source_image=image(photo("obama3.jpg")),
+                                                       target_image=image(target), min_similarity=-1))
+    assert default.embedding_model == "sface" and len(default.face_matches) == 2
+    best, other = default.face_matches
+    assert best.face.bounding_box.left < 0.5 < other.face.bounding_box.left
+    assert best.similarity > other.similarity + 0.3, (best.similarity, other.similarity)
 
 
 def test_detect_faces(stub):

@@ -89,16 +89,21 @@ class Collections:
         store: the object store holding manifests and data.
         shards: the shard workers (told to open and drop collections).
         lease: the store's writer lease, checked before every commit.
-        model: the face model, for collections created without a dimension.
+        model: the default face model, for collections created without a dimension or model name.
         default_train_threshold: faces before a new collection trains IVF-PQ.
+        models: every face model a collection may be created with, by name (`model` among them).
     """
 
     def __init__(self, store: ObjectStore, shards: ShardBackend, lease: WriterLease, *,
-                 model: EmbeddingModel | None, default_train_threshold: int):
+                 model: EmbeddingModel | None, default_train_threshold: int,
+                 models: dict[str, EmbeddingModel] | None = None):
         self.store = store
         self.shards = shards
         self.lease = lease
         self.model = model
+        self.models = dict(models or {})
+        if model is not None:
+            self.models.setdefault(model.name, model)
         self.default_train_threshold = default_train_threshold
         self._states: dict[str, CollectionState] = {}
         self._lock = threading.Lock()
@@ -118,8 +123,8 @@ class Collections:
         calibration = None
         if m.calibration and (m.calibration_source == "job" or not m.embedding_model):
             calibration = Calibration.from_bytes(self.store.get(m.calibration))
-        elif m.embedding_model and self.model and self.model.name == m.embedding_model:
-            calibration = self.model.calibration
+        elif m.embedding_model in self.models:
+            calibration = self.models[m.embedding_model].calibration
         return CollectionState(m, live, calibration)
 
     def commit(self, m: CollectionManifest) -> None:
@@ -137,15 +142,18 @@ class Collections:
         return list(self._states.values())
 
     def create(self, collection_id: str, *, dimension: int = 0, train_threshold: int = 0,
-               default_fpir: float = 0.0) -> CollectionManifest:
-        """Creates an empty collection.
+               embedding_model: str = "", default_fpir: float = 0.0) -> CollectionManifest:
+        """Creates an empty collection; a face collection's model is recorded and fixed for its life.
 
         Args:
+            dimension: 0 for a face collection, else the dimension of raw embeddings.
+            embedding_model: a face collection's model; "" for the default model.
             default_fpir: target FPIR of searches that set no threshold, in (0, 1); 0: DEFAULT_FPIR for a face
                 collection, none for raw embeddings.
 
         Raises:
-            InvalidArgument: bad id, no dimension and no face model, default_fpir outside [0, 1).
+            InvalidArgument: bad id, no dimension and no face model, an unknown model, a model
+                named for a raw-embedding collection, default_fpir outside [0, 1).
             AlreadyExists: the id is taken.
         """
         manifests.check_collection_id(collection_id)
@@ -155,8 +163,15 @@ class Collections:
         if dimension == 0:
             if self.model is None:
                 raise InvalidArgument("dimension is 0 and this server has no face model: give a dimension")
-            dimension, model_name = self.model.dimension, self.model.name
+            model = self.models.get(embedding_model) if embedding_model else self.model
+            if model is None:
+                raise InvalidArgument(f"embedding_model: unknown face model {embedding_model!r}; this server has "
+                                      f"{', '.join(sorted(self.models))} ('' for {self.model.name})")
+            dimension, model_name = model.dimension, model.name
             default_fpir = default_fpir or DEFAULT_FPIR
+        elif embedding_model:
+            raise InvalidArgument(f"embedding_model {embedding_model!r} is for face collections (dimension 0); "
+                                  f"a collection of raw embeddings (dimension {dimension}) has no model")
         if not 1 <= dimension <= 4096:
             raise InvalidArgument(f"dimension must be in [1, 4096], got {dimension}")
         num_partitions = self.shards.num_workers  # one partition per worker at creation

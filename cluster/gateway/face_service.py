@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 # FPIR (1 - (1 - 1e-4)^100 ≈ 0.01); the shipped calibrations measure it (SFace: 20 of ~210,000 impostor
 # pairs), so it is a measured rate, not a bound.
 DEFAULT_COMPARE_FMR = 1e-4
-SMALL_FACE_PX = 20  # FaceNet has too few pixels to identify a face this small (see faces/quality.py)
+SMALL_FACE_PX = 20  # a face model has too few pixels to identify a face this small (see faces/quality.py)
 
 Image = bytes | S3Object  # what a request gives: the image's bytes, or an S3 object to read
 
@@ -74,6 +74,7 @@ class IndexedFaces:
     unindexed: list[UnindexedFace]
     width: int
     height: int
+    embedding_model: str  # the collection's model, which embedded the faces
 
 
 @dataclass
@@ -103,6 +104,7 @@ class Comparison:
     matches: list[FaceMatch]  # best first
     unmatched: list[DetectedFace]  # largest first
     target_size: tuple[int, int]
+    embedding_model: str  # the model both images were embedded with
     threshold: Threshold = Threshold(-1.0)
 
 
@@ -119,10 +121,12 @@ def _embedded(faces: list) -> list:
 
 
 class FaceService:
-    """Image requests over FaceWorker actors and a Gallery whose `model` the actors embed with.
+    """Image requests over FaceWorker actors and a Gallery; each request embeds with the model of its
+    collection (CompareFaces: the default model unless it names one).
 
     Args:
-        gallery: the collections; `gallery.model` must be the workers' model.
+        gallery: the collections; `gallery.model` is the default model and `gallery.models` every model
+            the workers embed with (see `cluster/faces/models.py`).
         workers: FaceWorker actor handles (see `runtime.start_face_workers`).
         s3: reader for images given as S3 objects (its `max_bytes` is the S3 limit).
         max_image_bytes: largest image accepted as bytes in a request.
@@ -130,7 +134,7 @@ class FaceService:
 
     Example:
         >>> workers = runtime.start_face_workers(1)
-        >>> gallery = Gallery(store, shards, model=ray.get(workers[0].ready.remote()))
+        >>> gallery = Gallery(store, shards, model=describe_model(), models=describe_models())
         >>> faces = FaceService(gallery, workers)
         >>> gallery.create_collection("staff")
         >>> faces.index_faces("staff", open("alice.jpg", "rb").read(), external_image_id="alice").indexed[0].face_id
@@ -215,18 +219,27 @@ class FaceService:
         return bytes(image), self.max_image_bytes, ""
 
     def _face_collection(self, collection_id: str, *, min_similarity: float | None = None,
-                         target_fpir: float | None = None) -> None:
-        """Raises unless the collection holds embeddings of this server's face model and the threshold arguments
-        are valid for it."""
+                         target_fpir: float | None = None) -> str:
+        """The collection's face model; raises unless the workers can embed with it and the threshold arguments
+        are valid for the collection."""
         m, state = self.gallery.describe(collection_id)
         check_threshold_args(state.calibration, min_similarity=min_similarity, target_fpir=target_fpir)
         if not m.embedding_model:
             raise FailedPrecondition(
                 f"collection {collection_id!r} holds raw embeddings (dimension {m.dimension}, no embedding model); "
-                f"image requests need a collection created with dimension 0, which uses {self.model.name}")
-        if m.embedding_model != self.model.name:
-            raise FailedPrecondition(f"collection {collection_id!r} holds {m.embedding_model} embeddings; "
-                                     f"this server embeds faces with {self.model.name}")
+                f"image requests need a collection created with dimension 0 (a face model)")
+        if m.embedding_model not in self.gallery.models:
+            raise FailedPrecondition(f"collection {collection_id!r} holds {m.embedding_model} embeddings; this "
+                                     f"server embeds faces with {', '.join(sorted(self.gallery.models))}")
+        return m.embedding_model
+
+    def _compare_model(self, name: str):
+        """The model CompareFaces embeds with: `name`, or the default for ""."""
+        model = self.gallery.models.get(name) if name else self.model
+        if model is None:
+            raise InvalidArgument(f"embedding_model: unknown face model {name!r}; this server has "
+                                  f"{', '.join(sorted(self.gallery.models))} ('' for {self.model.name})")
+        return model
 
     @staticmethod
     def _max_faces(max_faces: int, limit: int = MAX_FACES_PER_IMAGE) -> int:
@@ -298,12 +311,12 @@ class FaceService:
         if len(external_image_id) > MAX_EXTERNAL_IMAGE_ID_LENGTH:
             raise InvalidArgument(f"external_image_id: at most {MAX_EXTERNAL_IMAGE_ID_LENGTH} characters, "
                                   f"got {len(external_image_id)}")
-        self._face_collection(collection_id)
+        model = self._face_collection(collection_id)
         deadline = self._deadline(timeout_s)
         data, max_bytes, uri = self._read(image, "image")
         (found,) = self._run([("image", "analyze_selected", data, {
             "max_faces": max(max_faces, DEFAULT_MAX_FACES), "min_quality": min_quality, "embed_max_faces": max_faces,
-            "max_bytes": max_bytes})], deadline)
+            "max_bytes": max_bytes, "model": model})], deadline)
         faces = _embedded(found.faces)
         unindexed = [UnindexedFace(f, unindexed_reasons(f, min_quality))
                      for f in found.faces if getattr(f, "embedding", None) is None]
@@ -315,7 +328,7 @@ class FaceService:
             self.gallery.add(collection_id, records, np.stack([f.embedding for f in faces]))
         logger.info("%s: indexed %d faces of %s, %d left out", collection_id, len(records),
                     uri or external_image_id or "an image", len(unindexed))
-        return IndexedFaces(records, unindexed, found.width, found.height)
+        return IndexedFaces(records, unindexed, found.width, found.height, model)
 
     def search_by_image(self, collection_id: str, image: Image | None, *, k: int = 0,
                         min_similarity: float | None = None, target_fpir: float | None = None,
@@ -339,12 +352,12 @@ class FaceService:
         k = self._k(k)
         self._min_similarity(min_similarity)
         min_quality = self._min_quality(quality_filter)
-        self._face_collection(collection_id, min_similarity=min_similarity, target_fpir=target_fpir)
+        model = self._face_collection(collection_id, min_similarity=min_similarity, target_fpir=target_fpir)
         deadline = self._deadline(timeout_s)
         data, max_bytes, _ = self._read(image, "image")
         (found,) = self._run([("image", "analyze_selected", data, {
             "max_faces": DEFAULT_MAX_FACES, "min_quality": min_quality, "embed_max_faces": None if all_faces else 1,
-            "max_bytes": max_bytes})], deadline)
+            "max_bytes": max_bytes, "model": model})], deadline)
         faces = _embedded(found.faces)
         if not faces:
             raise InvalidArgument(f"image: no face to search with ({len(found.faces)} found, none of quality >= "
@@ -383,7 +396,8 @@ class FaceService:
         return record, dataclasses.replace(results, candidates=[others])
 
     def compare_faces(self, source: Image | None, target: Image | None, *, min_similarity: float | None = None,
-                      target_fpir: float | None = None, timeout_s: float | None = None) -> Comparison:
+                      target_fpir: float | None = None, timeout_s: float | None = None,
+                      embedding_model: str = "") -> Comparison:
         """Compares the largest face of `source` with up to 100 faces of `target` (1:1 comparisons).
 
         A match is a candidate for human review, never an identification.
@@ -391,14 +405,17 @@ class FaceService:
         Args:
             min_similarity: matches are the target faces at or above it.
             target_fpir: instead, the largest acceptable false-match rate, in (0, 1): the threshold is the
-                model calibration's for it (a gallery of one face). Neither: DEFAULT_COMPARE_FMR.
+                model calibration's for it (a gallery of one face). Neither: DEFAULT_COMPARE_FMR (every face
+                while a model is uncalibrated).
+            embedding_model: the model to embed with; "" for the default.
 
         Raises:
-            InvalidArgument (bad image, or no face in the source), ResourceExhausted (an image over its
-            size limit), DeadlineExceeded, Unavailable.
+            InvalidArgument (bad image, no face in the source, unknown model), ResourceExhausted (an image
+            over its size limit), DeadlineExceeded, Unavailable.
         """
         self._min_similarity(min_similarity)
-        calibration = self.model.calibration
+        model = self._compare_model(embedding_model)
+        calibration = model.calibration
         threshold = choose_threshold(calibration, 1, min_similarity=min_similarity, target_fpir=target_fpir,
                                      default_fpir=DEFAULT_COMPARE_FMR)
         min_similarity = threshold.similarity
@@ -406,9 +423,10 @@ class FaceService:
         source_data, source_max_bytes, _ = self._read(source, "source_image")
         target_data, target_max_bytes, _ = self._read(target, "target_image")
         src, tgt = self._run([
-            ("source_image", "analyze_selected", source_data, {"max_faces": 1, "max_bytes": source_max_bytes}),
+            ("source_image", "analyze_selected", source_data,
+             {"max_faces": 1, "max_bytes": source_max_bytes, "model": model.name}),
             ("target_image", "analyze_selected", target_data,
-             {"max_faces": MAX_COMPARE_TARGET_FACES, "max_bytes": target_max_bytes})], deadline)
+             {"max_faces": MAX_COMPARE_TARGET_FACES, "max_bytes": target_max_bytes, "model": model.name})], deadline)
         if not src.faces:
             raise InvalidArgument("source_image: no face found")
         probe = src.faces[0]
@@ -421,5 +439,6 @@ class FaceService:
         matches = [FaceMatch(targets[i], float(similarities[i]), float(fmr[i]), bool(bound[i]))
                    for i in order if similarities[i] >= min_similarity]
         unmatched = [f for f, s in zip(targets, similarities) if s < min_similarity]
-        return Comparison(probe, (src.width, src.height), matches, unmatched, (tgt.width, tgt.height), threshold)
+        return Comparison(probe, (src.width, src.height), matches, unmatched, (tgt.width, tgt.height), model.name,
+                          threshold)
 

@@ -98,12 +98,14 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
                                            cluster_gpus=ray.cluster_resources().get("GPU", 0))
     shards = RayShards.start(num_shards, store, s3_endpoint=s3_endpoint or None, num_cpus=shard_num_cpus,
                              num_gpus=shard_gpus, omp_threads=max(1, int(shard_num_cpus)))
-    face_actors, model = [], None
+    face_actors, model, models = [], None, None
     if face_workers:
         face_actors = runtime.start_face_workers(face_workers, num_cpus=face_num_cpus, num_gpus=face_gpus)
-        model = ray.get(face_actors[0].ready.remote())
+        model = ray.get(face_actors[0].ready.remote())  # the default model, loaded; the others load on first use
+        models = runtime.face_models()
     metrics = GatewayMetrics()
-    gallery = Gallery(object_store, shards, model=model, default_train_threshold=train_threshold, lease=lease,
+    gallery = Gallery(object_store, shards, model=model, models=models, default_train_threshold=train_threshold,
+                      lease=lease,
                       max_queued_queries=max_queued_queries, fan_out_observer=metrics.observe_fan_out)
     metrics.watch(gallery)
     tokens = TokenRegistry(object_store)

@@ -90,7 +90,7 @@ class FaceGalleryServicer(GalleryServicer):
                                       reasons=[pb.UnindexedFace.Reason.Value(r) for r in u.reasons])
                      for u in indexed.unindexed]
         return pb.IndexFacesResponse(indexed_faces=[convert.face_message(r) for r in indexed.indexed],
-                                     unindexed_faces=unindexed, embedding_model=self.faces.model.name)
+                                     unindexed_faces=unindexed, embedding_model=indexed.embedding_model)
 
     @_face_rpc
     @_status_errors
@@ -130,7 +130,7 @@ class FaceGalleryServicer(GalleryServicer):
         c = self.faces.compare_faces(_image(request.source_image), _image(request.target_image),
                                      min_similarity=_optional(request, "min_similarity"),
                                      target_fpir=convert.optional_fpir(request.target_fpir),
-                                     timeout_s=_deadline(context))
+                                     timeout_s=_deadline(context), embedding_model=request.embedding_model)
         tw, th = c.target_size
         return pb.CompareFacesResponse(
             source_face=_detail(c.source, *c.source_size),
@@ -138,4 +138,5 @@ class FaceGalleryServicer(GalleryServicer):
                                                false_match_rate=m.false_match_rate,
                                                false_match_rate_is_bound=m.false_match_rate_is_bound)
                           for m in c.matches],
-            unmatched_faces=[_detail(f, tw, th) for f in c.unmatched], **convert.threshold_fields(c.threshold))
+            unmatched_faces=[_detail(f, tw, th) for f in c.unmatched], embedding_model=c.embedding_model,
+            **convert.threshold_fields(c.threshold))

@@ -96,7 +96,8 @@ class GalleryServicer(gallery_pb2_grpc.GalleryServicer):
     @_status_errors
     def CreateCollection(self, request, context):
         self.gallery.create_collection(request.collection_id, dimension=request.dimension,
-                                       train_threshold=request.train_threshold, default_fpir=request.default_fpir)
+                                       train_threshold=request.train_threshold,
+                                       embedding_model=request.embedding_model, default_fpir=request.default_fpir)
         return pb.CreateCollectionResponse(collection=self._describe(request.collection_id))
 
     @_status_errors
