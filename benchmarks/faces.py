@@ -28,6 +28,7 @@ import torch
 from host import describe  # benchmarks/host.py
 
 from cluster.faces import FaceDetector, FacePipeline, decode_image, embedder_for, model_names
+from cluster.faces.models import calibration_table
 from cluster.index.calibration import Calibration, calibration_table_path
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "faces"
@@ -46,6 +47,8 @@ def timeit(fn, repeats: int) -> float:
 
 def score_figures(models: tuple[str, ...] = ("sface", "facenet")) -> dict:
     """Per model: genuine and impostor score quantiles and FNMR at FMR 1e-3 and 1e-4, from its shipped table.
+
+    `models` names tables (`cluster/faces/data/<name>_calibration.npz`): "sface", "facenet".
 
     The FMR thresholds are measured ones (just above the (FMR·n + 1)-th highest impostor score), not bounds:
     ~200,000 impostor pairs hold 20 at FMR 1e-4, enough to measure it.
@@ -114,8 +117,17 @@ def main(batch_sizes: str = "1,32", repeats: int = 3, threads: int = 0, models: 
                 s = timeit(lambda embed=pipe.embedder.embed, batch=batch: embed(batch), repeats)
                 model["embed"][device][str(b)] = round(b / s, 1)
                 print(f"embed   {name[:12]:12s} {device:5s} batch {b:4d}  {s * 1000:8.1f} ms  {b / s:8.1f} faces/s")
-    result["scores"] = score_figures()
+    for name in names:  # each registered model's figures from its own table, beside its speed
+        table = describe_table(name)
+        if table:
+            result["models"][name]["scores"] = score_figures((table,))[table]
     return result
+
+
+def describe_table(model: str) -> str:
+    """The score table's name of a registered model ("" when it has none), without loading its weights."""
+    path = calibration_table(model)
+    return path.name.removesuffix("_calibration.npz") if path else ""
 
 
 if __name__ == "__main__":

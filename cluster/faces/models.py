@@ -63,6 +63,16 @@ def describe_model(name: str = DEFAULT_MODEL) -> EmbeddingModel:
     return embedding_model(_embedder_class(name))
 
 
+def calibration_table(name: str = DEFAULT_MODEL) -> Path | None:
+    """The shipped score table of a registered model (benchmarks/calibrate_faces.py), or None; no weights loaded.
+
+    Raises:
+        UnknownModelError: no such model.
+    """
+    path = getattr(_embedder_class(name), "calibration_table", None)
+    return Path(path) if path is not None and Path(path).is_file() else None
+
+
 def embedding_model(embedder) -> EmbeddingModel:
     """The gallery's view of an embedder (instance or class): its name, dimension and impostor-score
     calibration, read from the model's shipped score table (`calibration_table`, made by
