@@ -67,6 +67,12 @@ def by_worker(partitions: Sequence[int], num_workers: int) -> dict[int, list[int
     return out
 
 
+def partitions_of_workers(workers: Sequence[int], num_partitions: int, num_workers: int) -> list[int]:
+    """The partitions the given workers hold (partition p: worker p % num_workers), ascending."""
+    held = set(workers)
+    return [p for p in range(num_partitions) if p % num_workers in held] if held else []
+
+
 def ids_by_worker(face_ids: Sequence[str], num_partitions: int, num_workers: int) -> dict[int, dict[int, list[str]]]:
     """Face ids grouped worker -> partition -> ids."""
     out: dict[int, dict[int, list[str]]] = {}
@@ -130,11 +136,15 @@ class Collections:
     def states(self) -> list[CollectionState]:
         return list(self._states.values())
 
-    def create(self, collection_id: str, *, dimension: int = 0, train_threshold: int = 0) -> CollectionManifest:
+    def create(self, collection_id: str, *, dimension: int = 0, train_threshold: int = 0,
+               replicas: int = 0) -> CollectionManifest:
         """Creates an empty collection.
 
+        Args:
+            replicas: copies of each partition to keep, 1 to the backend's `num_replicas`; 0: all of them.
+
         Raises:
-            InvalidArgument: bad id, no dimension and no face model.
+            InvalidArgument: bad id, no dimension and no face model, replicas out of range.
             AlreadyExists: the id is taken.
         """
         manifests.check_collection_id(collection_id)
@@ -145,12 +155,16 @@ class Collections:
             dimension, model_name = self.model.dimension, self.model.name
         if not 1 <= dimension <= 4096:
             raise InvalidArgument(f"dimension must be in [1, 4096], got {dimension}")
+        if not 0 <= replicas <= self.shards.num_replicas:
+            raise InvalidArgument(f"replicas must be in [1, {self.shards.num_replicas}] (this server's copies of each "
+                                  f"shard worker; 0 for all), got {replicas}")
         num_partitions = self.shards.num_workers  # one partition per worker at creation
         with self._lock:
             if collection_id in self._states:
                 raise AlreadyExists(f"collection {collection_id!r} already exists")
             m = CollectionManifest(collection_id, dimension, num_partitions,
                                    train_threshold or self.default_train_threshold, time.time(), model_name,
+                                   replicas=replicas or self.shards.num_replicas,
                                    partitions=[PartitionManifest() for _ in range(num_partitions)])
             self.commit(m)
             self._states[collection_id] = self._open(m)

@@ -14,7 +14,7 @@ import logging
 import numpy as np
 
 from cluster.api.limits import CALL_TIMEOUT_S
-from cluster.gateway.collections import Collections, CollectionState
+from cluster.gateway.collections import Collections, CollectionState, partitions_of_workers
 from cluster.gateway.maintenance import Maintenance
 from cluster.gateway.reads import Reads
 from cluster.gateway.search import DEFAULT_MAX_QUEUED_QUERIES, Candidate, FanOutObserver, SearchPath, SearchResults
@@ -91,10 +91,12 @@ class Gallery:
 
     # ---- collections -------------------------------------------------------
 
-    def create_collection(self, collection_id: str, *, dimension: int = 0, train_threshold: int = 0
-                          ) -> CollectionManifest:
-        """Creates an empty collection (dimension 0: the face model's). InvalidArgument, AlreadyExists."""
-        return self.collections.create(collection_id, dimension=dimension, train_threshold=train_threshold)
+    def create_collection(self, collection_id: str, *, dimension: int = 0, train_threshold: int = 0,
+                          replicas: int = 0) -> CollectionManifest:
+        """Creates an empty collection (dimension 0: the face model's; replicas 0: every copy the shard backend
+        keeps). InvalidArgument, AlreadyExists."""
+        return self.collections.create(collection_id, dimension=dimension, train_threshold=train_threshold,
+                                       replicas=replicas)
 
     def describe(self, collection_id: str) -> tuple[CollectionManifest, CollectionState]:
         state = self.collections.get(collection_id)
@@ -173,6 +175,17 @@ class Gallery:
 
     def memory_bytes(self, collection_id: str) -> int:
         return self.reads.memory_bytes(self.collections.get(collection_id))
+
+    def live_replicas(self, collection_id: str) -> int:
+        """The fewest copies of any of the collection's partitions that can be searched now."""
+        self.collections.get(collection_id)
+        return self.shards.live_replicas(collection_id)
+
+    def unavailable_partitions(self, collection_id: str) -> list[int]:
+        """Partitions of the collection that no replica can search now."""
+        m = self.collections.get(collection_id).manifest
+        return partitions_of_workers(self.shards.unavailable_workers(collection_id), m.num_partitions,
+                                     self.shards.num_workers)
 
     # ---- maintenance -------------------------------------------------------
 

@@ -45,7 +45,7 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
           max_s3_image_bytes: int = MAX_S3_IMAGE_BYTES, audit_store: str = "", admin_token_file: str = "",
           tls_cert: str = "", tls_key: str = "", tls_client_ca: str = "", tls_client_role: str = "searcher",
           insecure: bool = False, max_queued_queries: int = DEFAULT_MAX_QUEUED_QUERIES, metrics_port: int = 9464,
-          metrics_host: str = "127.0.0.1") -> None:
+          metrics_host: str = "127.0.0.1", replicas: int = 1) -> None:
     """Serves gallery.v1 until SIGINT or SIGTERM.
 
     Args:
@@ -79,6 +79,8 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
         metrics_port: Prometheus metrics on http://<metrics_host>:<port>/metrics; 0 serves none.
         metrics_host: address of the metrics endpoint; 127.0.0.1 keeps it private to the machine, 0.0.0.0 lets
             Prometheus scrape it from inside a cluster.
+        replicas: copies of each shard worker, placed on different Ray nodes where there are enough; a
+            collection keeps 1 to this many (CreateCollection.replicas; 0 there: this many).
     """
     credentials = _tls_credentials(host, tls_cert, tls_key, tls_client_ca, tls_client_role, insecure)
     _check_port_free(host, port)
@@ -94,9 +96,9 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
         lease.release()
         raise
     runtime.start_ray(ray_address)
-    shard_gpus, face_gpus = gpus_per_actor(num_shards, shard_num_gpus, face_workers, face_num_gpus,
+    shard_gpus, face_gpus = gpus_per_actor(num_shards * replicas, shard_num_gpus, face_workers, face_num_gpus,
                                            cluster_gpus=ray.cluster_resources().get("GPU", 0))
-    shards = RayShards.start(num_shards, store, s3_endpoint=s3_endpoint or None, num_cpus=shard_num_cpus,
+    shards = RayShards.start(num_shards, store, replicas=replicas, s3_endpoint=s3_endpoint or None, num_cpus=shard_num_cpus,
                              num_gpus=shard_gpus, omp_threads=max(1, int(shard_num_cpus)))
     face_actors, model = [], None
     if face_workers:
@@ -128,7 +130,7 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
                         credentials=credentials) as (_, bound), \
             (serving_metrics(metrics, metrics_host, metrics_port) if metrics_port else contextlib.nullcontext()):
         print(f"gallery.v1 serving on {host}:{bound} ({'TLS' if credentials else 'plaintext'}; store {store}, "
-              f"{num_shards} shards, {face_workers} face workers{f' with {model.name}' if model else ''}; "
+              f"{num_shards} shards{f' × {replicas} replicas' if replicas > 1 else ''}, {face_workers} face workers{f' with {model.name}' if model else ''}; "
               f"admin token in {token_path}"
               f"{f'; metrics on http://{metrics_host}:{metrics_port}/metrics' if metrics_port else ''})", flush=True)
         # A signal that lands on another thread runs its Python handler only once the main thread runs

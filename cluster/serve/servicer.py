@@ -86,14 +86,16 @@ class GalleryServicer(gallery_pb2_grpc.GalleryServicer):
             training=bool(state.maintenance and state.maintenance.is_alive()),
             train_threshold=m.train_threshold, embedding_model=m.embedding_model,
             calibration=convert.calibration_message(state.calibration),
-            memory_bytes=self.gallery.memory_bytes(collection_id))
+            memory_bytes=self.gallery.memory_bytes(collection_id), replicas=m.replicas,
+            unavailable_partitions=self.gallery.unavailable_partitions(collection_id),
+            live_replicas=self.gallery.live_replicas(collection_id))
         description.created_at.FromNanoseconds(int(m.created_at * 1e9))
         return description
 
     @_status_errors
     def CreateCollection(self, request, context):
         self.gallery.create_collection(request.collection_id, dimension=request.dimension,
-                                       train_threshold=request.train_threshold)
+                                       train_threshold=request.train_threshold, replicas=request.replicas)
         return pb.CreateCollectionResponse(collection=self._describe(request.collection_id))
 
     @_status_errors
