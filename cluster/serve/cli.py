@@ -22,7 +22,7 @@ from cluster.gateway.face_service import FaceService
 from cluster.gateway.gallery import Gallery
 from cluster.gateway.search import DEFAULT_MAX_QUEUED_QUERIES
 from cluster.index import gpu, tuning
-from cluster.serve import admin, runtime
+from cluster.serve import admin, reaper, runtime
 from cluster.serve.audit import AuditLog
 from cluster.serve.face_servicer import FaceGalleryServicer
 from cluster.serve.interceptors import TrustInterceptor
@@ -95,6 +95,7 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
     except UnsafeStore:
         lease.release()
         raise
+    reaper.watch_in_background()  # a hard kill of this process leaves none of the Ray processes it starts
     runtime.start_ray(ray_address)
     shard_gpus, face_gpus = gpus_per_actor(num_shards * replicas, shard_num_gpus, face_workers, face_num_gpus,
                                            cluster_gpus=ray.cluster_resources().get("GPU", 0))
