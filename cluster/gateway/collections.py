@@ -1,7 +1,8 @@
 """The gateway's collections: their state in memory, their manifests in the store, and the commit point.
 
 The gateway owns each collection's manifest. Every change to a collection becomes durable in one place,
-`Collections.commit`, and only while this gateway holds the store's writer lease.
+`Collections.commit`, and only while this gateway holds the store's writer lease. A read gateway holds
+no lease: it commits nothing, and adopts the manifests the writer commits (cluster/gateway/follower.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 import faiss
 
 from cluster.api.limits import DEFAULT_COLLECTIONS_PER_PAGE, MAX_COLLECTIONS_PER_PAGE
-from cluster.errors import AlreadyExists, InvalidArgument, NotFound
+from cluster.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from cluster.index.calibration import Calibration, EmbeddingModel
 from cluster.index.training import load_index
 from cluster.shards.backend import ShardBackend
@@ -88,12 +89,13 @@ class Collections:
     Args:
         store: the object store holding manifests and data.
         shards: the shard workers (told to open and drop collections).
-        lease: the store's writer lease, checked before every commit.
+        lease: the store's writer lease, checked before every commit; None for a read gateway, which commits
+            nothing.
         model: the face model, for collections created without a dimension.
         default_train_threshold: faces before a new collection trains IVF-PQ.
     """
 
-    def __init__(self, store: ObjectStore, shards: ShardBackend, lease: WriterLease, *,
+    def __init__(self, store: ObjectStore, shards: ShardBackend, lease: WriterLease | None, *,
                  model: EmbeddingModel | None, default_train_threshold: int):
         self.store = store
         self.shards = shards
@@ -124,8 +126,37 @@ class Collections:
 
     def commit(self, m: CollectionManifest) -> None:
         """The commit point of every change to a collection, while this gateway holds the writer lease."""
-        self.lease.check()
+        self.check_writable()
         manifests.save(self.store, m)
+
+    def check_writable(self) -> None:
+        """Raises FailedPrecondition on a read gateway, Unavailable once the writer lease is lost."""
+        if self.lease is None:
+            raise FailedPrecondition("this gateway serves searches and reads only (gallery serve --role reader); "
+                                     "send writes to the store's writer")
+        self.lease.check()
+
+    def adopt(self, m: CollectionManifest) -> None:
+        """A read gateway: a collection the writer created (and the workers have opened)."""
+        with self._lock:
+            self._states[m.collection_id] = self._open(m)
+
+    def refresh(self, state: CollectionState, m: CollectionManifest) -> None:
+        """A read gateway: the writer committed `m`, which the workers hold now; searches use it from here."""
+        old = state.manifest
+        if m.index_version != old.index_version:
+            state.live = (LiveIndex.from_trained(m.index_version, load_index(self.store.get(m.trained_index)),
+                                                 m.nlist) if m.index_version else LiveIndex())
+        if m.calibration != old.calibration and m.calibration:
+            state.calibration = Calibration.from_bytes(self.store.get(m.calibration))
+        state.manifest = m
+
+    def forget(self, collection_id: str) -> None:
+        """A read gateway: the writer deleted the collection."""
+        with self._lock:
+            state = self._states.pop(collection_id, None)
+        if state is not None:
+            state.deleted = True
 
     def get(self, collection_id: str) -> CollectionState:
         state = self._states.get(manifests.check_collection_id(collection_id))
@@ -185,7 +216,7 @@ class Collections:
         with state.write_lock:
             if state.deleted:
                 raise NotFound(f"collection {collection_id!r} does not exist")
-            self.lease.check()
+            self.check_writable()
             self.store.delete(manifests.manifest_key(collection_id))  # the commit point
             state.deleted = True
             with self._lock:

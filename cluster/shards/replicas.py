@@ -31,8 +31,9 @@ class Route(enum.Enum):
 
 
 ROUTES = {
-    "apply": Route.FOLLOW, "activate": Route.FOLLOW, "compacted": Route.FOLLOW, "retire_previous": Route.FOLLOW,
+    "apply": Route.FOLLOW, "activate": Route.FOLLOW, "compacted": Route.FOLLOW,
     "open_collection": Route.EVERY, "drop_collection": Route.EVERY, "abort": Route.EVERY,
+    "retire_previous": Route.EVERY, "catch_up": Route.EVERY,
 }  # every other method: Route.PRIMARY
 
 

@@ -170,6 +170,7 @@ class ShardWorker:
                     trained = load_index(self.store.get(manifest.trained_index))
                 fresh = self._load_partition(manifest, p, part, trained)  # the old one serves meanwhile
                 if shard is not None:
+                    fresh.keep_serving(shard)  # queries assigned with the old version, until retire_previous
                     shard.release_gpu_copies()
                 self._partitions.setdefault(cid, {})[p] = fresh
             for segment in part.segments:
