@@ -59,7 +59,8 @@ def main(images: int = 96, repeats: int = 3, num_actors: int = 0, images_per_bat
     runs = []
     try:
         with running_server(gallery, "127.0.0.1:0") as (_, port):
-            job = dict(gateway=f"127.0.0.1:{port}", output=str(work / "out"), dimension=512, num_actors=num_actors,
+            # Raw collections of the default model's size (SFace, 128-d): this gateway runs no face model.
+            job = dict(gateway=f"127.0.0.1:{port}", output=str(work / "out"), dimension=128, num_actors=num_actors,
                        images_per_batch=images_per_batch, build_index_min_growth=0.0)
             enroll(str(warmup), "warmup", **job)
             for r in range(repeats):

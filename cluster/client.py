@@ -60,11 +60,13 @@ class GalleryClient:
 
     # ---- collections -------------------------------------------------------
 
-    def create_collection(self, collection_id: str, *, dimension: int = 0, train_threshold: int = 0
-                          ) -> pb.CollectionDescription:
-        """Creates an empty collection; dimension 0 is the server's face model, train_threshold 0 its default."""
+    def create_collection(self, collection_id: str, *, dimension: int = 0, train_threshold: int = 0,
+                          embedding_model: str = "") -> pb.CollectionDescription:
+        """Creates an empty collection; dimension 0 is a face collection of `embedding_model` ("" for the server's
+        default model), train_threshold 0 the server's default."""
         return self._call(self._stub.CreateCollection, pb.CreateCollectionRequest(
-            collection_id=collection_id, dimension=dimension, train_threshold=train_threshold)).collection
+            collection_id=collection_id, dimension=dimension, train_threshold=train_threshold,
+            embedding_model=embedding_model)).collection
 
     def describe(self, collection_id: str) -> pb.CollectionDescription:
         """The collection's size, index state and calibration."""
@@ -133,6 +135,13 @@ class GalleryClient:
         if min_similarity is not None:
             request.min_similarity = min_similarity
         return self._call(self._stub.SearchByEmbedding, request)
+
+    def list_faces(self, collection_id: str, max_results: int = 0, next_token: str = "", *,
+                   include_embeddings: bool = False) -> pb.ListFacesResponse:
+        """A page of a collection's faces (records, details, image URIs) and the next page's token ("" at the end)."""
+        return self._call(self._stub.ListFaces, pb.ListFacesRequest(
+            collection_id=collection_id, max_results=max_results, next_token=next_token,
+            include_embeddings=include_embeddings))
 
     def delete_faces(self, collection_id: str, face_ids: Sequence[str]) -> pb.DeleteFacesResponse:
         """Deletes faces by id; the response lists those deleted and those unknown."""

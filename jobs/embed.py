@@ -56,6 +56,7 @@ class FaceEmbedder:
         max_image_bytes: largest image decoded.
         device: torch device, "cuda" or "cpu"; None for CUDA when present.
         batch_size: face crops per forward pass.
+        model: the face model to embed with (cluster/faces/models.py); "" for the default.
 
     Example:
         >>> embedder = FaceEmbedder(quality_filter="AUTO")
@@ -64,7 +65,8 @@ class FaceEmbedder:
     """
 
     def __init__(self, *, quality_filter: str = "AUTO", max_faces: int = DEFAULT_MAX_FACES,
-                 max_image_bytes: int = MAX_S3_IMAGE_BYTES, device: str | None = None, batch_size: int = 32):
+                 max_image_bytes: int = MAX_S3_IMAGE_BYTES, device: str | None = None, batch_size: int = 32,
+                 model: str = ""):
         from cluster.faces import quality_filter_threshold
         from cluster.faces.worker import FaceWorker
 
@@ -73,8 +75,8 @@ class FaceEmbedder:
         self.min_quality = quality_filter_threshold(quality_filter)
         self.max_faces = max_faces
         self.max_image_bytes = max_image_bytes
-        self.worker = FaceWorker(batch_size=batch_size, device=device)
-        self.model = self.worker.model
+        self.worker = FaceWorker(batch_size=batch_size, device=device, models=(model,))
+        self.model = self.worker.ready(model)
         self.type = face_type(self.model.dimension)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -84,7 +86,8 @@ class FaceEmbedder:
         todo = [i for i in range(n) if not reasons[i]]
         images = batch.column("image").to_pylist()
         found = self.worker.analyze_many([images[i] for i in todo], max_faces=self.max_faces,
-                                         max_bytes=self.max_image_bytes, min_quality=self.min_quality) if todo else []
+                                         max_bytes=self.max_image_bytes, min_quality=self.min_quality,
+                                         model=self.model.name) if todo else []
         ids, hashes = batch.column("external_image_id").to_pylist(), batch.column("image_sha256").to_pylist()
         size = np.zeros((n, 2), np.int32)
         detected, below = np.zeros(n, np.int32), np.zeros(n, np.int32)

@@ -89,15 +89,17 @@ def _start_ray(ray_address: str) -> bool:
     return address == "local"
 
 
-def _open_collection(client: GalleryClient, collection: str, dimension: int):
+def _open_collection(client: GalleryClient, collection: str, dimension: int, embedding_model: str = ""):
     try:
         return client.describe(collection)
     except grpc.RpcError as e:
         if e.code() != grpc.StatusCode.NOT_FOUND:
             raise
     try:
-        logger.info("creating collection %s (dimension %d)", collection, dimension)
-        return client.create_collection(collection, dimension=dimension)
+        logger.info("creating collection %s (dimension %d, model %s)", collection, dimension,
+                    embedding_model or "the default")
+        return client.create_collection(collection, dimension=dimension,
+                                        embedding_model="" if dimension else embedding_model)
     except grpc.RpcError as e:
         if e.code() != grpc.StatusCode.ALREADY_EXISTS:  # another job created it meanwhile
             raise
@@ -137,8 +139,8 @@ def enroll(manifest: str, collection: str, output: str, gateway: str = "127.0.0.
            dimension: int = 0, quality_filter: str = "AUTO", max_faces: int = DEFAULT_MAX_FACES,
            rows_per_segment: int = 256, images_per_batch: int = 16, num_actors: int = 0, actor_num_cpus: float = 1.0,
            fetch_threads: int = 16, max_image_bytes: int = MAX_S3_IMAGE_BYTES, commit_batch_faces: int = 1000,
-           build_index_min_growth: float = 2.0, ray_address: str = "", progress_interval_s: float = 10.0
-           ) -> EnrollSummary:
+           build_index_min_growth: float = 2.0, ray_address: str = "", progress_interval_s: float = 10.0,
+           embedding_model: str = "") -> EnrollSummary:
     """Enrolls the faces of the images a manifest lists; run it again to resume or to add new manifest files.
 
     Args:
@@ -147,7 +149,8 @@ def enroll(manifest: str, collection: str, output: str, gateway: str = "127.0.0.
         output: folder or s3://bucket/prefix for faces, errors and job state (under <output>/<collection>/).
         gateway: host:port of the gallery.v1 gateway.
         s3_endpoint: S3 endpoint URL for S3-compatible stores; "" for AWS_ENDPOINT_URL, else AWS.
-        dimension: dimension of a collection the job creates: 0 for the gateway's face model, 512 for raw FaceNet.
+        dimension: dimension of a collection the job creates: 0 for a face collection of embedding_model, else a
+            raw-embedding collection of that dimension (128 for SFace, 512 for FaceNet).
         quality_filter: faces under it are not enrolled: NONE, LOW, AUTO, MEDIUM or HIGH.
         max_faces: faces detected per image, largest first, 1..1000.
         rows_per_segment: manifest rows per chunk, the unit that is committed and skipped on a re-run.
@@ -162,6 +165,9 @@ def enroll(manifest: str, collection: str, output: str, gateway: str = "127.0.0.
             its index was trained on (see jobs/build_index.py); 0 skips the step.
         ray_address: Ray cluster to run on; "" for the job's cluster under `ray job submit`, else a private local one.
         progress_interval_s: seconds between progress lines when not in a terminal.
+        embedding_model: the face model to embed with ("sface", "facenet-inception-resnet-v1-casia-20180408"); ""
+            for a face collection's own model, else the default (sface). A face collection of another model stops
+            the job.
 
     Returns:
         The run's summary: rows read, faces enrolled, rows failed by reason, …
@@ -210,7 +216,11 @@ def enroll(manifest: str, collection: str, output: str, gateway: str = "127.0.0.
     logger.info("%s: %d manifest rows in %d chunks, %d rows already committed, %d to do", manifest,
                 summary.rows_read, len(chunks), summary.rows_already_committed, todo)
     with gateway_client(gateway) as client:
-        description = _open_collection(client, collection, dimension)
+        description = _open_collection(client, collection, dimension, embedding_model)
+        if description.embedding_model and embedding_model and description.embedding_model != embedding_model:
+            raise ValueError(f"collection {collection!r} holds {description.embedding_model} embeddings, not "
+                             f"{embedding_model}: re-embed it with jobs/reembed.py to change its model")
+        model = description.embedding_model or embedding_model
         if pending:
             private = _start_ray(ray_address)
             resources = ray.cluster_resources()
@@ -223,7 +233,7 @@ def enroll(manifest: str, collection: str, output: str, gateway: str = "127.0.0.
                            fetch_threads=fetch_threads, max_image_bytes=max_image_bytes, num_actors=num_actors,
                            actor_num_cpus=actor_num_cpus, use_gpus=gpus >= 1,
                            embedder_kwargs={"quality_filter": quality_filter, "max_faces": max_faces,
-                                            "max_image_bytes": max_image_bytes})
+                                            "max_image_bytes": max_image_bytes, "model": model})
             with timed("enroll pipeline"):
                 _run(ds, pending, state, client, description, summary, commit_batch_faces, progress_interval_s)
     summary.elapsed_s = time.monotonic() - started

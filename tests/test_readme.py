@@ -19,6 +19,7 @@ from support import Served, free_port
 from cluster.serve.cli import serve
 from jobs.build_index import build_index
 from jobs.enroll import enroll
+from jobs.reembed import reembed
 from jobs.sample_manifest import sample_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +27,7 @@ README = ROOT / "README.md"
 README_ADDRESS = "127.0.0.1:50051"
 # The commands the READMEs give, and the entry functions whose keyword arguments are their flags.
 ENTRY_POINTS = {"gallery serve": serve, "python -m jobs.enroll": enroll, "python -m jobs.build_index": build_index,
-                "python -m jobs.sample_manifest": sample_manifest}
+                "python -m jobs.sample_manifest": sample_manifest, "python -m jobs.reembed": reembed}
 
 
 def _code_blocks(language: str) -> list[str]:
@@ -152,4 +153,5 @@ def test_the_commands_in_the_readmes_use_real_flags():
     assert {"manifest", "collection", "gateway", "output"} <= found["infra/README.md", "python -m jobs.enroll"]
     assert {"manifest", "collection", "output"} <= found["jobs/README.md", "python -m jobs.enroll"]
     assert found["jobs/README.md", "python -m jobs.sample_manifest"] == {"output"}
+    assert {"source", "target", "output", "embedding-model"} <= found["jobs/README.md", "python -m jobs.reembed"]
     assert "store" in found["README.md", "gallery serve"]

@@ -1,4 +1,4 @@
-"""Face pipeline: decode → detect (YuNet) → align → embed (FaceNet in PyTorch).
+"""Face pipeline: decode → detect (YuNet) → align → embed (SFace by default, or FaceNet; PyTorch).
 
 Plain classes, no Ray and no gRPC: the serving layer wraps `FacePipeline` in an
 actor pool and maps `InvalidImageError` to INVALID_ARGUMENT, and `ImageTooLargeError` (one kind of it)
@@ -23,11 +23,14 @@ from .image import (
     InvalidImageError,
     decode_image,
 )
+from .models import DEFAULT_MODEL, UnknownModelError, describe_model, embedder_for, model_names
 from .pipeline import Face, FacePipeline
 from .quality import QUALITY_FILTER_THRESHOLDS, face_quality, quality_filter_threshold
+from .sface import SFaceEmbedder, load_sface
 
 __all__ = [
-    "ARCFACE_TEMPLATE_112", "FACENET_TEMPLATE_160", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS",
+    "DEFAULT_MODEL", "SFaceEmbedder", "UnknownModelError", "describe_model", "embedder_for", "load_sface",
+    "model_names", "ARCFACE_TEMPLATE_112", "FACENET_TEMPLATE_160", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS",
     "MAX_S3_IMAGE_BYTES", "QUALITY_FILTER_THRESHOLDS", "DetectedFace", "Embedder", "Face",
     "FaceDetector", "FaceNetEmbedder", "FacePipeline", "ImageTooLargeError", "InvalidImageError", "TorchEmbedder",
     "TorchScriptEmbedder", "align_face", "decode_image", "default_device", "face_quality",

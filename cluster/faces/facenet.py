@@ -122,17 +122,21 @@ class FaceNetEmbedder(TorchEmbedder):
         (2, 512)
     """
 
+    name: str = "facenet-inception-resnet-v1-casia-20180408"
+    dimension: int = 512
+    input_size: int = 160
+    template: np.ndarray = FACENET_TEMPLATE_160
     default_threshold: float = 0.75
 
     def __init__(self, *, batch_size: int = 32, device: str | torch.device | None = None,
                  cache: Path | None = None):
-        super().__init__(load_facenet(cache), name="facenet-inception-resnet-v1-casia-20180408",
+        super().__init__(load_facenet(cache), name=type(self).name,
                          dimension=512, input_size=160, template=FACENET_TEMPLATE_160,
                          mean=127.5, std=128.0, channels="RGB", batch_size=batch_size,
                          device=device or default_device(),
                          default_threshold=type(self).default_threshold)
 
-    @staticmethod
-    def impostor_scores() -> np.ndarray:
+    @classmethod
+    def impostor_scores(cls) -> np.ndarray:
         """Impostor cosine scores measured on real photos (float32), for `cluster.index.calibration`."""
         return np.load(IMPOSTOR_SCORES_PATH)

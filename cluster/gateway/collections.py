@@ -91,16 +91,21 @@ class Collections:
         shards: the shard workers (told to open and drop collections).
         lease: the store's writer lease, checked before every commit; None for a read gateway, which commits
             nothing.
-        model: the face model, for collections created without a dimension.
+        model: the default face model, for collections created without a dimension or model name.
         default_train_threshold: faces before a new collection trains IVF-PQ.
+        models: every face model a collection may be created with, by name (`model` among them).
     """
 
     def __init__(self, store: ObjectStore, shards: ShardBackend, lease: WriterLease | None, *,
-                 model: EmbeddingModel | None, default_train_threshold: int):
+                 model: EmbeddingModel | None, default_train_threshold: int,
+                 models: dict[str, EmbeddingModel] | None = None):
         self.store = store
         self.shards = shards
         self.lease = lease
         self.model = model
+        self.models = dict(models or {})
+        if model is not None:
+            self.models.setdefault(model.name, model)
         self.default_train_threshold = default_train_threshold
         self._states: dict[str, CollectionState] = {}
         self._lock = threading.Lock()
@@ -118,8 +123,8 @@ class Collections:
         if m.index_version:
             live = LiveIndex.from_trained(m.index_version, load_index(self.store.get(m.trained_index)), m.nlist)
         calibration = None
-        if m.embedding_model and self.model and self.model.name == m.embedding_model:
-            calibration = self.model.calibration
+        if m.embedding_model in self.models:
+            calibration = self.models[m.embedding_model].calibration
         elif m.calibration:
             calibration = Calibration.from_bytes(self.store.get(m.calibration))
         return CollectionState(m, live, calibration)
@@ -168,14 +173,17 @@ class Collections:
         return list(self._states.values())
 
     def create(self, collection_id: str, *, dimension: int = 0, train_threshold: int = 0,
-               replicas: int = 0) -> CollectionManifest:
-        """Creates an empty collection.
+               embedding_model: str = "", replicas: int = 0) -> CollectionManifest:
+        """Creates an empty collection; a face collection's model is recorded and fixed for its life.
 
         Args:
+            dimension: 0 for a face collection, else the dimension of raw embeddings.
+            embedding_model: a face collection's model; "" for the default model.
             replicas: copies of each partition to keep, 1 to the backend's `num_replicas`; 0: all of them.
 
         Raises:
-            InvalidArgument: bad id, no dimension and no face model, replicas out of range.
+            InvalidArgument: bad id, no dimension and no face model, an unknown model, or a model
+                named for a raw-embedding collection; replicas out of range.
             AlreadyExists: the id is taken.
         """
         manifests.check_collection_id(collection_id)
@@ -183,7 +191,14 @@ class Collections:
         if dimension == 0:
             if self.model is None:
                 raise InvalidArgument("dimension is 0 and this server has no face model: give a dimension")
-            dimension, model_name = self.model.dimension, self.model.name
+            model = self.models.get(embedding_model) if embedding_model else self.model
+            if model is None:
+                raise InvalidArgument(f"embedding_model: unknown face model {embedding_model!r}; this server has "
+                                      f"{', '.join(sorted(self.models))} ('' for {self.model.name})")
+            dimension, model_name = model.dimension, model.name
+        elif embedding_model:
+            raise InvalidArgument(f"embedding_model {embedding_model!r} is for face collections (dimension 0); "
+                                  f"a collection of raw embeddings (dimension {dimension}) has no model")
         if not 1 <= dimension <= 4096:
             raise InvalidArgument(f"dimension must be in [1, 4096], got {dimension}")
         if not 0 <= replicas <= self.shards.num_replicas:

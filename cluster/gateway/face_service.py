@@ -47,7 +47,7 @@ from cluster.storage.s3_images import S3ImageReader, S3Object
 
 logger = logging.getLogger(__name__)
 
-SMALL_FACE_PX = 20  # FaceNet has too few pixels to identify a face this small (see faces/quality.py)
+SMALL_FACE_PX = 20  # a face model has too few pixels to identify a face this small (see faces/quality.py)
 
 Image = bytes | S3Object  # what a request gives: the image's bytes, or an S3 object to read
 
@@ -68,6 +68,7 @@ class IndexedFaces:
     unindexed: list[UnindexedFace]
     width: int
     height: int
+    embedding_model: str  # the collection's model, which embedded the faces
 
 
 @dataclass
@@ -96,6 +97,7 @@ class Comparison:
     matches: list[FaceMatch]  # best first
     unmatched: list[DetectedFace]  # largest first
     target_size: tuple[int, int]
+    embedding_model: str  # the model both images were embedded with
 
 
 def unindexed_reasons(face: DetectedFace, min_quality: float) -> list[str]:
@@ -111,10 +113,12 @@ def _embedded(faces: list) -> list:
 
 
 class FaceService:
-    """Image requests over FaceWorker actors and a Gallery whose `model` the actors embed with.
+    """Image requests over FaceWorker actors and a Gallery; each request embeds with the model of its
+    collection (CompareFaces: the default model unless it names one).
 
     Args:
-        gallery: the collections; `gallery.model` must be the workers' model.
+        gallery: the collections; `gallery.model` is the default model and `gallery.models` every model
+            the workers embed with (see `cluster/faces/models.py`).
         workers: FaceWorker actor handles (see `runtime.start_face_workers`).
         s3: reader for images given as S3 objects (its `max_bytes` is the S3 limit).
         max_image_bytes: largest image accepted as bytes in a request.
@@ -122,7 +126,7 @@ class FaceService:
 
     Example:
         >>> workers = runtime.start_face_workers(1)
-        >>> gallery = Gallery(store, shards, model=ray.get(workers[0].ready.remote()))
+        >>> gallery = Gallery(store, shards, model=describe_model(), models=describe_models())
         >>> faces = FaceService(gallery, workers)
         >>> gallery.create_collection("staff")
         >>> faces.index_faces("staff", open("alice.jpg", "rb").read(), external_image_id="alice").indexed[0].face_id
@@ -206,16 +210,25 @@ class FaceService:
                                   f"(up to {self.s3.max_bytes} bytes)")
         return bytes(image), self.max_image_bytes, ""
 
-    def _face_collection(self, collection_id: str) -> None:
-        """Raises unless the collection holds embeddings of this server's face model."""
+    def _face_collection(self, collection_id: str) -> str:
+        """The collection's face model; raises unless the workers can embed with it."""
         m, _ = self.gallery.describe(collection_id)
         if not m.embedding_model:
             raise FailedPrecondition(
                 f"collection {collection_id!r} holds raw embeddings (dimension {m.dimension}, no embedding model); "
-                f"image requests need a collection created with dimension 0, which uses {self.model.name}")
-        if m.embedding_model != self.model.name:
-            raise FailedPrecondition(f"collection {collection_id!r} holds {m.embedding_model} embeddings; "
-                                     f"this server embeds faces with {self.model.name}")
+                f"image requests need a collection created with dimension 0 (a face model)")
+        if m.embedding_model not in self.gallery.models:
+            raise FailedPrecondition(f"collection {collection_id!r} holds {m.embedding_model} embeddings; this "
+                                     f"server embeds faces with {', '.join(sorted(self.gallery.models))}")
+        return m.embedding_model
+
+    def _compare_model(self, name: str):
+        """The model CompareFaces embeds with: `name`, or the default for ""."""
+        model = self.gallery.models.get(name) if name else self.model
+        if model is None:
+            raise InvalidArgument(f"embedding_model: unknown face model {name!r}; this server has "
+                                  f"{', '.join(sorted(self.gallery.models))} ('' for {self.model.name})")
+        return model
 
     @staticmethod
     def _max_faces(max_faces: int, limit: int = MAX_FACES_PER_IMAGE) -> int:
@@ -287,12 +300,12 @@ class FaceService:
         if len(external_image_id) > MAX_EXTERNAL_IMAGE_ID_LENGTH:
             raise InvalidArgument(f"external_image_id: at most {MAX_EXTERNAL_IMAGE_ID_LENGTH} characters, "
                                   f"got {len(external_image_id)}")
-        self._face_collection(collection_id)
+        model = self._face_collection(collection_id)
         deadline = self._deadline(timeout_s)
         data, max_bytes, uri = self._read(image, "image")
         (found,) = self._run([("image", "analyze_selected", data, {
             "max_faces": max(max_faces, DEFAULT_MAX_FACES), "min_quality": min_quality, "embed_max_faces": max_faces,
-            "max_bytes": max_bytes})], deadline)
+            "max_bytes": max_bytes, "model": model})], deadline)
         faces = _embedded(found.faces)
         unindexed = [UnindexedFace(f, unindexed_reasons(f, min_quality))
                      for f in found.faces if getattr(f, "embedding", None) is None]
@@ -304,7 +317,7 @@ class FaceService:
             self.gallery.add(collection_id, records, np.stack([f.embedding for f in faces]))
         logger.info("%s: indexed %d faces of %s, %d left out", collection_id, len(records),
                     uri or external_image_id or "an image", len(unindexed))
-        return IndexedFaces(records, unindexed, found.width, found.height)
+        return IndexedFaces(records, unindexed, found.width, found.height, model)
 
     def search_by_image(self, collection_id: str, image: Image | None, *, k: int = 0,
                         min_similarity: float | None = None, all_faces: bool = False,
@@ -327,12 +340,12 @@ class FaceService:
         k = self._k(k)
         self._min_similarity(min_similarity)
         min_quality = self._min_quality(quality_filter)
-        self._face_collection(collection_id)
+        model = self._face_collection(collection_id)
         deadline = self._deadline(timeout_s)
         data, max_bytes, _ = self._read(image, "image")
         (found,) = self._run([("image", "analyze_selected", data, {
             "max_faces": DEFAULT_MAX_FACES, "min_quality": min_quality, "embed_max_faces": None if all_faces else 1,
-            "max_bytes": max_bytes})], deadline)
+            "max_bytes": max_bytes, "model": model})], deadline)
         faces = _embedded(found.faces)
         if not faces:
             raise InvalidArgument(f"image: no face to search with ({len(found.faces)} found, none of quality >= "
@@ -369,28 +382,31 @@ class FaceService:
         return record, dataclasses.replace(results, candidates=[others])
 
     def compare_faces(self, source: Image | None, target: Image | None, *, min_similarity: float | None = None,
-                      timeout_s: float | None = None) -> Comparison:
+                      timeout_s: float | None = None, embedding_model: str = "") -> Comparison:
         """Compares the largest face of `source` with up to 100 faces of `target` (1:1 comparisons).
 
         Args:
             min_similarity: matches are the target faces at or above it; None for the model's
-                calibrated default (0.75 for FaceNet).
+                calibrated default (0.75 for FaceNet; none, so every face, while a model is uncalibrated).
+            embedding_model: the model to embed with; "" for the default.
 
         Raises:
-            InvalidArgument (bad image, or no face in the source), ResourceExhausted (an image over its
-            size limit), DeadlineExceeded, Unavailable.
+            InvalidArgument (bad image, no face in the source, unknown model), ResourceExhausted (an image
+            over its size limit), DeadlineExceeded, Unavailable.
         """
         self._min_similarity(min_similarity)
-        calibration = self.model.calibration
+        model = self._compare_model(embedding_model)
+        calibration = model.calibration
         if min_similarity is None:
             min_similarity = calibration.default_min_similarity if calibration else -1.0
         deadline = self._deadline(timeout_s)
         source_data, source_max_bytes, _ = self._read(source, "source_image")
         target_data, target_max_bytes, _ = self._read(target, "target_image")
         src, tgt = self._run([
-            ("source_image", "analyze_selected", source_data, {"max_faces": 1, "max_bytes": source_max_bytes}),
+            ("source_image", "analyze_selected", source_data,
+             {"max_faces": 1, "max_bytes": source_max_bytes, "model": model.name}),
             ("target_image", "analyze_selected", target_data,
-             {"max_faces": MAX_COMPARE_TARGET_FACES, "max_bytes": target_max_bytes})], deadline)
+             {"max_faces": MAX_COMPARE_TARGET_FACES, "max_bytes": target_max_bytes, "model": model.name})], deadline)
         if not src.faces:
             raise InvalidArgument("source_image: no face found")
         probe = src.faces[0]
@@ -402,5 +418,5 @@ class FaceService:
         matches = [FaceMatch(targets[i], float(similarities[i]), float(fmr[i]))
                    for i in order if similarities[i] >= min_similarity]
         unmatched = [f for f, s in zip(targets, similarities) if s < min_similarity]
-        return Comparison(probe, (src.width, src.height), matches, unmatched, (tgt.width, tgt.height))
+        return Comparison(probe, (src.width, src.height), matches, unmatched, (tgt.width, tgt.height), model.name)
 

@@ -39,7 +39,9 @@ class Gallery:
     Args:
         store: the object store holding manifests and data.
         shards: the shard workers (`RayShards` in a cluster, `LocalShards` in this process).
-        model: the face model, for collections created without a dimension.
+        model: the default face model, for face collections created without a model name.
+        models: every face model collections may use, by name (`model` among them); collections of a
+            model not listed here keep working as raw-embedding collections of their dimension.
         default_train_threshold: faces before a collection trains IVF-PQ.
         max_segments: segments a partition accumulates before it is compacted.
         call_timeout_s: bound on one search fan-out.
@@ -65,14 +67,15 @@ class Gallery:
                  default_train_threshold: int = tuning.DEFAULT_TRAIN_THRESHOLD, max_segments: int = 64,
                  call_timeout_s: float = CALL_TIMEOUT_S, background_maintenance: bool = True,
                  lease: WriterLease | None = None, max_queued_queries: int = DEFAULT_MAX_QUEUED_QUERIES,
-                 fan_out_observer: FanOutObserver | None = None, read_only: bool = False,
-                 follow_interval_s: float = 1.0):
+                 fan_out_observer: FanOutObserver | None = None, models: dict[str, EmbeddingModel] | None = None,
+                 read_only: bool = False, follow_interval_s: float = 1.0):
         self.lease = None if read_only else lease or WriterLease.acquire(store)
         self.store = store
         self.shards = shards
         self.model = model
-        self.collections = Collections(store, shards, self.lease, model=model,
+        self.collections = Collections(store, shards, self.lease, model=model, models=models,
                                        default_train_threshold=default_train_threshold)
+        self.models = self.collections.models
         self.writes = Writes(self.collections, shards, max_segments=max_segments)
         self.searches = SearchPath(self.collections, shards, call_timeout_s=call_timeout_s,
                                    max_queued_queries=max_queued_queries, fan_out_observer=fan_out_observer)
@@ -107,12 +110,12 @@ class Gallery:
     # ---- collections -------------------------------------------------------
 
     def create_collection(self, collection_id: str, *, dimension: int = 0, train_threshold: int = 0,
-                          replicas: int = 0) -> CollectionManifest:
-        """Creates an empty collection (dimension 0: the face model's; replicas 0: every copy the shard backend
-        keeps). InvalidArgument, AlreadyExists."""
+                          embedding_model: str = "", replicas: int = 0) -> CollectionManifest:
+        """Creates an empty collection (dimension 0: a face collection of `embedding_model`, "" for the
+        default model; replicas 0: every copy the shard backend keeps). InvalidArgument, AlreadyExists."""
         self.collections.check_writable()
         return self.collections.create(collection_id, dimension=dimension, train_threshold=train_threshold,
-                                       replicas=replicas)
+                                       embedding_model=embedding_model, replicas=replicas)
 
     def describe(self, collection_id: str) -> tuple[CollectionManifest, CollectionState]:
         state = self.collections.get(collection_id)

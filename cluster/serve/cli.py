@@ -119,10 +119,11 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
     shards = RayShards.start(num_shards, store, replicas=replicas, s3_endpoint=s3_endpoint or None,
                              num_cpus=shard_num_cpus, num_gpus=shard_gpus, omp_threads=max(1, int(shard_num_cpus)),
                              cluster_name="gallery" if role != "reader" else f"gallery-reader-{uuid.uuid4().hex[:8]}")
-    face_actors, model = [], None
+    face_actors, model, models = [], None, None
     if face_workers:
         face_actors = runtime.start_face_workers(face_workers, num_cpus=face_num_cpus, num_gpus=face_gpus)
-        model = ray.get(face_actors[0].ready.remote())
+        model = ray.get(face_actors[0].ready.remote())  # the default model, loaded; the others load on first use
+        models = runtime.face_models()
     if role == "standby":
         print(f"standby: workers ready; waiting for the writer lease of {store}", flush=True)
         lease = WriterLease.acquire(object_store, wait_s=math.inf)
@@ -130,8 +131,8 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
         shards.call_all("catch_up")  # the workers loaded the store when they started: add what came since
         _check_ports_free(host, port, metrics_host, metrics_port)
     metrics = GatewayMetrics()
-    gallery = Gallery(object_store, shards, model=model, default_train_threshold=train_threshold, lease=lease,
-                      max_queued_queries=max_queued_queries, fan_out_observer=metrics.observe_fan_out,
+    gallery = Gallery(object_store, shards, model=model, models=models, default_train_threshold=train_threshold,
+                      lease=lease, max_queued_queries=max_queued_queries, fan_out_observer=metrics.observe_fan_out,
                       read_only=role == "reader", follow_interval_s=follow_interval_s)
     metrics.watch(gallery)
     tokens = TokenRegistry(object_store)

@@ -90,7 +90,7 @@ class FaceGalleryServicer(GalleryServicer):
                                       reasons=[pb.UnindexedFace.Reason.Value(r) for r in u.reasons])
                      for u in indexed.unindexed]
         return pb.IndexFacesResponse(indexed_faces=[convert.face_message(r) for r in indexed.indexed],
-                                     unindexed_faces=unindexed, embedding_model=self.faces.model.name)
+                                     unindexed_faces=unindexed, embedding_model=indexed.embedding_model)
 
     @_face_rpc
     @_status_errors
@@ -126,10 +126,10 @@ class FaceGalleryServicer(GalleryServicer):
     def CompareFaces(self, request, context):
         c = self.faces.compare_faces(_image(request.source_image), _image(request.target_image),
                                      min_similarity=_optional(request, "min_similarity"),
-                                     timeout_s=_deadline(context))
+                                     timeout_s=_deadline(context), embedding_model=request.embedding_model)
         tw, th = c.target_size
         return pb.CompareFacesResponse(
             source_face=_detail(c.source, *c.source_size),
             face_matches=[pb.CompareFacesMatch(face=_detail(m.face, tw, th), similarity=m.similarity,
                                                false_match_rate=m.false_match_rate) for m in c.matches],
-            unmatched_faces=[_detail(f, tw, th) for f in c.unmatched])
+            unmatched_faces=[_detail(f, tw, th) for f in c.unmatched], embedding_model=c.embedding_model)

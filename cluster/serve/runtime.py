@@ -67,6 +67,13 @@ def start_face_workers(num_workers: int, *, num_cpus: float = 1, num_gpus: float
     return workers
 
 
+def face_models() -> dict:
+    """Every face model the workers can embed with (name → EmbeddingModel), described without loading weights."""
+    from cluster.faces.models import describe_models
+
+    return describe_models()
+
+
 def stop_face_workers(workers: list) -> None:
     """Ends the face workers for good (no restart)."""
     for worker in workers:

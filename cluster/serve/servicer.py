@@ -95,7 +95,8 @@ class GalleryServicer(gallery_pb2_grpc.GalleryServicer):
     @_status_errors
     def CreateCollection(self, request, context):
         self.gallery.create_collection(request.collection_id, dimension=request.dimension,
-                                       train_threshold=request.train_threshold, replicas=request.replicas)
+                                       train_threshold=request.train_threshold,
+                                       embedding_model=request.embedding_model, replicas=request.replicas)
         return pb.CreateCollectionResponse(collection=self._describe(request.collection_id))
 
     @_status_errors

@@ -25,12 +25,15 @@ import pytest
 import ray
 from support import S3_CREDENTIALS, free_port, wait_until
 
+from cluster.faces import FaceNetEmbedder
 from cluster.serve.server import running_server
 from jobs.enroll import enroll
 from jobs.storage import filesystem
 
 ROOT = Path(__file__).resolve().parents[2]
 ALL_FACES = 4096
+# Raw 512-d collections of FaceNet embeddings: the gateway here runs no face model, so the job names its own.
+FACENET = FaceNetEmbedder.name
 
 
 @pytest.fixture
@@ -84,7 +87,8 @@ def test_enroll_from_s3_reports_errors_and_never_enrolls_twice(s3_server, s3_buc
     s3 = _s3(s3_server)
     _upload_gallery(s3, s3_bucket)
     job = dict(manifest=f"s3://{s3_bucket}/manifests/", collection="staff", output=f"s3://{s3_bucket}/enroll",
-               gateway=gateway, s3_endpoint=s3_server, dimension=512, rows_per_segment=4, images_per_batch=4,
+               gateway=gateway, s3_endpoint=s3_server, dimension=512, embedding_model=FACENET, rows_per_segment=4,
+               images_per_batch=4,
                num_actors=2, progress_interval_s=1.0)
 
     summary = enroll(**job)
@@ -155,6 +159,7 @@ def test_killed_job_resumes_without_losing_or_repeating_faces(tmp_path, gallery,
     manifest = _portraits_manifest(tmp_path)
     output = tmp_path / "out"
     flags = dict(manifest=str(manifest), collection="resume", output=str(output), gateway=gateway, dimension=512,
+                 embedding_model=FACENET,
                  rows_per_segment=1, images_per_batch=1, num_actors=1, build_index_min_growth=0.0)
     command = [sys.executable, "-m", "jobs.enroll", "--ray-address", ray.get_runtime_context().gcs_address]
     for name, value in flags.items():
@@ -231,7 +236,8 @@ def test_ray_job_submit(ray_head, s3_server, s3_bucket, gallery, gateway):
     s3.put_object(Bucket=s3_bucket, Key="manifests/m.parquet", Body=_parquet(rows))
     entrypoint = ["python", "-m", "jobs.enroll", "--manifest", f"s3://{s3_bucket}/manifests/", "--collection", "jobs",
                   "--output", f"s3://{s3_bucket}/enroll/", "--gateway", gateway, "--s3-endpoint", s3_server,
-                  "--dimension", "512", "--num-actors", "1", "--progress-interval-s", "1"]
+                  "--dimension", "512", "--embedding-model", FACENET, "--num-actors", "1",
+                  "--progress-interval-s", "1"]
     submit = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address,
               "--runtime-env-json", json.dumps({"env_vars": S3_CREDENTIALS}), "--", *entrypoint]
 

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from gallery.v1 import gallery_pb2 as pb
 
-from cluster.faces import Face
+from cluster.faces import Face, FaceNetEmbedder
 from jobs.build_index import needs_index
 from jobs.commit import new_faces
 from jobs.embed import FaceEmbedder, face_id
@@ -26,7 +26,8 @@ from jobs.progress import Progress
 
 @pytest.fixture(scope="module")
 def embedder():
-    return FaceEmbedder(quality_filter="AUTO", device="cpu")
+    # FaceNet, named: these tests check 512-d FaceNet rows (a collection's model is fixed at its creation).
+    return FaceEmbedder(quality_filter="AUTO", device="cpu", model=FaceNetEmbedder.name)
 
 
 def _manifest(tmp_path, rows: list[dict], row_group_size: int = 1000):

@@ -153,16 +153,18 @@ class Calibration(_message.Message):
     def __init__(self, source: _Optional[_Union[CalibrationSource, str]] = ..., impostor_pairs: _Optional[int] = ..., default_min_similarity: _Optional[float] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("collection_id", "dimension", "train_threshold", "replicas")
+    __slots__ = ("collection_id", "dimension", "train_threshold", "embedding_model", "replicas")
     COLLECTION_ID_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     TRAIN_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     collection_id: str
     dimension: int
     train_threshold: int
+    embedding_model: str
     replicas: int
-    def __init__(self, collection_id: _Optional[str] = ..., dimension: _Optional[int] = ..., train_threshold: _Optional[int] = ..., replicas: _Optional[int] = ...) -> None: ...
+    def __init__(self, collection_id: _Optional[str] = ..., dimension: _Optional[int] = ..., train_threshold: _Optional[int] = ..., embedding_model: _Optional[str] = ..., replicas: _Optional[int] = ...) -> None: ...
 
 class CreateCollectionResponse(_message.Message):
     __slots__ = ("collection",)
@@ -545,18 +547,20 @@ class SearchFacesResponse(_message.Message):
     def __init__(self, searched_face_id: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., gallery_size: _Optional[int] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., partial: _Optional[bool] = ..., missing_partitions: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CompareFacesRequest(_message.Message):
-    __slots__ = ("source_image", "target_image", "min_similarity", "purpose", "case_id")
+    __slots__ = ("source_image", "target_image", "min_similarity", "purpose", "case_id", "embedding_model")
     SOURCE_IMAGE_FIELD_NUMBER: _ClassVar[int]
     TARGET_IMAGE_FIELD_NUMBER: _ClassVar[int]
     MIN_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
     CASE_ID_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
     source_image: Image
     target_image: Image
     min_similarity: float
     purpose: str
     case_id: str
-    def __init__(self, source_image: _Optional[_Union[Image, _Mapping]] = ..., target_image: _Optional[_Union[Image, _Mapping]] = ..., min_similarity: _Optional[float] = ..., purpose: _Optional[str] = ..., case_id: _Optional[str] = ...) -> None: ...
+    embedding_model: str
+    def __init__(self, source_image: _Optional[_Union[Image, _Mapping]] = ..., target_image: _Optional[_Union[Image, _Mapping]] = ..., min_similarity: _Optional[float] = ..., purpose: _Optional[str] = ..., case_id: _Optional[str] = ..., embedding_model: _Optional[str] = ...) -> None: ...
 
 class CompareFacesMatch(_message.Message):
     __slots__ = ("face", "similarity", "false_match_rate")
@@ -569,14 +573,16 @@ class CompareFacesMatch(_message.Message):
     def __init__(self, face: _Optional[_Union[FaceDetail, _Mapping]] = ..., similarity: _Optional[float] = ..., false_match_rate: _Optional[float] = ...) -> None: ...
 
 class CompareFacesResponse(_message.Message):
-    __slots__ = ("source_face", "face_matches", "unmatched_faces")
+    __slots__ = ("source_face", "face_matches", "unmatched_faces", "embedding_model")
     SOURCE_FACE_FIELD_NUMBER: _ClassVar[int]
     FACE_MATCHES_FIELD_NUMBER: _ClassVar[int]
     UNMATCHED_FACES_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
     source_face: FaceDetail
     face_matches: _containers.RepeatedCompositeFieldContainer[CompareFacesMatch]
     unmatched_faces: _containers.RepeatedCompositeFieldContainer[FaceDetail]
-    def __init__(self, source_face: _Optional[_Union[FaceDetail, _Mapping]] = ..., face_matches: _Optional[_Iterable[_Union[CompareFacesMatch, _Mapping]]] = ..., unmatched_faces: _Optional[_Iterable[_Union[FaceDetail, _Mapping]]] = ...) -> None: ...
+    embedding_model: str
+    def __init__(self, source_face: _Optional[_Union[FaceDetail, _Mapping]] = ..., face_matches: _Optional[_Iterable[_Union[CompareFacesMatch, _Mapping]]] = ..., unmatched_faces: _Optional[_Iterable[_Union[FaceDetail, _Mapping]]] = ..., embedding_model: _Optional[str] = ...) -> None: ...
 
 class BuildIndexRequest(_message.Message):
     __slots__ = ("collection_id",)
