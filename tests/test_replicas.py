@@ -18,6 +18,7 @@ from cluster.index.synthetic import clustered_embeddings
 from cluster.serve.server import running_server
 from cluster.shards.protocol import SearchRequest
 from cluster.shards.worker import ShardWorker
+from cluster.storage.object_store import ObjectStore
 from cluster.storage.records import FaceRecord
 
 
@@ -140,3 +141,28 @@ def test_a_follower_catches_up_from_the_store(galleries, tmp_path):
     np.testing.assert_array_equal(mine.I, theirs.I)
     np.testing.assert_allclose(mine.D, theirs.D, atol=1e-6)
     assert follower.catch_up() == 1  # level: nothing to do
+
+
+def test_a_worker_loading_while_the_writer_collects_garbage_loads_the_newer_manifest(galleries, tmp_path):
+    """A compaction commits a snapshot and deletes the segments it folded in; a worker that read the manifest
+    before finds them gone and loads from the newer one (a restarted replica under writes, seen in chaos.py)."""
+    from cluster.storage import manifest as manifests
+    writer = galleries.start(str(tmp_path), backend="local", num_workers=1, background_maintenance=False,
+                             max_segments=3)
+    writer.create_collection("c", dimension=8)
+    xb = clustered_embeddings(40, 8, seed=73)
+    writer.add("c", [FaceRecord("f0")], xb[:1])
+    writer.add("c", [FaceRecord("f1")], xb[1:2])
+    before = manifests.load(ObjectStore(str(tmp_path)), "c")
+    assert len(before.partitions[0].segments) == 2
+    for i in range(2, 40):  # compactions: every segment `before` names is collected
+        writer.add("c", [FaceRecord(f"f{i}")], xb[i:i + 1])
+    store = ObjectStore(str(tmp_path))
+    assert not any(store.exists(s.key) for s in before.partitions[0].segments)
+
+    follower = ShardWorker(0, 1, str(tmp_path))
+    follower.drop_collection("c")
+    follower.open_collection(before.to_json())  # names objects that are gone
+    assert follower.sizes("c") == {0: 40}
+    assert sorted(r.face_id for r in follower.get_faces("c", {0: [f"f{i}" for i in range(40)]}, False)) == \
+        sorted(f"f{i}" for i in range(40))

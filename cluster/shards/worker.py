@@ -53,6 +53,8 @@ from cluster.storage.records import (
 
 logger = logging.getLogger(__name__)
 
+VANISHED_RETRIES = 5  # loads retried from a newer manifest when the writer collected what the older one named
+
 
 class ShardWorker:
     """Holds the partitions p with p % num_workers == worker_id of every collection.
@@ -89,7 +91,7 @@ class ShardWorker:
         self._staged: dict[str, list[tuple[str, int, Segment, object]]] = {}
         self._channel: ChannelServer | None = None
         for manifest in manifests.load_all(self.store):
-            self.open_collection(manifest.to_json())
+            self._follow_latest(manifest, reload_changed=False)
 
     def _use_omp_threads(self) -> None:
         # OpenMP's thread count is per calling thread, and searches and builds run on the search channel's
@@ -131,7 +133,7 @@ class ShardWorker:
 
     def open_collection(self, manifest_json: bytes) -> None:
         """Loads the collection's partitions this worker owns, or catches up on committed segments."""
-        self._follow(CollectionManifest.from_json(manifest_json), reload_changed=False)
+        self._follow_latest(CollectionManifest.from_json(manifest_json), reload_changed=False)
 
     def catch_up(self, collection_id: str | None = None) -> int:
         """Brings this worker level with the store's committed manifests: of one collection, or of all.
@@ -152,8 +154,30 @@ class ShardWorker:
         for cid in stale - {cid for cid, m in committed.items() if self.holds(m)}:
             self.drop_collection(cid)
         for m in committed.values():
-            self._follow(m, reload_changed=True)
+            self._follow_latest(m, reload_changed=True)
         return len(self._partitions)
+
+    def _follow_latest(self, manifest: CollectionManifest, *, reload_changed: bool) -> None:
+        """`_follow`, again from the newest manifest when an object it names vanished meanwhile.
+
+        The writer deletes the objects a commit no longer names (a compaction folds segments into a new
+        snapshot) right after committing: a worker loading the manifest before finds them gone, and the
+        manifest after names what replaced them.
+        """
+        for attempt in range(VANISHED_RETRIES + 1):
+            try:
+                self._follow(manifest, reload_changed=reload_changed or attempt > 0)
+                return
+            except FileNotFoundError as e:
+                if attempt == VANISHED_RETRIES:
+                    raise
+                logger.info("worker %d: %s changed while loading (%s); loading its newest manifest",
+                            self.worker_id, manifest.collection_id, e)
+            try:
+                manifest = manifests.load(self.store, manifest.collection_id)
+            except FileNotFoundError:  # the collection was deleted meanwhile
+                self.drop_collection(manifest.collection_id)
+                return
 
     def _follow(self, manifest: CollectionManifest, *, reload_changed: bool) -> None:
         if not self.holds(manifest):
