@@ -39,12 +39,12 @@ class GalleryFactory:
         self._started: list[Gallery] = []
 
     def start(self, store_uri: str, *, num_workers: int = 2, s3_endpoint: str | None = None,
-              env_vars: dict[str, str] | None = None, num_gpus: float = 0, backend: str = "ray",
+              env_vars: dict[str, str] | None = None, num_gpus: float = 0, backend: str = "ray", replicas: int = 1,
               **kwargs) -> Gallery:
         if backend == "local":
             shards = LocalShards(num_workers, store_uri, s3_endpoint=s3_endpoint)
         else:
-            shards = RayShards.start(num_workers, store_uri, s3_endpoint=s3_endpoint, env_vars=env_vars,
+            shards = RayShards.start(num_workers, store_uri, replicas=replicas, s3_endpoint=s3_endpoint, env_vars=env_vars,
                                      cluster_name=f"test-{uuid.uuid4().hex[:8]}", num_cpus=0.5, num_gpus=num_gpus)
         try:
             gallery = Gallery(ObjectStore(store_uri, s3_endpoint=s3_endpoint), shards, **kwargs)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import grpc
+import psutil
 import pytest
 from gallery.v1 import gallery_pb2 as pb
 from gallery.v1 import gallery_pb2_grpc
@@ -146,3 +147,18 @@ def test_serve_refuses_unsafe_transport_before_starting(tmp_path, flags, message
                               "--port", str(free_port()), *flags], capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1 and message in refused.stderr and "Traceback" not in refused.stderr
 
+
+
+@pytest.mark.slow
+def test_a_hard_killed_serve_leaves_no_process_running(tmp_path):
+    served = Served(tmp_path / "store", free_port(), tmp_path / "serve.log")
+    try:
+        started = [p for p in psutil.Process(served.process.pid).children(recursive=True)
+                   if "cluster.serve.reaper" not in " ".join(p.cmdline())]
+        names = {" ".join(p.cmdline()) for p in started}
+        assert any("raylet" in n for n in names) and any("ShardWorker" in n for n in names), [n[:80] for n in names]
+        os.kill(served.process.pid, signal.SIGKILL)  # no handler runs, no atexit, no ray.shutdown
+        served.process.wait()
+        wait_until(lambda: not [p for p in started if p.is_running()], 30, "every process it started ended")
+    finally:
+        served.stop()

@@ -123,6 +123,8 @@ def test_rpcs_are_counted_by_code_and_timed_and_the_gallery_is_measured(served):
     assert _sample(samples, "gallery_collection_memory_bytes", collection="staff") == gallery.memory_bytes("staff") > 0
     assert _sample(samples, "gallery_collection_index_version", collection="staff") == 0
     assert _sample(samples, "gallery_collection_training", collection="staff") == 0
+    assert _sample(samples, "gallery_collection_replicas", collection="staff") == 1
+    assert _sample(samples, "gallery_collection_live_replicas", collection="staff") == 1
     assert _sample(samples, "gallery_search_queued_queries") == 0
     assert _sample(samples, "gallery_search_max_queued_queries") == gallery.searches.admission.max_queries
 

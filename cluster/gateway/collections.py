@@ -1,7 +1,8 @@
 """The gateway's collections: their state in memory, their manifests in the store, and the commit point.
 
 The gateway owns each collection's manifest. Every change to a collection becomes durable in one place,
-`Collections.commit`, and only while this gateway holds the store's writer lease.
+`Collections.commit`, and only while this gateway holds the store's writer lease. A read gateway holds
+no lease: it commits nothing, and adopts the manifests the writer commits (cluster/gateway/follower.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 import faiss
 
 from cluster.api.limits import DEFAULT_COLLECTIONS_PER_PAGE, MAX_COLLECTIONS_PER_PAGE
-from cluster.errors import AlreadyExists, InvalidArgument, NotFound
+from cluster.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from cluster.index.calibration import DEFAULT_FPIR, Calibration, EmbeddingModel
 from cluster.index.training import load_index
 from cluster.shards.backend import ShardBackend
@@ -73,6 +74,12 @@ def by_worker(partitions: Sequence[int], num_workers: int) -> dict[int, list[int
     return out
 
 
+def partitions_of_workers(workers: Sequence[int], num_partitions: int, num_workers: int) -> list[int]:
+    """The partitions the given workers hold (partition p: worker p % num_workers), ascending."""
+    held = set(workers)
+    return [p for p in range(num_partitions) if p % num_workers in held] if held else []
+
+
 def ids_by_worker(face_ids: Sequence[str], num_partitions: int, num_workers: int) -> dict[int, dict[int, list[str]]]:
     """Face ids grouped worker -> partition -> ids."""
     out: dict[int, dict[int, list[str]]] = {}
@@ -88,13 +95,14 @@ class Collections:
     Args:
         store: the object store holding manifests and data.
         shards: the shard workers (told to open and drop collections).
-        lease: the store's writer lease, checked before every commit.
+        lease: the store's writer lease, checked before every commit; None for a read gateway, which commits
+            nothing.
         model: the default face model, for collections created without a dimension or model name.
         default_train_threshold: faces before a new collection trains IVF-PQ.
         models: every face model a collection may be created with, by name (`model` among them).
     """
 
-    def __init__(self, store: ObjectStore, shards: ShardBackend, lease: WriterLease, *,
+    def __init__(self, store: ObjectStore, shards: ShardBackend, lease: WriterLease | None, *,
                  model: EmbeddingModel | None, default_train_threshold: int,
                  models: dict[str, EmbeddingModel] | None = None):
         self.store = store
@@ -129,8 +137,37 @@ class Collections:
 
     def commit(self, m: CollectionManifest) -> None:
         """The commit point of every change to a collection, while this gateway holds the writer lease."""
-        self.lease.check()
+        self.check_writable()
         manifests.save(self.store, m)
+
+    def check_writable(self) -> None:
+        """Raises FailedPrecondition on a read gateway, Unavailable once the writer lease is lost."""
+        if self.lease is None:
+            raise FailedPrecondition("this gateway serves searches and reads only (gallery serve --role reader); "
+                                     "send writes to the store's writer")
+        self.lease.check()
+
+    def adopt(self, m: CollectionManifest) -> None:
+        """A read gateway: a collection the writer created (and the workers have opened)."""
+        with self._lock:
+            self._states[m.collection_id] = self._open(m)
+
+    def refresh(self, state: CollectionState, m: CollectionManifest) -> None:
+        """A read gateway: the writer committed `m`, which the workers hold now; searches use it from here."""
+        old = state.manifest
+        if m.index_version != old.index_version:
+            state.live = (LiveIndex.from_trained(m.index_version, load_index(self.store.get(m.trained_index)),
+                                                 m.nlist) if m.index_version else LiveIndex())
+        if m.calibration != old.calibration and m.calibration:
+            state.calibration = Calibration.from_bytes(self.store.get(m.calibration))
+        state.manifest = m
+
+    def forget(self, collection_id: str) -> None:
+        """A read gateway: the writer deleted the collection."""
+        with self._lock:
+            state = self._states.pop(collection_id, None)
+        if state is not None:
+            state.deleted = True
 
     def get(self, collection_id: str) -> CollectionState:
         state = self._states.get(manifests.check_collection_id(collection_id))
@@ -142,18 +179,19 @@ class Collections:
         return list(self._states.values())
 
     def create(self, collection_id: str, *, dimension: int = 0, train_threshold: int = 0,
-               embedding_model: str = "", default_fpir: float = 0.0) -> CollectionManifest:
+               embedding_model: str = "", replicas: int = 0, default_fpir: float = 0.0) -> CollectionManifest:
         """Creates an empty collection; a face collection's model is recorded and fixed for its life.
 
         Args:
             dimension: 0 for a face collection, else the dimension of raw embeddings.
             embedding_model: a face collection's model; "" for the default model.
+            replicas: copies of each partition to keep, 1 to the backend's `num_replicas`; 0: all of them.
             default_fpir: target FPIR of searches that set no threshold, in (0, 1); 0: DEFAULT_FPIR for a face
                 collection, none for raw embeddings.
 
         Raises:
-            InvalidArgument: bad id, no dimension and no face model, an unknown model, a model
-                named for a raw-embedding collection, default_fpir outside [0, 1).
+            InvalidArgument: bad id, no dimension and no face model, an unknown model, or a model
+                named for a raw-embedding collection; replicas out of range; default_fpir outside [0, 1).
             AlreadyExists: the id is taken.
         """
         manifests.check_collection_id(collection_id)
@@ -174,13 +212,16 @@ class Collections:
                                   f"a collection of raw embeddings (dimension {dimension}) has no model")
         if not 1 <= dimension <= 4096:
             raise InvalidArgument(f"dimension must be in [1, 4096], got {dimension}")
+        if not 0 <= replicas <= self.shards.num_replicas:
+            raise InvalidArgument(f"replicas must be in [1, {self.shards.num_replicas}] (this server's copies of each "
+                                  f"shard worker; 0 for all), got {replicas}")
         num_partitions = self.shards.num_workers  # one partition per worker at creation
         with self._lock:
             if collection_id in self._states:
                 raise AlreadyExists(f"collection {collection_id!r} already exists")
             m = CollectionManifest(collection_id, dimension, num_partitions,
                                    train_threshold or self.default_train_threshold, time.time(), model_name,
-                                   default_fpir=default_fpir,
+                                   replicas=replicas or self.shards.num_replicas, default_fpir=default_fpir,
                                    partitions=[PartitionManifest() for _ in range(num_partitions)])
             self.commit(m)
             self._states[collection_id] = self._open(m)
@@ -201,7 +242,7 @@ class Collections:
         with state.write_lock:
             if state.deleted:
                 raise NotFound(f"collection {collection_id!r} does not exist")
-            self.lease.check()
+            self.check_writable()
             self.store.delete(manifests.manifest_key(collection_id))  # the commit point
             state.deleted = True
             with self._lock:

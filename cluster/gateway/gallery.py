@@ -14,7 +14,8 @@ import logging
 import numpy as np
 
 from cluster.api.limits import CALL_TIMEOUT_S
-from cluster.gateway.collections import Collections, CollectionState
+from cluster.gateway.collections import Collections, CollectionState, partitions_of_workers
+from cluster.gateway.follower import Follower
 from cluster.gateway.maintenance import Maintenance
 from cluster.gateway.reads import Reads
 from cluster.gateway.search import (
@@ -56,6 +57,9 @@ class Gallery:
         max_queued_queries: queries the search path holds at once (queued or in flight), >= MAX_QUERIES;
             beyond, searches are refused at once with ResourceExhausted.
         fan_out_observer: told each search fan-out's duration and each worker's search time (metrics).
+        read_only: a read gateway: no lease, no writes (FailedPrecondition), no maintenance; it follows the
+            writer's commits every `follow_interval_s` (cluster/gateway/follower.py).
+        follow_interval_s: a read gateway's seconds between two looks at the store.
 
     Example:
         >>> gallery = Gallery(ObjectStore("/tmp/g"), LocalShards(2, "/tmp/g"))
@@ -69,8 +73,9 @@ class Gallery:
                  default_train_threshold: int = tuning.DEFAULT_TRAIN_THRESHOLD, max_segments: int = 64,
                  call_timeout_s: float = CALL_TIMEOUT_S, background_maintenance: bool = True,
                  lease: WriterLease | None = None, max_queued_queries: int = DEFAULT_MAX_QUEUED_QUERIES,
-                 fan_out_observer: FanOutObserver | None = None, models: dict[str, EmbeddingModel] | None = None):
-        self.lease = lease or WriterLease.acquire(store)
+                 fan_out_observer: FanOutObserver | None = None, models: dict[str, EmbeddingModel] | None = None,
+                 read_only: bool = False, follow_interval_s: float = 1.0):
+        self.lease = None if read_only else lease or WriterLease.acquire(store)
         self.store = store
         self.shards = shards
         self.model = model
@@ -81,32 +86,44 @@ class Gallery:
         self.searches = SearchPath(self.collections, shards, call_timeout_s=call_timeout_s,
                                    max_queued_queries=max_queued_queries, fan_out_observer=fan_out_observer)
         self.reads = Reads(shards)
-        self.maintenance = Maintenance(self.collections, shards, background=background_maintenance)
+        self.maintenance = Maintenance(self.collections, shards, background=background_maintenance and not read_only)
+        self.follower = Follower(self.collections, shards, interval_s=follow_interval_s) if read_only else None
         try:
             loaded = self.collections.load()
         except BaseException:
             self.close()
             raise
-        logger.info("gallery opened %d collections from %s", loaded, store.uri)
+        logger.info("gallery opened %d collections from %s%s", loaded, store.uri, " to read" if read_only else "")
         for state in self.collections.states():  # training or calibration a stop interrupted resumes now
             self.maintenance.start_if_due(state)
+        if self.follower is not None:
+            self.follower.start()
+
+    @property
+    def read_only(self) -> bool:
+        return self.lease is None
 
     def close(self) -> None:
         """Stops searching and maintenance and gives the writer lease back; the shard workers keep running."""
+        if self.follower is not None:
+            self.follower.close()
         self.searches.close()
         self.shards.close()
         self.maintenance.join()
-        self.lease.release()
+        if self.lease is not None:
+            self.lease.release()
 
     # ---- collections -------------------------------------------------------
 
     def create_collection(self, collection_id: str, *, dimension: int = 0, train_threshold: int = 0,
-                          embedding_model: str = "", default_fpir: float = 0.0) -> CollectionManifest:
+                          embedding_model: str = "", replicas: int = 0, default_fpir: float = 0.0
+                          ) -> CollectionManifest:
         """Creates an empty collection (dimension 0: a face collection of `embedding_model`, "" for the
-        default model; default_fpir 0: the default for its kind, see `Collections.create`). InvalidArgument,
-        AlreadyExists."""
+        default model; replicas 0: every copy the shard backend keeps; default_fpir 0: the default for its kind,
+        see `Collections.create`). InvalidArgument, AlreadyExists."""
+        self.collections.check_writable()
         return self.collections.create(collection_id, dimension=dimension, train_threshold=train_threshold,
-                                       embedding_model=embedding_model, default_fpir=default_fpir)
+                                       embedding_model=embedding_model, replicas=replicas, default_fpir=default_fpir)
 
     def describe(self, collection_id: str) -> tuple[CollectionManifest, CollectionState]:
         state = self.collections.get(collection_id)
@@ -117,6 +134,7 @@ class Gallery:
 
     def delete_collection(self, collection_id: str) -> int:
         """Deletes a collection and its objects; returns how many faces it held."""
+        self.collections.check_writable()
         return self.collections.delete(collection_id)
 
     # ---- writes ------------------------------------------------------------
@@ -137,13 +155,16 @@ class Gallery:
             InvalidArgument, ResourceExhausted, AlreadyExists, NotFound, Unavailable.
         """
         state = self.collections.get(collection_id)
+        self.collections.check_writable()  # before any worker stages anything
         added = self.writes.add(state, records, embeddings, skip_existing=skip_existing)
         self.maintenance.start_if_due(state)
         return added
 
     def delete_faces(self, collection_id: str, face_ids: list[str]) -> tuple[list[str], list[str]]:
         """Deletes faces; returns (deleted, unknown) ids."""
-        return self.writes.delete(self.collections.get(collection_id), face_ids)
+        state = self.collections.get(collection_id)
+        self.collections.check_writable()
+        return self.writes.delete(state, face_ids)
 
     # ---- search ------------------------------------------------------------
 
@@ -189,18 +210,32 @@ class Gallery:
     def memory_bytes(self, collection_id: str) -> int:
         return self.reads.memory_bytes(self.collections.get(collection_id))
 
+    def live_replicas(self, collection_id: str) -> int:
+        """The fewest copies of any of the collection's partitions that can be searched now."""
+        self.collections.get(collection_id)
+        return self.shards.live_replicas(collection_id)
+
+    def unavailable_partitions(self, collection_id: str) -> list[int]:
+        """Partitions of the collection that no replica can search now."""
+        m = self.collections.get(collection_id).manifest
+        return partitions_of_workers(self.shards.unavailable_workers(collection_id), m.num_partitions,
+                                     self.shards.num_workers)
+
     # ---- maintenance -------------------------------------------------------
 
     def set_calibration(self, collection_id: str, calibration: Calibration) -> None:
         """Stores a calibration a job measured on labelled faces (source "job"); the collection uses it from now on."""
+        self.collections.check_writable()
         self.maintenance.set_calibration(collection_id, calibration)
 
     def train(self, collection_id: str) -> int:
         """Trains IVF-PQ now and switches every partition to it; returns the new index version."""
+        self.collections.check_writable()
         return self.maintenance.train(collection_id)
 
     def calibrate(self, collection_id: str) -> Calibration:
         """Re-estimates a raw collection's impostor distribution from pairs of its own faces."""
+        self.collections.check_writable()
         return self.maintenance.calibrate(collection_id)
 
     def wait_for_maintenance(self, collection_id: str, timeout_s: float | None = None) -> bool:

@@ -21,7 +21,7 @@ from cluster.api.limits import MAX_K, MAX_QUERIES
 from cluster.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted
 from cluster.gateway.admission import QueryAdmission
 from cluster.gateway.batching import QueryBatcher
-from cluster.gateway.collections import Collections, CollectionState, default_fpir
+from cluster.gateway.collections import Collections, CollectionState, default_fpir, partitions_of_workers
 from cluster.index import tuning, vectors
 from cluster.index.calibration import Calibration, gallery_probability
 from cluster.index.merge import merge_topk
@@ -222,17 +222,12 @@ class SearchPath:
                 "gallery.index_version": live.version, "gallery.shard_workers": self.shards.num_workers}):
             started = time.perf_counter()
             raw = self.shards.search(pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL), self.call_timeout_s,
-                                     skip_unavailable=allow_partial)
+                                     skip_unavailable=allow_partial, collection_id=request.collection_id)
             skipped = [w for w, reply in enumerate(raw) if reply is None]
             replies = [pickle.loads(reply) for reply in raw if reply is not None]
             if self._fan_out_observer is not None and not skipped:  # it reports every worker, in worker order
                 self._fan_out_observer(time.perf_counter() - started, [r.search_s for r in replies])
         D, I = merge_topk([(r.D, r.I) for r in replies], k)
         records = {label: record for r in replies for label, record in r.records.items()}
-        return D, I, (records, _partitions_of(skipped, state.manifest.num_partitions, self.shards.num_workers))
+        return D, I, (records, partitions_of_workers(skipped, state.manifest.num_partitions, self.shards.num_workers))
 
-
-def _partitions_of(workers: list[int], num_partitions: int, num_workers: int) -> list[int]:
-    """The partitions the given workers hold (partition p: worker p % num_workers), ascending."""
-    held = set(workers)
-    return [p for p in range(num_partitions) if p % num_workers in held] if held else []

@@ -310,6 +310,16 @@ class ShardIndex:
             self._drop_gpu_copies(list(self._built))
             self._built.clear()
 
+    def keep_serving(self, previous: ShardIndex) -> None:
+        """Also serves the version `previous` (the same partition, loaded before) had active, until
+        `retire_previous`: a worker that reloads a partition for a new index version still answers queries
+        the gateway assigned with the old one. Slots are the same in both (snapshots keep them)."""
+        with previous._lock:
+            version, index = previous.version, previous._index
+        with self._lock:
+            if version != self.version:
+                self._previous = (version, index)
+
     def retire_previous(self) -> None:
         """Frees the index of the version before the active one, once no query can ask for it."""
         with self._lock:

@@ -8,10 +8,13 @@ import contextlib
 import gc
 import ipaddress
 import logging
+import math
 import signal
 import socket
 import sys
 import threading
+import time
+import uuid
 
 import grpc
 import ray
@@ -22,7 +25,7 @@ from cluster.gateway.face_service import FaceService
 from cluster.gateway.gallery import Gallery
 from cluster.gateway.search import DEFAULT_MAX_QUEUED_QUERIES
 from cluster.index import gpu, tuning
-from cluster.serve import admin, runtime
+from cluster.serve import admin, reaper, runtime
 from cluster.serve.audit import AuditLog
 from cluster.serve.face_servicer import FaceGalleryServicer
 from cluster.serve.interceptors import TrustInterceptor
@@ -37,6 +40,8 @@ from cluster.storage.s3_images import S3ImageReader
 
 logger = logging.getLogger("gallery")
 
+ROLES_OF_GATEWAY = ("writer", "standby", "reader")
+
 
 def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards: int = 2, host: str = "127.0.0.1",
           port: int = 50051, s3_endpoint: str = "", shard_num_cpus: float = 1.0, shard_num_gpus: float = -1.0,
@@ -45,7 +50,8 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
           max_s3_image_bytes: int = MAX_S3_IMAGE_BYTES, audit_store: str = "", admin_token_file: str = "",
           tls_cert: str = "", tls_key: str = "", tls_client_ca: str = "", tls_client_role: str = "searcher",
           insecure: bool = False, max_queued_queries: int = DEFAULT_MAX_QUEUED_QUERIES, metrics_port: int = 9464,
-          metrics_host: str = "127.0.0.1") -> None:
+          metrics_host: str = "127.0.0.1", replicas: int = 1, role: str = "writer",
+          follow_interval_s: float = 1.0) -> None:
     """Serves gallery.v1 until SIGINT or SIGTERM.
 
     Args:
@@ -79,38 +85,59 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
         metrics_port: Prometheus metrics on http://<metrics_host>:<port>/metrics; 0 serves none.
         metrics_host: address of the metrics endpoint; 127.0.0.1 keeps it private to the machine, 0.0.0.0 lets
             Prometheus scrape it from inside a cluster.
+        replicas: copies of each shard worker, placed on different Ray nodes where there are enough; a
+            collection keeps 1 to this many (CreateCollection.replicas; 0 there: this many).
+        role: "writer" takes the store's writer lease (or exits when another gateway holds it); "standby"
+            starts its workers, then waits for the lease and serves as the writer once it has it (when the
+            writer dies); "reader" serves searches and reads from what the writer commits, following it
+            every follow_interval_s, with shard workers of its own (any number of readers per store; each
+            needs an --audit-store of its own, as an audit chain has one writer).
+        follow_interval_s: a reader's seconds between two looks at the store's commits.
     """
+    if role not in ROLES_OF_GATEWAY:
+        raise ValueError(f"--role must be one of {', '.join(ROLES_OF_GATEWAY)}, got {role!r}")
+    if role == "reader" and not audit_store:
+        raise ValueError("a reader needs an --audit-store of its own: the store's audit chain has one writer")
     credentials = _tls_credentials(host, tls_cert, tls_key, tls_client_ca, tls_client_role, insecure)
-    _check_port_free(host, port)
-    if metrics_port:
-        _check_port_free(metrics_host, metrics_port)
+    if role != "standby":  # a standby binds once it takes over, when the writer it replaces has let go
+        _check_ports_free(host, port, metrics_host, metrics_port)
     # Both stores are opened first, so that one that cannot be a store stops serve before the lease and Ray.
     object_store = ObjectStore(store, s3_endpoint=s3_endpoint or None)
     audit_object_store = ObjectStore(audit_store, s3_endpoint=s3_endpoint or None) if audit_store else object_store
-    lease = WriterLease.acquire(object_store)  # before anything starts: a second gateway on the store stops here
+    # A writer takes the lease before anything starts: a second writer on the store stops here.
+    lease = WriterLease.acquire(object_store) if role == "writer" else None
     try:
         check_store(object_store)
     except UnsafeStore:
-        lease.release()
+        if lease is not None:
+            lease.release()
         raise
+    reaper.watch_in_background()  # a hard kill of this process leaves none of the Ray processes it starts
     runtime.start_ray(ray_address)
-    shard_gpus, face_gpus = gpus_per_actor(num_shards, shard_num_gpus, face_workers, face_num_gpus,
+    shard_gpus, face_gpus = gpus_per_actor(num_shards * replicas, shard_num_gpus, face_workers, face_num_gpus,
                                            cluster_gpus=ray.cluster_resources().get("GPU", 0))
-    shards = RayShards.start(num_shards, store, s3_endpoint=s3_endpoint or None, num_cpus=shard_num_cpus,
-                             num_gpus=shard_gpus, omp_threads=max(1, int(shard_num_cpus)))
+    shards = RayShards.start(num_shards, store, replicas=replicas, s3_endpoint=s3_endpoint or None,
+                             num_cpus=shard_num_cpus, num_gpus=shard_gpus, omp_threads=max(1, int(shard_num_cpus)),
+                             cluster_name="gallery" if role != "reader" else f"gallery-reader-{uuid.uuid4().hex[:8]}")
     face_actors, model, models = [], None, None
     if face_workers:
         face_actors = runtime.start_face_workers(face_workers, num_cpus=face_num_cpus, num_gpus=face_gpus)
         model = ray.get(face_actors[0].ready.remote())  # the default model, loaded; the others load on first use
         models = runtime.face_models()
+    if role == "standby":
+        print(f"standby: workers ready; waiting for the writer lease of {store}", flush=True)
+        lease = WriterLease.acquire(object_store, wait_s=math.inf)
+        took_over = time.monotonic()
+        shards.call_all("catch_up")  # the workers loaded the store when they started: add what came since
+        _check_ports_free(host, port, metrics_host, metrics_port)
     metrics = GatewayMetrics()
     gallery = Gallery(object_store, shards, model=model, models=models, default_train_threshold=train_threshold,
-                      lease=lease,
-                      max_queued_queries=max_queued_queries, fan_out_observer=metrics.observe_fan_out)
+                      lease=lease, max_queued_queries=max_queued_queries, fan_out_observer=metrics.observe_fan_out,
+                      read_only=role == "reader", follow_interval_s=follow_interval_s)
     metrics.watch(gallery)
     tokens = TokenRegistry(object_store)
     token_path = admin_token_file or admin_token_path(store)
-    if ensure_admin_token(tokens, token_path):
+    if role != "reader" and ensure_admin_token(tokens, token_path):  # a reader writes nothing to the store
         print(f"created the admin token: {token_path} (mode 0600; `gallery token create` makes others)", flush=True)
     audit = AuditLog(audit_object_store)
     # Metrics first: the calls the trust interceptor refuses are counted too.
@@ -129,8 +156,12 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
                         servicer=FaceGalleryServicer(gallery, faces, audit_object_store),
                         credentials=credentials) as (_, bound), \
             (serving_metrics(metrics, metrics_host, metrics_port) if metrics_port else contextlib.nullcontext()):
-        print(f"gallery.v1 serving on {host}:{bound} ({'TLS' if credentials else 'plaintext'}; store {store}, "
-              f"{num_shards} shards, {face_workers} face workers{f' with {model.name}' if model else ''}; "
+        if role == "standby":
+            print(f"standby: took over as the writer {time.monotonic() - took_over:.1f} s after the lease was free",
+                  flush=True)
+        print(f"gallery.v1 serving on {host}:{bound} as {'the writer' if role != 'reader' else 'a reader'} "
+              f"({'TLS' if credentials else 'plaintext'}; store {store}, "
+              f"{num_shards} shards{f' × {replicas} replicas' if replicas > 1 else ''}, {face_workers} face workers{f' with {model.name}' if model else ''}; "
               f"admin token in {token_path}"
               f"{f'; metrics on http://{metrics_host}:{metrics_port}/metrics' if metrics_port else ''})", flush=True)
         # A signal that lands on another thread runs its Python handler only once the main thread runs
@@ -180,6 +211,12 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+def _check_ports_free(host: str, port: int, metrics_host: str, metrics_port: int) -> None:
+    _check_port_free(host, port)
+    if metrics_port:
+        _check_port_free(metrics_host, metrics_port)
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -137,6 +137,10 @@ class _GalleryCollector(Collector):
                                     "exactly, else the version of its trained IVF-PQ index", labels=labels)
         training = GaugeMetricFamily("gallery_collection_training", "1 while the collection trains or "
                                      "calibrates in the background", labels=labels)
+        replicas = GaugeMetricFamily("gallery_collection_replicas", "Copies of each partition the collection "
+                                     "keeps", labels=labels)
+        live = GaugeMetricFamily("gallery_collection_live_replicas", "The fewest copies of any of the collection's "
+                                 "partitions that can be searched now (0: some partition cannot)", labels=labels)
         for state in self.gallery.collections.states():
             if state.deleted:
                 continue
@@ -144,11 +148,13 @@ class _GalleryCollector(Collector):
             faces.add_metric([m.collection_id], m.face_count)
             version.add_metric([m.collection_id], m.index_version)
             training.add_metric([m.collection_id], int(bool(state.maintenance and state.maintenance.is_alive())))
+            replicas.add_metric([m.collection_id], m.replicas)
+            live.add_metric([m.collection_id], self.gallery.shards.live_replicas(m.collection_id))
             try:
                 memory.add_metric([m.collection_id], self.gallery.memory_bytes(m.collection_id))
             except Exception as e:  # a worker down or the collection just deleted: the other gauges still count
                 logger.debug("no memory_bytes for %s at this scrape: %s", m.collection_id, e)
-        yield from (faces, memory, version, training)
+        yield from (faces, memory, version, training, replicas, live)
 
 
 @contextlib.contextmanager

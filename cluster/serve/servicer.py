@@ -89,7 +89,9 @@ class GalleryServicer(gallery_pb2_grpc.GalleryServicer):
             training=bool(state.maintenance and state.maintenance.is_alive()),
             train_threshold=m.train_threshold, embedding_model=m.embedding_model,
             calibration=convert.calibration_message(state.calibration, m.face_count, default_fpir(m)),
-            memory_bytes=self.gallery.memory_bytes(collection_id))
+            memory_bytes=self.gallery.memory_bytes(collection_id), replicas=m.replicas,
+            unavailable_partitions=self.gallery.unavailable_partitions(collection_id),
+            live_replicas=self.gallery.live_replicas(collection_id))
         description.created_at.FromNanoseconds(int(m.created_at * 1e9))
         return description
 
@@ -97,7 +99,8 @@ class GalleryServicer(gallery_pb2_grpc.GalleryServicer):
     def CreateCollection(self, request, context):
         self.gallery.create_collection(request.collection_id, dimension=request.dimension,
                                        train_threshold=request.train_threshold,
-                                       embedding_model=request.embedding_model, default_fpir=request.default_fpir)
+                                       embedding_model=request.embedding_model, replicas=request.replicas,
+                                       default_fpir=request.default_fpir)
         return pb.CreateCollectionResponse(collection=self._describe(request.collection_id))
 
     @_status_errors

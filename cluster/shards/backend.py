@@ -21,9 +21,14 @@ from cluster.shards.worker import ShardWorker
 
 
 class ShardBackend(abc.ABC):
-    """The shard workers of one gateway, numbered 0..num_workers-1; partition p lives on worker p % num_workers."""
+    """The shard workers of one gateway, numbered 0..num_workers-1; partition p lives on worker p % num_workers.
+
+    A backend may run several copies (replicas) of each worker (cluster/shards/replicas.py); the gateway still
+    speaks of worker w, and the backend routes each call to the right copies.
+    """
 
     num_workers: int
+    num_replicas: int = 1  # most copies of each worker a collection can keep
 
     @abc.abstractmethod
     def call(self, method: str, calls: Iterable[tuple[int, tuple]], *, maintenance: bool = False,
@@ -45,11 +50,14 @@ class ShardBackend(abc.ABC):
                          timeout_s=timeout_s)
 
     @abc.abstractmethod
-    def search(self, request: bytes, timeout_s: float, *, skip_unavailable: bool = False) -> list[bytes | None]:
+    def search(self, request: bytes, timeout_s: float, *, skip_unavailable: bool = False,
+               collection_id: str | None = None) -> list[bytes | None]:
         """Every worker's `search(request)`, in worker order (pickled `SearchRequest` in, `SearchReply` out).
 
         Args:
             skip_unavailable: leave out the workers `unavailable_workers` names, with None in their place.
+            collection_id: the collection searched, so that a replicated backend asks the copies holding it
+                (and, when one fails, another within timeout_s).
 
         Raises:
             Unavailable: a worker searched is down or fails on the way (never answered with fewer replies);
@@ -60,9 +68,14 @@ class ShardBackend(abc.ABC):
     def train(self, xt: np.ndarray, nlist: int, pq_m: int) -> bytes:
         """A trained, empty IVF-PQ index (`cluster.index.training.train_ivfpq`), trained where the backend runs."""
 
-    def unavailable_workers(self) -> list[int]:
-        """Workers that cannot answer now (down, restarting, being created anew); [] when all can."""
+    def unavailable_workers(self, collection_id: str | None = None) -> list[int]:
+        """Workers that cannot answer now (down, restarting, being created anew) in any copy holding the
+        collection (or, without one, some collection); [] when all can."""
         return []
+
+    def live_replicas(self, collection_id: str) -> int:
+        """The fewest copies of any one worker that hold the collection and can answer now."""
+        return 0 if self.unavailable_workers(collection_id) else 1
 
     def close(self) -> None:
         """Lets go of the workers' channels; the workers themselves keep running (see `stop`)."""
@@ -109,14 +122,15 @@ class LocalShards(ShardBackend):
                 results.append(getattr(self.workers[w], method)(*args))
         return results
 
-    def search(self, request: bytes, timeout_s: float, *, skip_unavailable: bool = False) -> list[bytes | None]:
+    def search(self, request: bytes, timeout_s: float, *, skip_unavailable: bool = False,
+               collection_id: str | None = None) -> list[bytes | None]:
         skipped = set(self._down) if skip_unavailable else set()
         if skipped and len(skipped) == self.num_workers:
             raise Unavailable(f"every shard worker is unavailable: {sorted(skipped)}")
         self._refuse_down(w for w in range(self.num_workers) if w not in skipped)
         return [None if w in skipped else worker.search(request) for w, worker in enumerate(self.workers)]
 
-    def unavailable_workers(self) -> list[int]:
+    def unavailable_workers(self, collection_id: str | None = None) -> list[int]:
         """Workers taken down with `take_down`."""
         return sorted(self._down)
 

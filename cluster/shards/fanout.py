@@ -5,7 +5,8 @@ A search of a tiny collection fanned out to two workers takes 0.22 ms (p50,
 channel is unknown or broken: when a worker crashed, its channel breaks, that
 request goes out as actor calls (which wait for Ray to restart the worker, or
 fail as UNAVAILABLE), and the workers' new channel addresses are fetched in the
-background.
+background. A fan-out over one replica of replicated workers fails fast instead (`fail_fast`): another
+replica answers sooner than a restarting worker would.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 import ray
 
 from cluster.api.limits import CALL_TIMEOUT_S
-from cluster.errors import DeadlineExceeded
+from cluster.errors import DeadlineExceeded, Unavailable
 from cluster.shards.channel import ChannelClosed, ChannelPool, exchange
 
 logger = logging.getLogger(__name__)
@@ -32,10 +33,12 @@ class SearchFanOut:
     Args:
         workers: ShardWorker actor handles.
         timeout_s: bound on fetching the workers' channel addresses at start.
+        fail_fast: while a channel is broken or not yet open, raise Unavailable rather than make actor calls.
     """
 
-    def __init__(self, workers: Sequence, *, timeout_s: float = CALL_TIMEOUT_S):
+    def __init__(self, workers: Sequence, *, timeout_s: float = CALL_TIMEOUT_S, fail_fast: bool = False):
         self.workers = list(workers)
+        self.fail_fast = fail_fast
         self._node_id = ray.get_runtime_context().get_node_id()
         self._pools: list[ChannelPool] | None = None
         self._resolving = False
@@ -65,6 +68,8 @@ class SearchFanOut:
                     connection.close()
                 logger.warning("a search channel broke; using actor calls until the workers' channels reopen")
                 self._drop(pools)
+                if self.fail_fast:
+                    raise Unavailable("a shard worker's search channel broke") from None
             except Exception:  # a worker's own error; every reply was read
                 for pool, connection in zip(pools, connections):
                     pool.give_back(connection)
@@ -74,6 +79,8 @@ class SearchFanOut:
                     pool.give_back(connection)
                 self.channel_searches += 1
                 return replies
+        if self.fail_fast:
+            raise Unavailable("the shard workers' search channels are reopening")
         return ray.get([w.search.remote(request) for w in self.workers], timeout=timeout_s)
 
     def replace_worker(self, worker_id: int, worker) -> None:

@@ -14,6 +14,12 @@ Writes are two-phase, driven by the gateway under the collection's write lock:
 `stage` checks and writes a segment object, the gateway commits the manifest,
 then `apply` makes the segment live (reading it back from the store if the
 worker restarted in between). `abort` drops a staged segment.
+
+A collection kept in R replicas lives on the workers of replicas 0..R-1, one per
+worker id. The replica that takes a write (the gateway's choice) stages, builds
+and compacts as above; the others follow the store: `catch_up` reads the
+committed manifests and loads what changed, which is also how a replica that
+missed writes while it was away comes back level before it serves.
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ from cluster.storage.records import (
 
 logger = logging.getLogger(__name__)
 
+VANISHED_RETRIES = 5  # loads retried from a newer manifest when the writer collected what the older one named
+
 
 class ShardWorker:
     """Holds the partitions p with p % num_workers == worker_id of every collection.
@@ -60,10 +68,12 @@ class ShardWorker:
             OMP_NUM_THREADS to the actor's CPUs).
         use_gpu: search trained partitions on this process's first GPU (Ray's CUDA_VISIBLE_DEVICES
             names the one it gave the actor); without a GPU or a GPU build of FAISS, on CPU.
+        replica: which copy of its partitions this worker holds: it holds the collections kept in more
+            than `replica` replicas (replica 0 holds every collection).
     """
 
     def __init__(self, worker_id: int, num_workers: int, store_uri: str, *, s3_endpoint: str | None = None,
-                 omp_threads: int = 0, use_gpu: bool = False):
+                 omp_threads: int = 0, use_gpu: bool = False, replica: int = 0):
         self._omp_threads = omp_threads
         self._use_omp_threads()
         self.gpu_device = 0 if use_gpu and gpu.available() else None
@@ -72,13 +82,16 @@ class ShardWorker:
                            "no GPU visible" if gpu.built_for_gpus() else "FAISS has no GPU support (faiss-cpu)")
         self.worker_id = worker_id
         self.num_workers = num_workers
+        self.replica = replica
         self.store = ObjectStore(store_uri, s3_endpoint=s3_endpoint)
         self._partitions: dict[str, dict[int, ShardIndex]] = {}
         self._applied: dict[tuple[str, int], set[str]] = {}  # segment keys applied since the snapshot
+        # What each partition was loaded from (snapshot, index, index version): a follower reloads on a change.
+        self._loaded_from: dict[tuple[str, int], tuple] = {}
         self._staged: dict[str, list[tuple[str, int, Segment, object]]] = {}
         self._channel: ChannelServer | None = None
         for manifest in manifests.load_all(self.store):
-            self.open_collection(manifest.to_json())
+            self._follow_latest(manifest, reload_changed=False)
 
     def _use_omp_threads(self) -> None:
         # OpenMP's thread count is per calling thread, and searches and builds run on the search channel's
@@ -89,6 +102,10 @@ class ShardWorker:
     def pid(self) -> int:
         """Process id (tests kill it to simulate a crash)."""
         return os.getpid()
+
+    def node_id(self) -> str:
+        """The Ray node this process runs on."""
+        return ray.get_runtime_context().get_node_id()
 
     def ready(self) -> dict:
         """Sizes of the partitions held, for health checks."""
@@ -110,20 +127,76 @@ class ShardWorker:
 
     # ---- collections -------------------------------------------------------
 
+    def holds(self, manifest: CollectionManifest) -> bool:
+        """Whether this worker keeps a replica of the collection."""
+        return manifest.replicas > self.replica
+
     def open_collection(self, manifest_json: bytes) -> None:
         """Loads the collection's partitions this worker owns, or catches up on committed segments."""
-        manifest = CollectionManifest.from_json(manifest_json)
+        self._follow_latest(CollectionManifest.from_json(manifest_json), reload_changed=False)
+
+    def catch_up(self, collection_id: str | None = None) -> int:
+        """Brings this worker level with the store's committed manifests: of one collection, or of all.
+
+        Partitions whose snapshot or index changed (a build or compaction elsewhere) are loaded anew,
+        then every committed segment is applied; collections gone from the store, or kept in fewer
+        replicas than this worker's, are dropped. Returns the collections held afterwards.
+        """
+        if collection_id is None:
+            committed = {m.collection_id: m for m in manifests.load_all(self.store)}
+            stale = set(self._partitions)
+        else:
+            try:
+                committed = {collection_id: manifests.load(self.store, collection_id)}
+            except FileNotFoundError:
+                committed = {}
+            stale = {collection_id}
+        for cid in stale - {cid for cid, m in committed.items() if self.holds(m)}:
+            self.drop_collection(cid)
+        for m in committed.values():
+            self._follow_latest(m, reload_changed=True)
+        return len(self._partitions)
+
+    def _follow_latest(self, manifest: CollectionManifest, *, reload_changed: bool) -> None:
+        """`_follow`, again from the newest manifest when an object it names vanished meanwhile.
+
+        The writer deletes the objects a commit no longer names (a compaction folds segments into a new
+        snapshot) right after committing: a worker loading the manifest before finds them gone, and the
+        manifest after names what replaced them.
+        """
+        for attempt in range(VANISHED_RETRIES + 1):
+            try:
+                self._follow(manifest, reload_changed=reload_changed or attempt > 0)
+                return
+            except FileNotFoundError as e:
+                if attempt == VANISHED_RETRIES:
+                    raise
+                logger.info("worker %d: %s changed while loading (%s); loading its newest manifest",
+                            self.worker_id, manifest.collection_id, e)
+            try:
+                manifest = manifests.load(self.store, manifest.collection_id)
+            except FileNotFoundError:  # the collection was deleted meanwhile
+                self.drop_collection(manifest.collection_id)
+                return
+
+    def _follow(self, manifest: CollectionManifest, *, reload_changed: bool) -> None:
+        if not self.holds(manifest):
+            return
         cid = manifest.collection_id
         trained = None
         for p, part in enumerate(manifest.partitions):
             if not self.owns(p):
                 continue
             shard = self._partitions.get(cid, {}).get(p)
-            if shard is None:
+            source = (part.snapshot, part.index, manifest.index_version)
+            if shard is None or (reload_changed and self._loaded_from.get((cid, p)) != source):
                 if manifest.index_version and trained is None and not part.index:
                     trained = load_index(self.store.get(manifest.trained_index))
-                shard = self._load_partition(manifest, p, part, trained)
-                self._partitions.setdefault(cid, {})[p] = shard
+                fresh = self._load_partition(manifest, p, part, trained)  # the old one serves meanwhile
+                if shard is not None:
+                    fresh.keep_serving(shard)  # queries assigned with the old version, until retire_previous
+                    shard.release_gpu_copies()
+                self._partitions.setdefault(cid, {})[p] = fresh
             for segment in part.segments:
                 self._apply_segment(cid, p, segment, None)
 
@@ -131,6 +204,7 @@ class ShardWorker:
                         trained: faiss.Index | None) -> ShardIndex:
         shard = ShardIndex(manifest.dimension, p, manifest.num_partitions, gpu_device=self.gpu_device)
         self._applied[(manifest.collection_id, p)] = set()
+        self._loaded_from[(manifest.collection_id, p)] = (part.snapshot, part.index, manifest.index_version)
         if part.snapshot:
             shard.add(batch_from_parquet(self.store.get(part.snapshot), manifest.dimension))
         if manifest.index_version:
@@ -149,6 +223,7 @@ class ShardWorker:
             shard.release_gpu_copies()
         for key in [k for k in self._applied if k[0] == collection_id]:
             del self._applied[key]
+            self._loaded_from.pop(key, None)
 
     def _shard(self, collection_id: str, partition: int) -> ShardIndex:
         return self._partitions[collection_id][partition]

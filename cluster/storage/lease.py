@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 LOCK_FILE = ".gateway.lock"
 LEASE_KEY = "gateway.lease"
+LOCAL_POLL_S = 0.1  # how often a gateway waiting for a folder's lease tries again
 
 
 class StoreInUse(RuntimeError):
@@ -65,15 +66,16 @@ class WriterLease:
         Args:
             store: the store the gateway will write.
             ttl_s: S3 only: how long a lease lives without renewal.
-            wait_s: S3 only: how long to wait for a lease held elsewhere to expire; default ttl_s + a renewal,
-                so that a gateway restarted on another host takes over from one that died.
+            wait_s: how long to wait for a lease held elsewhere: on S3 for it to expire (default ttl_s + a
+                renewal, so that a gateway restarted on another host takes over from one that died), on a
+                folder for its holder to exit (default 0); math.inf for a standby gateway.
 
         Raises:
             StoreInUse: another live gateway holds it (after `wait_s` on S3).
         """
         lease = cls(store, ttl_s)
         if store.is_local:
-            lease._lock_local()
+            lease._lock_local(0.0 if wait_s is None else wait_s)
         else:
             lease._take_s3(ttl_s + ttl_s / 3 if wait_s is None else wait_s)
         return lease
@@ -104,15 +106,21 @@ class WriterLease:
 
     # ---- local folder ------------------------------------------------------
 
-    def _lock_local(self) -> None:
+    def _lock_local(self, wait_s: float) -> None:
         fd = os.open(os.path.join(self.store.root, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 4096).decode(errors="replace").strip()
-            os.close(fd)
-            raise StoreInUse(f"{self.store.uri} is served by another gateway ({holder or 'unknown'}); "
-                             "stop it first") from None
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(LOCAL_POLL_S)  # not a blocking flock: SIGTERM must still stop a waiting standby
+                    continue
+                holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+                os.close(fd)
+                raise StoreInUse(f"{self.store.uri} is served by another gateway ({holder or 'unknown'}); "
+                                 "stop it first") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(self.holder).encode(), 0)
         self._lock_fd = fd

@@ -46,6 +46,7 @@ class CollectionManifest:
     train_threshold: int
     created_at: float
     embedding_model: str = ""
+    replicas: int = 1  # copies of each partition the gateway keeps live, on different Ray nodes where it can
     face_count: int = 0
     sequence: int = 0  # last sequence number used in an object key
     index_version: int = 0  # 0: exact search

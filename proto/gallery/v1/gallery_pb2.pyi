@@ -157,18 +157,20 @@ class Calibration(_message.Message):
     def __init__(self, source: _Optional[_Union[CalibrationSource, str]] = ..., impostor_pairs: _Optional[int] = ..., default_min_similarity: _Optional[float] = ..., default_fpir: _Optional[float] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("collection_id", "dimension", "train_threshold", "embedding_model", "default_fpir")
+    __slots__ = ("collection_id", "dimension", "train_threshold", "embedding_model", "default_fpir", "replicas")
     COLLECTION_ID_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     TRAIN_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_FPIR_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
     collection_id: str
     dimension: int
     train_threshold: int
     embedding_model: str
     default_fpir: float
-    def __init__(self, collection_id: _Optional[str] = ..., dimension: _Optional[int] = ..., train_threshold: _Optional[int] = ..., embedding_model: _Optional[str] = ..., default_fpir: _Optional[float] = ...) -> None: ...
+    replicas: int
+    def __init__(self, collection_id: _Optional[str] = ..., dimension: _Optional[int] = ..., train_threshold: _Optional[int] = ..., embedding_model: _Optional[str] = ..., default_fpir: _Optional[float] = ..., replicas: _Optional[int] = ...) -> None: ...
 
 class CreateCollectionResponse(_message.Message):
     __slots__ = ("collection",)
@@ -183,7 +185,7 @@ class DescribeCollectionRequest(_message.Message):
     def __init__(self, collection_id: _Optional[str] = ...) -> None: ...
 
 class CollectionDescription(_message.Message):
-    __slots__ = ("collection_id", "dimension", "face_count", "num_partitions", "index_state", "nlist", "pq_m", "trained_on", "training", "train_threshold", "embedding_model", "calibration", "created_at", "memory_bytes")
+    __slots__ = ("collection_id", "dimension", "face_count", "num_partitions", "index_state", "nlist", "pq_m", "trained_on", "training", "train_threshold", "embedding_model", "calibration", "created_at", "memory_bytes", "replicas", "unavailable_partitions", "live_replicas")
     COLLECTION_ID_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     FACE_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -198,6 +200,9 @@ class CollectionDescription(_message.Message):
     CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    UNAVAILABLE_PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    LIVE_REPLICAS_FIELD_NUMBER: _ClassVar[int]
     collection_id: str
     dimension: int
     face_count: int
@@ -212,7 +217,10 @@ class CollectionDescription(_message.Message):
     calibration: Calibration
     created_at: _timestamp_pb2.Timestamp
     memory_bytes: int
-    def __init__(self, collection_id: _Optional[str] = ..., dimension: _Optional[int] = ..., face_count: _Optional[int] = ..., num_partitions: _Optional[int] = ..., index_state: _Optional[_Union[IndexState, str]] = ..., nlist: _Optional[int] = ..., pq_m: _Optional[int] = ..., trained_on: _Optional[int] = ..., training: _Optional[bool] = ..., train_threshold: _Optional[int] = ..., embedding_model: _Optional[str] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
+    replicas: int
+    unavailable_partitions: _containers.RepeatedScalarFieldContainer[int]
+    live_replicas: int
+    def __init__(self, collection_id: _Optional[str] = ..., dimension: _Optional[int] = ..., face_count: _Optional[int] = ..., num_partitions: _Optional[int] = ..., index_state: _Optional[_Union[IndexState, str]] = ..., nlist: _Optional[int] = ..., pq_m: _Optional[int] = ..., trained_on: _Optional[int] = ..., training: _Optional[bool] = ..., train_threshold: _Optional[int] = ..., embedding_model: _Optional[str] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., memory_bytes: _Optional[int] = ..., replicas: _Optional[int] = ..., unavailable_partitions: _Optional[_Iterable[int]] = ..., live_replicas: _Optional[int] = ...) -> None: ...
 
 class ListCollectionsRequest(_message.Message):
     __slots__ = ("max_results", "next_token")
