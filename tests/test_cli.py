@@ -54,7 +54,7 @@ def test_serve_stop_serve_keeps_collections_and_faces(tmp_path):
             convert.new_face(f"v{i}", x) for i, x in enumerate(xb)]), metadata=served.metadata)
         # One server per port: a second serve, of another store, on the same port exits at once.
         second = subprocess.run([sys.executable, "-m", "cluster.serve.cli", "serve", "--store", str(tmp_path / "b"),
-                                 "--port", str(port), "--face-workers", "0"],
+                                 "--port", str(port), "--face-workers", "0", "--metrics-port", "0"],
                                 capture_output=True, text=True, timeout=60, env={**os.environ, "RAY_ADDRESS": ""})
         assert second.returncode == 1 and f"cannot serve on 127.0.0.1:{port}" in second.stderr, second.stderr
         assert "Traceback" not in second.stderr
@@ -65,7 +65,7 @@ def test_serve_stop_serve_keeps_collections_and_faces(tmp_path):
     try:
         # A second gateway on the same store would overwrite the first one's manifests: it refuses to start.
         second = subprocess.run([sys.executable, "-m", "cluster.serve.cli", "serve", "--store", str(store),
-                                 "--port", str(free_port()), "--face-workers", "0"],
+                                 "--port", str(free_port()), "--face-workers", "0", "--metrics-port", "0"],
                                 capture_output=True, text=True, timeout=60, env={**os.environ, "RAY_ADDRESS": ""})
         assert second.returncode == 1
         assert "is served by another gateway" in second.stderr and f'"pid": {served.process.pid}' in second.stderr

@@ -170,7 +170,7 @@ def test_gallery_serve_refuses_an_unsafe_store_before_starting(tmp_path):
     (tmp_path / "store").mkdir()
     (tmp_path / "store" / "manifest.json").write_bytes(b"{}")  # where the ".." collection's manifest landed
     served = subprocess.run([sys.executable, "-m", "cluster.serve.cli", "serve", "--store", str(tmp_path / "store"),
-                             "--port", "0"],
+                             "--port", "0", "--metrics-port", "0"],
                             capture_output=True, text=True, timeout=60)
     assert served.returncode == 1
     assert "manifest.json at its root" in served.stderr and "Traceback" not in served.stderr
