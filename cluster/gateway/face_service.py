@@ -50,8 +50,8 @@ logger = logging.getLogger(__name__)
 
 # CompareFaces' default false-match rate when the request sets no threshold. A 1:1 comparison is often a
 # verification someone acts on, so it is held as strictly as a search of a 100-face gallery at the default
-# FPIR (1 - (1 - 1e-4)^100 ≈ 0.01); the shipped calibrations measure it (SFace: 20 of ~210,000 impostor
-# pairs), so it is a measured rate, not a bound.
+# FPIR (1 - (1 - 1e-4)^100 ≈ 0.01); the shipped calibrations certify it (13 of their 210,273 impostor pairs
+# reach the threshold it gives: SFace 0.462, FaceNet 0.708).
 DEFAULT_COMPARE_FMR = 1e-4
 SMALL_FACE_PX = 20  # a face model has too few pixels to identify a face this small (see faces/quality.py)
 
