@@ -60,11 +60,13 @@ class GalleryClient:
 
     # ---- collections -------------------------------------------------------
 
-    def create_collection(self, collection_id: str, *, dimension: int = 0, train_threshold: int = 0
-                          ) -> pb.CollectionDescription:
-        """Creates an empty collection; dimension 0 is the server's face model, train_threshold 0 its default."""
+    def create_collection(self, collection_id: str, *, dimension: int = 0, train_threshold: int = 0,
+                          target_recall: float = 0.0) -> pb.CollectionDescription:
+        """Creates an empty collection; dimension 0 is the server's face model, train_threshold 0 its default,
+        target_recall 0 the default recall@10 target (0.99)."""
         return self._call(self._stub.CreateCollection, pb.CreateCollectionRequest(
-            collection_id=collection_id, dimension=dimension, train_threshold=train_threshold)).collection
+            collection_id=collection_id, dimension=dimension, train_threshold=train_threshold,
+            target_recall=target_recall)).collection
 
     def describe(self, collection_id: str) -> pb.CollectionDescription:
         """The collection's size, index state and calibration."""
@@ -103,33 +105,43 @@ class GalleryClient:
             collection_id=collection_id, faces=faces, skip_existing=skip_existing))
 
     def search(self, collection_id: str, xq: np.ndarray, k: int, *, purpose: str, case_id: str, nprobe: int = 0,
-               min_similarity: float | None = None) -> tuple[np.ndarray, list[list[str]]]:
+               min_similarity: float | None = None, target_recall: float = 0.0, ids_only: bool = False
+               ) -> tuple[np.ndarray, list[list[str]]]:
         """Returns D (nq, k) similarities (-inf where fewer) and the face ids, like a faiss index.
 
         `purpose` (why) and `case_id` (for which case) are required by the server and audited. Fails with
         UNAVAILABLE while a partition is down: (D, ids) could not say which faces are missing, so partial
-        results are only to be had from `search_raw(..., allow_partial=True)`.
+        results are only to be had from `search_raw(..., allow_partial=True)`. `target_recall`: recall@10 to
+        reach (0: the collection's). `ids_only`: the server answers packed arrays, no face records (the same
+        D and ids here, for less work on both sides).
         """
         response = self.search_raw(collection_id, xq, k, nprobe=nprobe, min_similarity=min_similarity,
-                                   purpose=purpose, case_id=case_id)
+                                   purpose=purpose, case_id=case_id, target_recall=target_recall, ids_only=ids_only)
         D = np.full((len(xq), k), -np.inf, dtype=np.float32)
         ids = []
+        if ids_only:
+            for q, (face_ids, similarities, _) in enumerate(convert.unpack(response.packed)):
+                D[q, :len(face_ids)] = similarities
+                ids.append(face_ids)
+            return D, ids
         for q, result in enumerate(response.results):
             D[q, :len(result.candidates)] = [c.similarity for c in result.candidates]
             ids.append([c.face.face_id for c in result.candidates])
         return D, ids
 
     def search_raw(self, collection_id: str, xq: np.ndarray, k: int, *, purpose: str, case_id: str,
-                   nprobe: int = 0, min_similarity: float | None = None,
-                   allow_partial: bool = False) -> pb.SearchByEmbeddingResponse:
-        """The full response, with face records and false-match estimates.
+                   nprobe: int = 0, min_similarity: float | None = None, allow_partial: bool = False,
+                   target_recall: float = 0.0, ids_only: bool = False) -> pb.SearchByEmbeddingResponse:
+        """The full response, with face records and false-match estimates (with `ids_only`, `response.packed`
+        instead: ids, similarities and gallery false-match probabilities as arrays; see `convert.unpack`).
 
         With `allow_partial`, a search while partitions are down answers from the others, with
         `response.partial` set and `response.missing_partitions` naming them, instead of failing UNAVAILABLE.
         """
         queries = [convert.embedding(x) for x in np.atleast_2d(xq)]
         request = pb.SearchByEmbeddingRequest(collection_id=collection_id, queries=queries, k=k, nprobe=nprobe,
-                                              purpose=purpose, case_id=case_id, allow_partial=allow_partial)
+                                              purpose=purpose, case_id=case_id, allow_partial=allow_partial,
+                                              target_recall=target_recall, ids_only=ids_only)
         if min_similarity is not None:
             request.min_similarity = min_similarity
         return self._call(self._stub.SearchByEmbedding, request)

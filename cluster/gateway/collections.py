@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import faiss
 
-from cluster.api.limits import DEFAULT_COLLECTIONS_PER_PAGE, MAX_COLLECTIONS_PER_PAGE
+from cluster.api.limits import DEFAULT_COLLECTIONS_PER_PAGE, DEFAULT_TARGET_RECALL, MAX_COLLECTIONS_PER_PAGE
 from cluster.errors import AlreadyExists, InvalidArgument, NotFound
 from cluster.index.calibration import Calibration, EmbeddingModel
 from cluster.index.training import load_index
@@ -130,11 +130,12 @@ class Collections:
     def states(self) -> list[CollectionState]:
         return list(self._states.values())
 
-    def create(self, collection_id: str, *, dimension: int = 0, train_threshold: int = 0) -> CollectionManifest:
+    def create(self, collection_id: str, *, dimension: int = 0, train_threshold: int = 0,
+               target_recall: float = 0.0) -> CollectionManifest:
         """Creates an empty collection.
 
         Raises:
-            InvalidArgument: bad id, no dimension and no face model.
+            InvalidArgument: bad id, no dimension and no face model, target_recall outside [0, 1].
             AlreadyExists: the id is taken.
         """
         manifests.check_collection_id(collection_id)
@@ -145,13 +146,17 @@ class Collections:
             dimension, model_name = self.model.dimension, self.model.name
         if not 1 <= dimension <= 4096:
             raise InvalidArgument(f"dimension must be in [1, 4096], got {dimension}")
+        if not 0.0 <= target_recall <= 1.0:  # NaN fails both
+            raise InvalidArgument(f"target_recall must be in (0, 1], or 0 for {DEFAULT_TARGET_RECALL}, "
+                                  f"got {target_recall}")
         num_partitions = self.shards.num_workers  # one partition per worker at creation
         with self._lock:
             if collection_id in self._states:
                 raise AlreadyExists(f"collection {collection_id!r} already exists")
             m = CollectionManifest(collection_id, dimension, num_partitions,
                                    train_threshold or self.default_train_threshold, time.time(), model_name,
-                                   partitions=[PartitionManifest() for _ in range(num_partitions)])
+                                   partitions=[PartitionManifest() for _ in range(num_partitions)],
+                                   target_recall=target_recall or DEFAULT_TARGET_RECALL)
             self.commit(m)
             self._states[collection_id] = self._open(m)
         self.shards.call_all("open_collection", m.to_json())

@@ -86,14 +86,15 @@ class GalleryServicer(gallery_pb2_grpc.GalleryServicer):
             training=bool(state.maintenance and state.maintenance.is_alive()),
             train_threshold=m.train_threshold, embedding_model=m.embedding_model,
             calibration=convert.calibration_message(state.calibration),
-            memory_bytes=self.gallery.memory_bytes(collection_id))
+            memory_bytes=self.gallery.memory_bytes(collection_id),
+            search_tuning=convert.search_tuning(m.target_recall, *self.gallery.search_tuning(collection_id)))
         description.created_at.FromNanoseconds(int(m.created_at * 1e9))
         return description
 
     @_status_errors
     def CreateCollection(self, request, context):
         self.gallery.create_collection(request.collection_id, dimension=request.dimension,
-                                       train_threshold=request.train_threshold)
+                                       train_threshold=request.train_threshold, target_recall=request.target_recall)
         return pb.CreateCollectionResponse(collection=self._describe(request.collection_id))
 
     @_status_errors
@@ -134,10 +135,13 @@ class GalleryServicer(gallery_pb2_grpc.GalleryServicer):
         results = self.gallery.search(
             request.collection_id, xq, request.k, nprobe=request.nprobe,
             min_similarity=request.min_similarity if request.HasField("min_similarity") else None,
-            timeout_s=_deadline(context), allow_partial=request.allow_partial)
+            timeout_s=_deadline(context), allow_partial=request.allow_partial, target_recall=request.target_recall,
+            ids_only=request.ids_only)
         response = pb.SearchByEmbeddingResponse(
             gallery_size=results.gallery_size, calibration=convert.calibration_message(results.calibration),
             index_state=convert.index_state(results.index_version), **convert.partial_fields(results))
+        if results.packed is not None:
+            convert.fill_packed(response.packed, results.packed)
         for candidates in results.candidates:
             convert.add_candidates(response.results.add().candidates, candidates)
         return response

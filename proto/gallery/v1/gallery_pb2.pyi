@@ -153,14 +153,16 @@ class Calibration(_message.Message):
     def __init__(self, source: _Optional[_Union[CalibrationSource, str]] = ..., impostor_pairs: _Optional[int] = ..., default_min_similarity: _Optional[float] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("collection_id", "dimension", "train_threshold")
+    __slots__ = ("collection_id", "dimension", "train_threshold", "target_recall")
     COLLECTION_ID_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     TRAIN_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    TARGET_RECALL_FIELD_NUMBER: _ClassVar[int]
     collection_id: str
     dimension: int
     train_threshold: int
-    def __init__(self, collection_id: _Optional[str] = ..., dimension: _Optional[int] = ..., train_threshold: _Optional[int] = ...) -> None: ...
+    target_recall: float
+    def __init__(self, collection_id: _Optional[str] = ..., dimension: _Optional[int] = ..., train_threshold: _Optional[int] = ..., target_recall: _Optional[float] = ...) -> None: ...
 
 class CreateCollectionResponse(_message.Message):
     __slots__ = ("collection",)
@@ -175,7 +177,7 @@ class DescribeCollectionRequest(_message.Message):
     def __init__(self, collection_id: _Optional[str] = ...) -> None: ...
 
 class CollectionDescription(_message.Message):
-    __slots__ = ("collection_id", "dimension", "face_count", "num_partitions", "index_state", "nlist", "pq_m", "trained_on", "training", "train_threshold", "embedding_model", "calibration", "created_at", "memory_bytes")
+    __slots__ = ("collection_id", "dimension", "face_count", "num_partitions", "index_state", "nlist", "pq_m", "trained_on", "training", "train_threshold", "embedding_model", "calibration", "created_at", "memory_bytes", "search_tuning")
     COLLECTION_ID_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     FACE_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -190,6 +192,7 @@ class CollectionDescription(_message.Message):
     CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_TUNING_FIELD_NUMBER: _ClassVar[int]
     collection_id: str
     dimension: int
     face_count: int
@@ -204,7 +207,36 @@ class CollectionDescription(_message.Message):
     calibration: Calibration
     created_at: _timestamp_pb2.Timestamp
     memory_bytes: int
-    def __init__(self, collection_id: _Optional[str] = ..., dimension: _Optional[int] = ..., face_count: _Optional[int] = ..., num_partitions: _Optional[int] = ..., index_state: _Optional[_Union[IndexState, str]] = ..., nlist: _Optional[int] = ..., pq_m: _Optional[int] = ..., trained_on: _Optional[int] = ..., training: _Optional[bool] = ..., train_threshold: _Optional[int] = ..., embedding_model: _Optional[str] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
+    search_tuning: SearchTuning
+    def __init__(self, collection_id: _Optional[str] = ..., dimension: _Optional[int] = ..., face_count: _Optional[int] = ..., num_partitions: _Optional[int] = ..., index_state: _Optional[_Union[IndexState, str]] = ..., nlist: _Optional[int] = ..., pq_m: _Optional[int] = ..., trained_on: _Optional[int] = ..., training: _Optional[bool] = ..., train_threshold: _Optional[int] = ..., embedding_model: _Optional[str] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., memory_bytes: _Optional[int] = ..., search_tuning: _Optional[_Union[SearchTuning, _Mapping]] = ...) -> None: ...
+
+class SearchTuning(_message.Message):
+    __slots__ = ("target_recall", "measured", "nprobe", "rerank_depth", "recall_at_10", "sample_queries", "points")
+    TARGET_RECALL_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_FIELD_NUMBER: _ClassVar[int]
+    NPROBE_FIELD_NUMBER: _ClassVar[int]
+    RERANK_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    RECALL_AT_10_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_QUERIES_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    target_recall: float
+    measured: bool
+    nprobe: int
+    rerank_depth: int
+    recall_at_10: float
+    sample_queries: int
+    points: _containers.RepeatedCompositeFieldContainer[SearchTuningPoint]
+    def __init__(self, target_recall: _Optional[float] = ..., measured: _Optional[bool] = ..., nprobe: _Optional[int] = ..., rerank_depth: _Optional[int] = ..., recall_at_10: _Optional[float] = ..., sample_queries: _Optional[int] = ..., points: _Optional[_Iterable[_Union[SearchTuningPoint, _Mapping]]] = ...) -> None: ...
+
+class SearchTuningPoint(_message.Message):
+    __slots__ = ("nprobe", "rerank_depth", "recall_at_10")
+    NPROBE_FIELD_NUMBER: _ClassVar[int]
+    RERANK_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    RECALL_AT_10_FIELD_NUMBER: _ClassVar[int]
+    nprobe: int
+    rerank_depth: int
+    recall_at_10: float
+    def __init__(self, nprobe: _Optional[int] = ..., rerank_depth: _Optional[int] = ..., recall_at_10: _Optional[float] = ...) -> None: ...
 
 class ListCollectionsRequest(_message.Message):
     __slots__ = ("max_results", "next_token")
@@ -278,7 +310,7 @@ class AddEmbeddingsResponse(_message.Message):
     def __init__(self, face_ids: _Optional[_Iterable[str]] = ..., skipped_face_ids: _Optional[_Iterable[str]] = ..., face_count: _Optional[int] = ...) -> None: ...
 
 class SearchByEmbeddingRequest(_message.Message):
-    __slots__ = ("collection_id", "queries", "k", "nprobe", "min_similarity", "purpose", "case_id", "allow_partial")
+    __slots__ = ("collection_id", "queries", "k", "nprobe", "min_similarity", "purpose", "case_id", "allow_partial", "target_recall", "ids_only")
     COLLECTION_ID_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -287,6 +319,8 @@ class SearchByEmbeddingRequest(_message.Message):
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
     CASE_ID_FIELD_NUMBER: _ClassVar[int]
     ALLOW_PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    TARGET_RECALL_FIELD_NUMBER: _ClassVar[int]
+    IDS_ONLY_FIELD_NUMBER: _ClassVar[int]
     collection_id: str
     queries: _containers.RepeatedCompositeFieldContainer[Embedding]
     k: int
@@ -295,7 +329,9 @@ class SearchByEmbeddingRequest(_message.Message):
     purpose: str
     case_id: str
     allow_partial: bool
-    def __init__(self, collection_id: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., min_similarity: _Optional[float] = ..., purpose: _Optional[str] = ..., case_id: _Optional[str] = ..., allow_partial: _Optional[bool] = ...) -> None: ...
+    target_recall: float
+    ids_only: bool
+    def __init__(self, collection_id: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., min_similarity: _Optional[float] = ..., purpose: _Optional[str] = ..., case_id: _Optional[str] = ..., allow_partial: _Optional[bool] = ..., target_recall: _Optional[float] = ..., ids_only: _Optional[bool] = ...) -> None: ...
 
 class Candidate(_message.Message):
     __slots__ = ("face", "similarity", "false_match_rate", "gallery_false_match_probability")
@@ -316,20 +352,34 @@ class SearchResult(_message.Message):
     def __init__(self, candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ...) -> None: ...
 
 class SearchByEmbeddingResponse(_message.Message):
-    __slots__ = ("results", "gallery_size", "calibration", "index_state", "partial", "missing_partitions")
+    __slots__ = ("results", "gallery_size", "calibration", "index_state", "partial", "missing_partitions", "packed")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     GALLERY_SIZE_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     INDEX_STATE_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_FIELD_NUMBER: _ClassVar[int]
     MISSING_PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    PACKED_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[SearchResult]
     gallery_size: int
     calibration: Calibration
     index_state: IndexState
     partial: bool
     missing_partitions: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., gallery_size: _Optional[int] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., index_state: _Optional[_Union[IndexState, str]] = ..., partial: _Optional[bool] = ..., missing_partitions: _Optional[_Iterable[int]] = ...) -> None: ...
+    packed: PackedCandidates
+    def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., gallery_size: _Optional[int] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., index_state: _Optional[_Union[IndexState, str]] = ..., partial: _Optional[bool] = ..., missing_partitions: _Optional[_Iterable[int]] = ..., packed: _Optional[_Union[PackedCandidates, _Mapping]] = ...) -> None: ...
+
+class PackedCandidates(_message.Message):
+    __slots__ = ("counts", "face_ids", "similarities", "gallery_false_match_probabilities")
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    FACE_IDS_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITIES_FIELD_NUMBER: _ClassVar[int]
+    GALLERY_FALSE_MATCH_PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    counts: _containers.RepeatedScalarFieldContainer[int]
+    face_ids: _containers.RepeatedScalarFieldContainer[str]
+    similarities: bytes
+    gallery_false_match_probabilities: bytes
+    def __init__(self, counts: _Optional[_Iterable[int]] = ..., face_ids: _Optional[_Iterable[str]] = ..., similarities: _Optional[bytes] = ..., gallery_false_match_probabilities: _Optional[bytes] = ...) -> None: ...
 
 class ListFacesRequest(_message.Message):
     __slots__ = ("collection_id", "max_results", "next_token", "include_embeddings")
