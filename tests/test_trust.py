@@ -223,6 +223,14 @@ def test_lean_searches_are_audited_with_the_candidates_shown(secured, gallery):
     assert [q[0][0] for q in lean_record["candidates"]] == ["f4", "f5"] and lean_record["threshold"] == 0.1
 
 
+def test_a_record_encoded_once_is_the_canonical_json_with_its_hash():
+    record = {"method": "SearchByEmbedding", "prev": "ab" * 32, "purpose": "door \u00e9 \"3\"\n",
+              "candidates": [[("f1", 0.5, 1e-300), ("f2", 0.25, -1.0)], []], "z": {"b": 1, "a": [1.5, None]}}
+    line, digest = audit_log._hashed_line(record)
+    assert digest == audit_log.record_hash(record)
+    assert line == audit_log._canonical({**record, "hash": digest})
+
+
 def test_audit_queries_with_timestamps_that_do_not_convert_are_invalid_argument(secured, gallery):
     """Found by tests/test_fuzz.py: nanos outside [0, 1e9) or seconds past year 9999 answered INTERNAL; and
     QueryAuditLog on a server without an audit log answered INTERNAL, not its UNIMPLEMENTED."""
