@@ -200,11 +200,11 @@ class Maintenance:
         _, I = merge_topk(self.shards.call("exact_topk", [(w, (collection_id, xq, k + 1)) for w in workers],
                                            maintenance=True), k + 1)
         own, truth = recall.held_out_truth(I)
-        P, n, deepest = m.num_partitions, m.face_count, max(tuning.RERANK_DEPTHS)
+        P, n = m.num_partitions, m.face_count
         probes = tuning.probe_sweep(live.nlist)
         Dq_all, Iq_all = live.quantizer.search(xq, probes[-1])  # best first: nprobe p scans the first p columns
         points: list[tuning.SearchPoint] = []
-        previous = 0.0
+        reached = False
         for nprobe in probes:
             # Only the depths a search would probe exactly nprobe lists for (`tuning.nprobe_for` raises it where
             # the lists hold too few candidates): every point is then a setting that serving reproduces.
@@ -219,13 +219,12 @@ class Maintenance:
             for d in depths:
                 found = recall.emulate_rerank(parts, tuning.partition_rerank_depth(d, k, P), k, own)
                 points.append(tuning.SearchPoint(nprobe, d, recall.recall_at_k(found, truth)))
-            if max(depths) < deepest:
-                continue
-            best = next(p.recall for p in reversed(points) if p.nprobe == nprobe and p.rerank_depth == deepest)
-            # Stop where more lists no longer help: recall saturated, or the PQ + re-rank bound reached.
-            if best >= tuning.SATURATED_RECALL or (best >= m.target_recall and best - previous < 0.0005):
+            # Each step costs about as much as all before it: stop one step past the target (which leaves
+            # requests for a little more some room), or where recall is saturated.
+            best = max(p.recall for p in points if p.nprobe == nprobe)
+            if reached or best >= tuning.SATURATED_RECALL:
                 break
-            previous = best
+            reached = best >= m.target_recall
         measured = SearchTuning(live.version, len(xq), [[p.nprobe, p.rerank_depth, p.recall] for p in points])
         with state.write_lock:
             if state.manifest.index_version != live.version:  # retrained meanwhile: that version measures itself

@@ -99,8 +99,9 @@ MEASURED_K = 10
 # the deepest gives every shallower depth too (a PQ top-d is the first d of its top-200).
 RERANK_DEPTHS = (10, 15, 20, 30, 50, 100, 200)
 
-# The ascending nprobe sweep stops once recall@10 reaches this at the deepest re-rank: past it, more lists
-# buy nothing that 1,000 queries can tell apart (one miss in 10,000 neighbours).
+# The ascending nprobe sweep stops once recall@10 reaches this at some re-rank depth: past it, more lists
+# buy nothing that 1,000 queries can tell apart (one miss in 10,000 neighbours). Otherwise it stops one step
+# past the collection's target (cluster/gateway/maintenance.py).
 SATURATED_RECALL = 0.9995
 
 
@@ -122,7 +123,7 @@ def recall_queries(num_vectors: int) -> int:
 
 def probe_sweep(nlist: int) -> list[int]:
     """nprobe values measured, geometrically (1, 2, 4, ... nlist): recall grows about with log(nprobe), and
-    the sweep, ascending, stops at `SATURATED_RECALL`, so it costs about twice its last step."""
+    the sweep, ascending, stops early (`SATURATED_RECALL`), so it costs about twice its last step."""
     out, p = [], 1
     while p < nlist:
         out.append(p)
