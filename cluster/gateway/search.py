@@ -101,8 +101,8 @@ class SearchPath:
         self.admission = QueryAdmission(max_queued_queries)
         self._fan_out_observer = fan_out_observer
         self._batcher = QueryBatcher(self._search_batch)
-        # (collection, target recall) -> (the SearchTuning chosen from, the setting chosen)
-        self._chosen: dict[tuple[str, float], tuple[object, tuning.SearchPoint]] = {}
+        # collection -> (the SearchTuning chosen from, the setting chosen for the collection's own target)
+        self._chosen: dict[str, tuple[object, tuning.SearchPoint]] = {}
 
     def close(self) -> None:
         self._batcher.close()
@@ -170,14 +170,17 @@ class SearchPath:
         (0: the collection's); a requested nprobe overrides the measured one. (nprobe, 0), the defaults of
         `tuning`, where the live index has not been measured (yet) or the collection is searched exactly."""
         m = state.manifest
-        points = tuned_points(m, state.live.version)
-        if not points:
+        measured = m.search_tuning
+        if measured is None or not state.live.version or measured.index_version != state.live.version:
             return nprobe, 0
-        target = target_recall or m.target_recall
-        cached = self._chosen.get((m.collection_id, target))
-        if cached is None or cached[0] is not m.search_tuning:
-            cached = (m.search_tuning, tuning.choose_search_params(points, target, search_cost(m)))
-            self._chosen[(m.collection_id, target)] = cached
+        if target_recall:  # not cached: a request may ask any number
+            chosen = tuning.choose_search_params(tuned_points(m, state.live.version), target_recall, search_cost(m))
+            return nprobe or chosen.nprobe, chosen.rerank_depth
+        cached = self._chosen.get(m.collection_id)
+        if cached is None or cached[0] is not measured:  # chosen again once the table changes
+            cached = (measured, tuning.choose_search_params(tuned_points(m, state.live.version), m.target_recall,
+                                                            search_cost(m)))
+            self._chosen[m.collection_id] = cached
         return nprobe or cached[1].nprobe, cached[1].rerank_depth
 
     def _search_batch(self, key: tuple[str, int, int, int, bool, bool], xq: np.ndarray
