@@ -2,6 +2,7 @@
 calls against plain FAISS, and a collection that measures itself after training (in-process shards, real
 FAISS, real gRPC on 127.0.0.1)."""
 
+import json
 import math
 
 import faiss
@@ -14,12 +15,14 @@ from gallery.v1 import gallery_pb2_grpc
 from cluster.api import convert
 from cluster.errors import InvalidArgument
 from cluster.gateway.gallery import Gallery
+from cluster.gateway.search import tuned_points
 from cluster.index import recall, tuning, vectors
 from cluster.index.shard_index import ShardIndex
 from cluster.index.synthetic import clustered_embeddings, noisy_probes
 from cluster.index.training import load_index, train_ivfpq
 from cluster.serve.server import running_server
 from cluster.shards.backend import LocalShards
+from cluster.storage.manifest import CollectionManifest, SearchTuning
 from cluster.storage.object_store import ObjectStore
 from cluster.storage.records import FaceBatch, FaceRecord
 
@@ -89,6 +92,18 @@ def test_recall_counts_true_neighbours_found_and_holds_the_query_out():
     assert recall.recall_at_k(np.array([[1, 2, 9], [6, 5, 4]]), truth) == pytest.approx((2 / 3 + 1) / 2)
     assert recall.recall_at_k(np.array([[-1, -1, -1], [-1, 4, -1]]), np.array([[-1, 1, 2], [4, 5, 6]])) \
         == pytest.approx((0 + 1 / 3) / 2)
+
+
+def test_a_table_serves_only_the_index_version_it_measured_and_old_manifests_load():
+    m = CollectionManifest("c", 8, 2, 20_000, 0.0, index_version=2, nlist=64, pq_m=2, face_count=30_000,
+                           search_tuning=SearchTuning(2, 1000, [[4, 20, 0.993], [2, 20, 0.97]]))
+    again = CollectionManifest.from_json(m.to_json())
+    assert again == m and tuned_points(again, 2) == [P(4, 20, 0.993), P(2, 20, 0.97)]
+    assert tuned_points(again, 3) == [] and tuned_points(again, 0) == []  # retrained, or searched exactly
+    legacy = json.loads(m.to_json())
+    del legacy["search_tuning"], legacy["target_recall"]  # written before tuning by measurement
+    old = CollectionManifest.from_json(json.dumps(legacy).encode())
+    assert old.search_tuning is None and old.target_recall == 0.99 and tuned_points(old, 2) == []
 
 
 # ---- the shard's measuring calls against plain FAISS -------------------------
