@@ -149,12 +149,15 @@ images = st.one_of(
 timestamps = st.one_of(st.none(), st.builds(timestamp_pb2.Timestamp, seconds=st.integers(-2**63, 2**63 - 1),
                                             nanos=st.integers(-2**31, 2**31 - 1)),
                        st.builds(timestamp_pb2.Timestamp, seconds=st.integers(0, 2**32)))
+# target_recall: 0 (the default), in range, and the edges and non-numbers outside it.
+recall_targets = st.one_of(st.just(0.0), st.floats(0, 1), st.sampled_from([-0.0, 1e-300, 1.0 + 1e-15, -1.0, 2.0,
+                                                                            math.nan, math.inf, -math.inf]))
 _why = dict(purpose=st.one_of(st.just("fuzz"), texts), case_id=st.one_of(st.just("case-1"), texts))
 
 MESSAGES = {
     "CreateCollection": st.builds(pb.CreateCollectionRequest, collection_id=new_ids,
                                   dimension=st.one_of(st.sampled_from([0, 1, D, 4096, 4097]), u32),
-                                  train_threshold=u64),
+                                  train_threshold=u64, target_recall=recall_targets),
     "DescribeCollection": st.builds(pb.DescribeCollectionRequest, collection_id=any_ids),
     "ListCollections": st.builds(pb.ListCollectionsRequest, max_results=u32, next_token=page_tokens),
     "DeleteCollection": st.builds(pb.DeleteCollectionRequest, collection_id=new_ids),
@@ -162,7 +165,8 @@ MESSAGES = {
                                faces=_repeated(new_faces, [10_001]), skip_existing=st.booleans()),
     "SearchByEmbedding": st.builds(pb.SearchByEmbeddingRequest, collection_id=any_ids,
                                    queries=_repeated(embeddings(), [1024, 1025]), k=u32, nprobe=u32,
-                                   min_similarity=optional_float, **_why),
+                                   min_similarity=optional_float, target_recall=recall_targets,
+                                   ids_only=st.booleans(), **_why),
     "ListFaces": st.builds(pb.ListFacesRequest, collection_id=any_ids, max_results=u32, next_token=page_tokens,
                            include_embeddings=st.booleans()),
     "GetFaces": st.builds(pb.GetFacesRequest, collection_id=any_ids, face_ids=face_ids,
