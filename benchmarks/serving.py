@@ -3,9 +3,14 @@
 Data: clustered, L2-normalised 512-d vectors (1M by default); probes are noisy
 copies of gallery vectors, as a new photo of an enrolled person is. The cluster
 is a real `gallery serve` (local Ray, shard actors, gRPC on 127.0.0.1) in a
-subprocess; the baseline is faiss IVF{nlist},PQ{m} + fp16 re-ranking
-(`IndexRefine`) with the same nlist, m, nprobe and re-rank depth, searched
-from this process.
+subprocess, searched with the nprobe and re-rank depth it measured for
+itself after training (recall@10 target 0.99, see DescribeCollection's
+search_tuning), with full answers and with lean ones (ids_only: packed ids
+and scores); the baseline, run after it, is faiss IVF{nlist},PQ{m} + fp16
+re-ranking (`IndexRefine`) with the same nlist, m, nprobe and re-rank depth,
+searched from this process. The targets of issue 16 (a peer vector database
+on the same 2-vCPU box, 250k vectors: batch-1 p50 <= 1.5 ms, batch-256 >=
+5,000 QPS at recall@10 >= 0.99, build <= 120 s) are checked at the end.
 
 Prints QPS at batch 1 and 256 with concurrent clients, latency p50/p99 at
 batch 1, recall@1/@10 against exact search, bytes per vector and build time,
@@ -73,9 +78,19 @@ def timed(what: str, into: dict | None = None):
 
 
 def _process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process, all its threads."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    """User + system CPU seconds of a process, all its threads; 0 once it has ended."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return 0
 
 
 def _machine_busy_cpu_s() -> float:
@@ -83,16 +98,27 @@ def _machine_busy_cpu_s() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def shard_worker_pids() -> list[int]:
-    """Processes of ShardWorker actors (Ray names them ray::ShardWorker)."""
+def shard_worker_pids(ancestor: int | None = None) -> list[int]:
+    """Processes of ShardWorker actors (Ray names them ray::…ShardWorker), descendants of `ancestor` when given:
+    other sessions' Ray clusters on a shared machine have shard workers too."""
     pids = []
     for entry in os.listdir("/proc"):
         try:
-            if entry.isdigit() and open(f"/proc/{entry}/cmdline", "rb").read().startswith(b"ray::ShardWorker"):
+            if entry.isdigit() and b"ShardWorker" in open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")[0]:
                 pids.append(int(entry))
         except OSError:
             pass
-    return pids
+    if ancestor is None:
+        return pids
+
+    def descends(pid: int) -> bool:
+        while pid > 1:
+            if pid == ancestor:
+                return True
+            pid = _parent(pid)
+        return False
+
+    return [pid for pid in pids if descends(pid)]
 
 
 class CpuMeter:
@@ -237,32 +263,11 @@ def shard_cpus(num_shards: int) -> int:
     return max(1, ((os.cpu_count() or 1) - 2) // num_shards)
 
 
-def main(num_vectors: int = 1_000_000, dimension: int = 512, num_queries: int = 1000, num_shards: int = 2,
-         clients: int = 8, duration_s: float = 10.0, quick: bool = False, use_gpu: bool = False) -> dict:
-    """Runs the benchmark; returns the figures of the final JSON line."""
-    if quick:
-        num_vectors, num_queries, duration_s = 50_000, 300, 3.0
-    machine = describe(faiss=faiss.__version__)
-    print(f"machine: {machine}")
-    cpus_per_shard = shard_cpus(num_shards)
-    print(f"cluster: {num_shards} shards x {cpus_per_shard} CPUs{' + a GPU share each' if use_gpu else ''}; "
-          f"in-process: {faiss.omp_get_max_threads()} threads{' + the GPU' if use_gpu else ''}")
-    nlist, pq_m = tuning.nlist_for(num_vectors), tuning.pq_m_for(dimension)
-    nprobe, rerank = tuning.default_nprobe(nlist), tuning.rerank_depth(K)
-    print(f"data: {num_vectors} x {dimension} clustered; IVF{nlist},PQ{pq_m}, nprobe {nprobe}, re-rank {rerank}")
+def in_process(stored: np.ndarray, xq: np.ndarray, truth: np.ndarray, *, nlist: int, pq_m: int, nprobe: int,
+               rerank: int, clients: int, duration_s: float, use_gpu: bool) -> dict:
+    """faiss IVF-PQ + fp16 re-ranking (`IndexRefine`) in this process, with the cluster's parameters: its figures."""
+    num_vectors, dimension = stored.shape
     build: dict[str, float] = {}
-    with timed("generate data"):
-        xb = clustered_embeddings(num_vectors, dimension, seed=0)
-        xq, _ = noisy_probes(xb, num_queries, seed=1)
-        stored = vectors.to_stored(vectors.normalize(xb)).astype(np.float32)  # what the cluster scores against
-        xq = vectors.normalize(xq)
-    with timed("exact ground truth"):
-        flat = faiss.IndexFlatIP(dimension)
-        flat.add(stored)
-        _, truth = flat.search(xq, K)
-        del flat
-
-    print("in-process FAISS:")
     with timed("build", build):
         sample = stored[np.random.default_rng(0).choice(num_vectors, tuning.training_sample_size(num_vectors, nlist),
                                                         replace=False)]
@@ -288,20 +293,22 @@ def main(num_vectors: int = 1_000_000, dimension: int = 512, num_queries: int = 
 
     local_ids = local_search(xq)[1].tolist()
     this_process = {"this process": [os.getpid()]}
-    local_qps_1, local_cpu_1 = measure_throughput(local_search, xq, 1, clients, duration_s, this_process, "batch 1")
-    local_qps_256, local_cpu_256 = measure_throughput(local_search, xq, 256, 2, duration_s, this_process, "batch 256")
-    local_figures = {
+    qps_1, cpu_1 = measure_throughput(local_search, xq, 1, clients, duration_s, this_process, "batch 1")
+    qps_256, cpu_256 = measure_throughput(local_search, xq, 256, 2, duration_s, this_process, "batch 256")
+    return {
         "recall_at_1": recall(local_ids, truth, 1), "recall_at_10": recall(local_ids, truth, K),
-        "qps_batch_1": local_qps_1, "qps_batch_256": local_qps_256,
-        "latency_ms": latencies_ms(local_search, xq, min(num_queries, 300)),
+        "qps_batch_1": qps_1, "qps_batch_256": qps_256, "cpu_1": cpu_1, "cpu_256": cpu_256,
+        "latency_ms": latencies_ms(local_search, xq, min(len(xq), 300)),
         "bytes_per_vector": base.code_size + 8 + 2 * dimension, "build_s": build["build"],
     }
-    local = base = gpu_base = None  # frees memory (and the GPU) before the cluster loads the same vectors
 
-    print("gRPC alone (a server that answers with canned candidates and searches nothing):")
-    canned_qps, canned_cpu = grpc_alone(xq, clients, duration_s)
 
-    print("cluster (gallery serve, gRPC on 127.0.0.1):")
+def cluster(xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, *, num_shards: int, cpus_per_shard: int, clients: int,
+            duration_s: float, use_gpu: bool) -> dict:
+    """A real `gallery serve` in a subprocess, fed over gRPC and searched with the parameters it measured for
+    itself (`SearchTuning`), with full candidates and with lean (ids_only) answers: its figures."""
+    num_vectors, dimension = xb.shape
+    build: dict[str, float] = {}
     store, port = tempfile.mkdtemp(prefix="gallery-bench-"), free_port()
     log = open(os.path.join(store, "serve.log"), "wb")
     print(f"  gallery serve logs to {log.name}", flush=True)
@@ -328,81 +335,144 @@ def main(num_vectors: int = 1_000_000, dimension: int = 512, num_queries: int = 
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise RuntimeError(f"gallery serve did not start; see {log.name}")
                 time.sleep(0.5)
-        with timed("build (ingest over gRPC + train + populate shards)", build):
+        with timed("build (ingest over gRPC + train + populate shards + measure recall)", build):
             with timed("of which ingest over gRPC"):
                 client.create_collection("bench", dimension=dimension)
                 for start in range(0, num_vectors, 10_000):
                     end = min(start + 10_000, num_vectors)
                     client.add("bench", [str(i) for i in range(start, end)], xb[start:end])
-            with timed("of which train + populate shards"):
+            with timed("of which train + populate shards + measure recall"):
                 while True:
                     description = client.describe("bench")
                     if description.index_state == pb.INDEX_STATE_IVF_PQ and not description.training:
                         break
                     time.sleep(1)
+        t = description.search_tuning
+        print(f"  measured: recall@10 {t.recall_at_10:.4f} at nprobe {t.nprobe}, re-rank depth {t.rerank_depth} "
+              f"(target {t.target_recall}, {t.sample_queries} held-out queries, {len(t.points)} settings); "
+              f"IVF{description.nlist},PQ{description.pq_m}", flush=True)
+        figures = {"build_s": build["build (ingest over gRPC + train + populate shards + measure recall)"],
+                   "nlist": description.nlist, "pq_m": description.pq_m, "nprobe": t.nprobe,
+                   "rerank": t.rerank_depth or tuning.rerank_depth(K), "measured_recall_at_10": t.recall_at_10,
+                   "bytes_per_vector": description.memory_bytes / num_vectors}
+        processes = {"gateway": [server.pid], "shards": shard_worker_pids(server.pid),
+                     "this process (clients)": [os.getpid()]}
+        for lean in (False, True):
+            def cluster_search(x, lean=lean):
+                return client.search("bench", x, K, ids_only=lean, **WHY)
 
-        def cluster_search(x):
-            return client.search("bench", x, K, nprobe=nprobe, **WHY)
-
-        cluster_ids = [[int(i) for i in row] for row in cluster_search(xq[:256])[1]]
-        for start in range(256, num_queries, 256):
-            cluster_ids += [[int(i) for i in row] for row in cluster_search(xq[start:start + 256])[1]]
-        processes = {"gateway": [server.pid], "shards": shard_worker_pids(), "this process (clients)": [os.getpid()]}
-        qps_1, cpu_1 = measure_throughput(cluster_search, xq, 1, clients, duration_s, processes, "batch 1")
-        qps_256, cpu_256 = measure_throughput(cluster_search, xq, 256, 2, duration_s, processes, "batch 256")
-        cluster_figures = {
-            "recall_at_1": recall(cluster_ids, truth, 1), "recall_at_10": recall(cluster_ids, truth, K),
-            "qps_batch_1": qps_1, "qps_batch_256": qps_256,
-            "latency_ms": latencies_ms(cluster_search, xq, min(num_queries, 300)),
-            "bytes_per_vector": client.describe("bench").memory_bytes / num_vectors,
-            "build_s": build["build (ingest over gRPC + train + populate shards)"],
-        }
+            print(f"  {'lean (ids_only: packed ids and scores)' if lean else 'full candidates (face records)'}:")
+            found = [[int(i) for i in row] for start in range(0, len(xq), 256)
+                     for row in cluster_search(xq[start:start + 256])[1]]
+            qps_1, cpu_1 = measure_throughput(cluster_search, xq, 1, clients, duration_s, processes, "batch 1")
+            qps_256, cpu_256 = measure_throughput(cluster_search, xq, 256, 2, duration_s, processes, "batch 256")
+            figures["lean" if lean else "full"] = {
+                "recall_at_1": recall(found, truth, 1), "recall_at_10": recall(found, truth, K),
+                "qps_batch_1": qps_1, "qps_batch_256": qps_256, "cpu_1": cpu_1, "cpu_256": cpu_256,
+                "latency_ms": latencies_ms(cluster_search, xq, min(len(xq), 300)),
+            }
         client.close()
+        return figures
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(60)
         log.close()
         shutil.rmtree(os.path.join(store, "data"), ignore_errors=True)  # keep serve.log for a post-mortem
 
-    print(f"\n{'':24}{'in-process':>14}{'cluster':>14}")
-    for name in ("qps_batch_1", "qps_batch_256", "recall_at_1", "recall_at_10", "bytes_per_vector", "build_s"):
-        print(f"{name:24}{local_figures[name]:>14.3f}{cluster_figures[name]:>14.3f}")
+
+def main(num_vectors: int = 1_000_000, dimension: int = 512, num_queries: int = 1000, num_shards: int = 2,
+         clients: int = 8, duration_s: float = 10.0, quick: bool = False, use_gpu: bool = False) -> dict:
+    """Runs the benchmark; returns the figures of the final JSON line."""
+    if quick:
+        num_vectors, num_queries, duration_s = 50_000, 300, 3.0
+    machine = describe(faiss=faiss.__version__)
+    print(f"machine: {machine}")
+    cpus_per_shard = shard_cpus(num_shards)
+    print(f"cluster: {num_shards} shards x {cpus_per_shard} CPUs{' + a GPU share each' if use_gpu else ''}; "
+          f"in-process: {faiss.omp_get_max_threads()} threads{' + the GPU' if use_gpu else ''}")
+    print(f"data: {num_vectors} x {dimension} clustered")
+    with timed("generate data"):
+        xb = clustered_embeddings(num_vectors, dimension, seed=0)
+        xq, _ = noisy_probes(xb, num_queries, seed=1)
+        stored = vectors.to_stored(vectors.normalize(xb)).astype(np.float32)  # what the cluster scores against
+        xq = vectors.normalize(xq)
+    with timed("exact ground truth"):
+        flat = faiss.IndexFlatIP(dimension)
+        flat.add(stored)
+        _, truth = flat.search(xq, K)
+        del flat
+
+    # The cluster first: the in-process index then uses the nprobe and re-rank depth the cluster measured.
+    print("cluster (gallery serve, gRPC on 127.0.0.1):")
+    c = cluster(xb, xq, truth, num_shards=num_shards, cpus_per_shard=cpus_per_shard, clients=clients,
+                duration_s=duration_s, use_gpu=use_gpu)
+    nlist, pq_m, nprobe = c["nlist"], c["pq_m"], c["nprobe"]
+    # As many candidates re-ranked as the cluster's partitions re-rank in all (each its share and a margin).
+    rerank = num_shards * tuning.partition_rerank_depth(c["rerank"], K, num_shards)
+    del xb
+
+    print("gRPC alone (a server that answers with canned candidates and searches nothing):")
+    canned_qps, canned_cpu = grpc_alone(xq, clients, duration_s)
+
+    print(f"in-process FAISS (IVF{nlist},PQ{pq_m}, nprobe {nprobe}, re-rank {rerank}: the cluster's measured setting):")
+    local = in_process(stored, xq, truth, nlist=nlist, pq_m=pq_m, nprobe=nprobe, rerank=rerank, clients=clients,
+                       duration_s=duration_s, use_gpu=use_gpu)
+
+    full, lean = c["full"], c["lean"]
+    print(f"\n{'':26}{'in-process':>12}{'cluster':>12}{'lean':>12}")
+    for name in ("qps_batch_1", "qps_batch_256", "recall_at_1", "recall_at_10"):
+        print(f"{name:26}{local[name]:>12.3f}{full[name]:>12.3f}{lean[name]:>12.3f}")
     for q in (50, 99):
-        print(f"{f'latency_p{q}_ms batch 1':24}{np.percentile(local_figures['latency_ms'], q):>14.3f}"
-              f"{np.percentile(cluster_figures['latency_ms'], q):>14.3f}")
-    p50_added = float(np.percentile(cluster_figures["latency_ms"], 50) - np.percentile(local_figures["latency_ms"], 50))
+        print(f"{f'latency_p{q}_ms batch 1':26}" + "".join(f"{np.percentile(f['latency_ms'], q):>12.3f}"
+                                                           for f in (local, full, lean)))
+    for batch in ("1", "256"):
+        print(f"{f'gateway CPU ms/q batch {batch}':26}{'':>12}" + "".join(
+            f"{f[f'cpu_{batch}'].get('gateway', float('nan')):>12.3f}" for f in (full, lean)))
+    print(f"{'bytes_per_vector':26}{local['bytes_per_vector']:>12.1f}{c['bytes_per_vector']:>12.1f}")
+    print(f"{'build_s':26}{local['build_s']:>12.1f}{c['build_s']:>12.1f}")
+    p50 = {name: float(np.percentile(f["latency_ms"], 50)) for name, f in (("local", local), ("full", full),
+                                                                            ("lean", lean))}
     figures = {
         "num_vectors": num_vectors, "dimension": dimension, "num_shards": num_shards, "nlist": nlist, "pq_m": pq_m,
-        "nprobe": nprobe, "clients": clients, "shard_cpus": cpus_per_shard, "gpu": use_gpu,
-        "qps_ratio": min(cluster_figures["qps_batch_1"] / local_figures["qps_batch_1"],
-                         cluster_figures["qps_batch_256"] / local_figures["qps_batch_256"]),
-        "qps_ratio_batch_1": cluster_figures["qps_batch_1"] / local_figures["qps_batch_1"],
-        "qps_ratio_batch_256": cluster_figures["qps_batch_256"] / local_figures["qps_batch_256"],
-        "p50_added_ms": p50_added,
-        "p99_cluster_ms": float(np.percentile(cluster_figures["latency_ms"], 99)),
-        "recall_at_1": cluster_figures["recall_at_1"], "recall_at_10": cluster_figures["recall_at_10"],
-        "bytes_per_vector": cluster_figures["bytes_per_vector"], "build_s": cluster_figures["build_s"],
-        "baseline_build_s": local_figures["build_s"],
-        "cpu_ms_per_query": {"batch_1": cpu_1, "batch_256": cpu_256},
-        "baseline_cpu_ms_per_query": {"batch_1": local_cpu_1, "batch_256": local_cpu_256},
+        "nprobe": nprobe, "rerank_depth": c["rerank"], "measured_recall_at_10": c["measured_recall_at_10"],
+        "clients": clients, "shard_cpus": cpus_per_shard, "gpu": use_gpu,
+        "qps_ratio": min(full["qps_batch_1"] / local["qps_batch_1"], full["qps_batch_256"] / local["qps_batch_256"]),
+        "qps_ratio_batch_1": full["qps_batch_1"] / local["qps_batch_1"],
+        "qps_ratio_batch_256": full["qps_batch_256"] / local["qps_batch_256"],
+        "p50_ms": p50["full"], "p50_lean_ms": p50["lean"], "p50_added_ms": p50["full"] - p50["local"],
+        "p99_cluster_ms": float(np.percentile(full["latency_ms"], 99)),
+        "qps_batch_1": full["qps_batch_1"], "qps_batch_256": full["qps_batch_256"],
+        "lean_qps_batch_1": lean["qps_batch_1"], "lean_qps_batch_256": lean["qps_batch_256"],
+        "recall_at_1": full["recall_at_1"], "recall_at_10": full["recall_at_10"],
+        "bytes_per_vector": c["bytes_per_vector"], "build_s": c["build_s"], "baseline_build_s": local["build_s"],
+        "cpu_ms_per_query": {"batch_1": full["cpu_1"], "batch_256": full["cpu_256"]},
+        "lean_cpu_ms_per_query": {"batch_1": lean["cpu_1"], "batch_256": lean["cpu_256"]},
+        "baseline_cpu_ms_per_query": {"batch_1": local["cpu_1"], "batch_256": local["cpu_256"]},
+        "baseline": {name: local[name] for name in ("qps_batch_1", "qps_batch_256", "recall_at_1", "recall_at_10")},
         "grpc_alone": {"qps_batch_1": canned_qps, "cpu_ms_per_query": canned_cpu}, "machine": machine,
     }
-    targets = {"qps_ratio >= 0.8": figures["qps_ratio"] >= 0.8, "p50_added_ms <= 3": p50_added <= 3,
+    best_p50, best_256 = min(p50["full"], p50["lean"]), max(full["qps_batch_256"], lean["qps_batch_256"])
+    targets = {"qps_ratio >= 0.8": figures["qps_ratio"] >= 0.8,
                "recall_at_1 >= 0.99": figures["recall_at_1"] >= 0.99,
-               "recall_at_10 >= 0.95": figures["recall_at_10"] >= 0.95}
-    if canned_cpu and local_cpu_1:
+               # issue 16's peer targets (a mainstream vector database on the same box and data, 250k vectors)
+               "batch-1 p50 <= 1.5 ms": best_p50 <= 1.5, "batch-256 >= 5000 QPS": best_256 >= 5000,
+               "recall_at_10 >= 0.99": min(full["recall_at_10"], lean["recall_at_10"]) >= 0.99,
+               "build <= 120 s": c["build_s"] <= 120}
+    if canned_cpu and local["cpu_1"]:
         # Where the in-process run kept every CPU busy, a served query costs at least its search plus gRPC,
         # and the cluster's at least what its shards spent plus gRPC.
-        search_ms, grpc_ms = sum(local_cpu_1.values()), sum(canned_cpu.values())
+        search_ms, grpc_ms = sum(local["cpu_1"].values()), sum(canned_cpu.values())
         print(f"gRPC alone: {grpc_ms:.2f} CPU ms per batch-1 query; with the search's {search_ms:.2f}, a service through "
               f"gRPC on a CPU-bound machine serves at most {search_ms / (search_ms + grpc_ms):.2f}x in-process at batch 1")
-        if cpu_1.get("shards"):
-            bound = search_ms / (cpu_1["shards"] + grpc_ms)
+        if full["cpu_1"].get("shards"):
+            bound = search_ms / (full["cpu_1"]["shards"] + grpc_ms)
             figures["qps_ratio_batch_1_bound"] = bound
-            print(f"shards: {cpu_1['shards']:.2f} CPU ms per batch-1 query; with gRPC's, the cluster serves at most "
-                  f"{bound:.2f}x in-process at batch 1 on a CPU-bound machine, whatever its gateway costs")
+            print(f"shards: {full['cpu_1']['shards']:.2f} CPU ms per batch-1 query; with gRPC's, the cluster serves at "
+                  f"most {bound:.2f}x in-process at batch 1 on a CPU-bound machine, whatever its gateway costs")
     for target, met in targets.items():
         print(f"target {target}: {'met' if met else 'MISSED'}")
+    for f in (local, full, lean):
+        f["latency_ms"] = None
     print(json.dumps(figures))
     return figures
 

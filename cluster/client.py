@@ -61,13 +61,16 @@ class GalleryClient:
     # ---- collections -------------------------------------------------------
 
     def create_collection(self, collection_id: str, *, dimension: int = 0, train_threshold: int = 0,
-                          embedding_model: str = "", default_fpir: float = 0.0) -> pb.CollectionDescription:
+                          embedding_model: str = "", default_fpir: float = 0.0, replicas: int = 0,
+                          target_recall: float = 0.0) -> pb.CollectionDescription:
         """Creates an empty collection; dimension 0 is a face collection of `embedding_model` ("" for the server's
         default model), train_threshold 0 the server's default, default_fpir 0 the default target FPIR of its kind
-        (0.01 for faces, none for raw embeddings)."""
+        (0.01 for faces, none for raw embeddings), replicas 0 every copy the server keeps of its shard workers,
+        target_recall 0 the default recall@10 target (0.99)."""
         return self._call(self._stub.CreateCollection, pb.CreateCollectionRequest(
             collection_id=collection_id, dimension=dimension, train_threshold=train_threshold,
-            embedding_model=embedding_model, default_fpir=default_fpir)).collection
+            embedding_model=embedding_model, default_fpir=default_fpir, replicas=replicas,
+            target_recall=target_recall)).collection
 
     def describe(self, collection_id: str) -> pb.CollectionDescription:
         """The collection's size, index state and calibration."""
@@ -114,17 +117,25 @@ class GalleryClient:
             collection_id=collection_id, faces=faces, skip_existing=skip_existing))
 
     def search(self, collection_id: str, xq: np.ndarray, k: int, *, purpose: str, case_id: str, nprobe: int = 0,
-               min_similarity: float | None = None) -> tuple[np.ndarray, list[list[str]]]:
+               min_similarity: float | None = None, target_recall: float = 0.0, ids_only: bool = False
+               ) -> tuple[np.ndarray, list[list[str]]]:
         """Returns D (nq, k) similarities (-inf where fewer) and the face ids, like a faiss index.
 
         `purpose` (why) and `case_id` (for which case) are required by the server and audited. Fails with
         UNAVAILABLE while a partition is down: (D, ids) could not say which faces are missing, so partial
-        results are only to be had from `search_raw(..., allow_partial=True)`.
+        results are only to be had from `search_raw(..., allow_partial=True)`. `target_recall`: recall@10 to
+        reach (0: the collection's). `ids_only`: the server answers packed arrays, no face records (the same
+        D and ids here, for less work on both sides).
         """
         response = self.search_raw(collection_id, xq, k, nprobe=nprobe, min_similarity=min_similarity,
-                                   purpose=purpose, case_id=case_id)
+                                   purpose=purpose, case_id=case_id, target_recall=target_recall, ids_only=ids_only)
         D = np.full((len(xq), k), -np.inf, dtype=np.float32)
         ids = []
+        if ids_only:
+            for q, (face_ids, similarities, _) in enumerate(convert.unpack(response.packed)):
+                D[q, :len(face_ids)] = similarities
+                ids.append(face_ids)
+            return D, ids
         for q, result in enumerate(response.results):
             D[q, :len(result.candidates)] = [c.similarity for c in result.candidates]
             ids.append([c.face.face_id for c in result.candidates])
@@ -132,8 +143,11 @@ class GalleryClient:
 
     def search_raw(self, collection_id: str, xq: np.ndarray, k: int, *, purpose: str, case_id: str,
                    nprobe: int = 0, min_similarity: float | None = None, target_fpir: float = 0.0,
-                   allow_partial: bool = False) -> pb.SearchByEmbeddingResponse:
-        """The full response, with face records and false-match estimates: candidates for human review.
+                   allow_partial: bool = False, target_recall: float = 0.0,
+                   ids_only: bool = False) -> pb.SearchByEmbeddingResponse:
+        """The full response, with face records and false-match estimates: candidates for human review (with
+        `ids_only`, `response.packed` instead: ids, similarities and gallery false-match probabilities as arrays;
+        see `convert.unpack`).
 
         `target_fpir` (instead of `min_similarity`): the server derives the threshold from the collection's
         calibration and current size, and returns it in `response.threshold_used`.
@@ -144,7 +158,8 @@ class GalleryClient:
         queries = [convert.embedding(x) for x in np.atleast_2d(xq)]
         request = pb.SearchByEmbeddingRequest(collection_id=collection_id, queries=queries, k=k, nprobe=nprobe,
                                               purpose=purpose, case_id=case_id, allow_partial=allow_partial,
-                                              target_fpir=target_fpir)
+                                              target_fpir=target_fpir, target_recall=target_recall,
+                                              ids_only=ids_only)
         if min_similarity is not None:
             request.min_similarity = min_similarity
         return self._call(self._stub.SearchByEmbedding, request)

@@ -152,12 +152,15 @@ timestamps = st.one_of(st.none(), st.builds(timestamp_pb2.Timestamp, seconds=st.
 # target_fpir: unset (0), valid, and out of range or not a number.
 fpirs = st.one_of(st.just(0.0), st.sampled_from([1e-6, 0.01, 0.5, 1.0, -0.1, 2.0, math.nan, math.inf]),
                   st.floats(width=64))
+# target_recall: 0 (the default), in range, and the edges and non-numbers outside it.
+recall_targets = st.one_of(st.just(0.0), st.floats(0, 1), st.sampled_from([-0.0, 1e-300, 1.0 + 1e-15, -1.0, 2.0,
+                                                                            math.nan, math.inf, -math.inf]))
 _why = dict(purpose=st.one_of(st.just("fuzz"), texts), case_id=st.one_of(st.just("case-1"), texts))
 
 MESSAGES = {
     "CreateCollection": st.builds(pb.CreateCollectionRequest, collection_id=new_ids,
                                   dimension=st.one_of(st.sampled_from([0, 1, D, 4096, 4097]), u32),
-                                  train_threshold=u64, default_fpir=fpirs),
+                                  train_threshold=u64, default_fpir=fpirs, target_recall=recall_targets),
     "DescribeCollection": st.builds(pb.DescribeCollectionRequest, collection_id=any_ids),
     "ListCollections": st.builds(pb.ListCollectionsRequest, max_results=u32, next_token=page_tokens),
     "DeleteCollection": st.builds(pb.DeleteCollectionRequest, collection_id=new_ids),
@@ -165,7 +168,8 @@ MESSAGES = {
                                faces=_repeated(new_faces, [10_001]), skip_existing=st.booleans()),
     "SearchByEmbedding": st.builds(pb.SearchByEmbeddingRequest, collection_id=any_ids,
                                    queries=_repeated(embeddings(), [1024, 1025]), k=u32, nprobe=u32,
-                                   min_similarity=optional_float, target_fpir=fpirs, **_why),
+                                   min_similarity=optional_float, target_fpir=fpirs, target_recall=recall_targets,
+                                   ids_only=st.booleans(), **_why),
     "ListFaces": st.builds(pb.ListFacesRequest, collection_id=any_ids, max_results=u32, next_token=page_tokens,
                            include_embeddings=st.booleans()),
     "GetFaces": st.builds(pb.GetFacesRequest, collection_id=any_ids, face_ids=face_ids,

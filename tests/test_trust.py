@@ -208,6 +208,32 @@ def test_every_call_is_recorded_with_caller_purpose_probe_candidates_and_thresho
     assert convert.encode(xb[4]).hex() not in json.dumps(records)  # the probe itself is never kept
 
 
+def test_lean_searches_are_audited_with_the_candidates_shown(secured, gallery):
+    """An ids_only search answers packed arrays, not Candidate messages: its audit record lists the same
+    candidates (face id, similarity, gallery false-match probability) as a full search's."""
+    stub, _, tokens, _, xb = secured
+    before = len(read_audit(gallery.store))
+    full = pb.SearchByEmbeddingRequest(collection_id="c", k=3, purpose="door 3 alarm", case_id="case-8",
+                                       min_similarity=0.1, queries=[_embedding(xb[4]), _embedding(xb[5])])
+    lean = pb.SearchByEmbeddingRequest()
+    lean.CopyFrom(full)
+    lean.ids_only = True
+    answers = [stub.SearchByEmbedding(r, metadata=_bearer(tokens["searcher"])) for r in (full, lean)]
+    assert not answers[1].results and list(answers[1].packed.face_ids) == [
+        c.face.face_id for r in answers[0].results for c in r.candidates]
+    full_record, lean_record = read_audit(gallery.store)[before:]
+    assert lean_record["candidates"] == full_record["candidates"]
+    assert [q[0][0] for q in lean_record["candidates"]] == ["f4", "f5"] and lean_record["threshold"] == 0.1
+
+
+def test_a_record_encoded_once_is_the_canonical_json_with_its_hash():
+    record = {"method": "SearchByEmbedding", "prev": "ab" * 32, "purpose": "door \u00e9 \"3\"\n",
+              "candidates": [[("f1", 0.5, 1e-300), ("f2", 0.25, -1.0)], []], "z": {"b": 1, "a": [1.5, None]}}
+    line, digest = audit_log._hashed_line(record)
+    assert digest == audit_log.record_hash(record)
+    assert line == audit_log._canonical({**record, "hash": digest})
+
+
 def test_audit_queries_with_timestamps_that_do_not_convert_are_invalid_argument(secured, gallery):
     """Found by tests/test_fuzz.py: nanos outside [0, 1e9) or seconds past year 9999 answered INTERNAL; and
     QueryAuditLog on a server without an audit log answered INTERNAL, not its UNIMPLEMENTED."""

@@ -67,6 +67,23 @@ class PartialAnswer(Protocol):
     missing_partitions: list[int]
 
 
+class Packed(Protocol):
+    """What a PackedCandidates message is made of: a gateway `PackedCandidates`."""
+
+    counts: np.ndarray
+    face_ids: list[str]
+    similarities: np.ndarray
+    gallery_false_match_probabilities: np.ndarray
+
+
+class TunedPoint(Protocol):
+    """What a SearchTuningPoint message is made of: a `cluster.index.tuning.SearchPoint`."""
+
+    nprobe: int
+    rerank_depth: int
+    recall: float
+
+
 class ScoreCalibration(Protocol):
     """What a Calibration message is made of: a `cluster.index.calibration.Calibration`."""
 
@@ -193,6 +210,37 @@ def add_candidates(field, candidates: Iterable[ScoredRecord]) -> None:
         fill_face(field.add(similarity=c.similarity, false_match_rate=c.false_match_rate,
                             gallery_false_match_probability=c.gallery_false_match_probability,
                             false_match_rate_is_bound=c.false_match_rate_is_bound).face, c.record)
+
+
+def fill_packed(packed: pb.PackedCandidates, candidates: Packed) -> None:
+    """Writes a lean search's candidates into a PackedCandidates message in place: whole arrays, no loop."""
+    packed.counts.extend(candidates.counts.tolist())
+    packed.face_ids.extend(candidates.face_ids)
+    packed.similarities = np.ascontiguousarray(candidates.similarities, dtype="<f4").tobytes()
+    packed.gallery_false_match_probabilities = np.ascontiguousarray(
+        candidates.gallery_false_match_probabilities, dtype="<f8").tobytes()
+
+
+def unpack(packed: pb.PackedCandidates) -> list[tuple[list[str], np.ndarray, np.ndarray]]:
+    """Per query, (face ids, similarities, gallery false-match probabilities) of a PackedCandidates message."""
+    similarities = np.frombuffer(packed.similarities, dtype="<f4")
+    probabilities = np.frombuffer(packed.gallery_false_match_probabilities, dtype="<f8")
+    ends = np.cumsum(np.asarray(packed.counts, dtype=np.int64)).tolist()
+    face_ids = list(packed.face_ids)
+    return [(face_ids[start:end], similarities[start:end], probabilities[start:end])
+            for start, end in zip([0] + ends[:-1], ends)]
+
+
+def search_tuning(target_recall: float, chosen: TunedPoint | None, points: Sequence[TunedPoint],
+                  sample_queries: int) -> pb.SearchTuning:
+    """A SearchTuning message: the target, and the setting chosen for it from the points measured (None: not
+    measured)."""
+    message = pb.SearchTuning(target_recall=target_recall, measured=chosen is not None, sample_queries=sample_queries,
+                              points=[pb.SearchTuningPoint(nprobe=p.nprobe, rerank_depth=p.rerank_depth,
+                                                           recall_at_10=p.recall) for p in points])
+    if chosen is not None:
+        message.nprobe, message.rerank_depth, message.recall_at_10 = chosen.nprobe, chosen.rerank_depth, chosen.recall
+    return message
 
 
 def partial_fields(results: PartialAnswer) -> dict:

@@ -45,3 +45,7 @@ CALL_TIMEOUT_S = 120.0
 # Audit records per QueryAuditLog answer (INVALID_ARGUMENT above), and the default when 0 is asked.
 MAX_AUDIT_RECORDS_PER_PAGE = 1000
 DEFAULT_AUDIT_RECORDS_PER_PAGE = 100
+
+# Recall@10 a collection's searches aim for when neither CreateCollection nor the search asks for another
+# (target_recall 0); a target must be in (0, 1], INVALID_ARGUMENT otherwise.
+DEFAULT_TARGET_RECALL = 0.99

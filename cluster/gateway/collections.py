@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import faiss
 
-from cluster.api.limits import DEFAULT_COLLECTIONS_PER_PAGE, MAX_COLLECTIONS_PER_PAGE
+from cluster.api.limits import DEFAULT_COLLECTIONS_PER_PAGE, DEFAULT_TARGET_RECALL, MAX_COLLECTIONS_PER_PAGE
 from cluster.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from cluster.index.calibration import DEFAULT_FPIR, Calibration, EmbeddingModel
 from cluster.index.training import load_index
@@ -179,7 +179,8 @@ class Collections:
         return list(self._states.values())
 
     def create(self, collection_id: str, *, dimension: int = 0, train_threshold: int = 0,
-               embedding_model: str = "", replicas: int = 0, default_fpir: float = 0.0) -> CollectionManifest:
+               embedding_model: str = "", replicas: int = 0, default_fpir: float = 0.0,
+               target_recall: float = 0.0) -> CollectionManifest:
         """Creates an empty collection; a face collection's model is recorded and fixed for its life.
 
         Args:
@@ -188,10 +189,12 @@ class Collections:
             replicas: copies of each partition to keep, 1 to the backend's `num_replicas`; 0: all of them.
             default_fpir: target FPIR of searches that set no threshold, in (0, 1); 0: DEFAULT_FPIR for a face
                 collection, none for raw embeddings.
+            target_recall: recall@10 the collection's searches aim for, in (0, 1]; 0: DEFAULT_TARGET_RECALL.
 
         Raises:
             InvalidArgument: bad id, no dimension and no face model, an unknown model, or a model
-                named for a raw-embedding collection; replicas out of range; default_fpir outside [0, 1).
+                named for a raw-embedding collection; replicas out of range; default_fpir outside [0, 1);
+                target_recall outside [0, 1].
             AlreadyExists: the id is taken.
         """
         manifests.check_collection_id(collection_id)
@@ -215,6 +218,9 @@ class Collections:
         if not 0 <= replicas <= self.shards.num_replicas:
             raise InvalidArgument(f"replicas must be in [1, {self.shards.num_replicas}] (this server's copies of each "
                                   f"shard worker; 0 for all), got {replicas}")
+        if not 0.0 <= target_recall <= 1.0:  # NaN fails both
+            raise InvalidArgument(f"target_recall must be in (0, 1], or 0 for {DEFAULT_TARGET_RECALL}, "
+                                  f"got {target_recall}")
         num_partitions = self.shards.num_workers  # one partition per worker at creation
         with self._lock:
             if collection_id in self._states:
@@ -222,7 +228,8 @@ class Collections:
             m = CollectionManifest(collection_id, dimension, num_partitions,
                                    train_threshold or self.default_train_threshold, time.time(), model_name,
                                    replicas=replicas or self.shards.num_replicas, default_fpir=default_fpir,
-                                   partitions=[PartitionManifest() for _ in range(num_partitions)])
+                                   partitions=[PartitionManifest() for _ in range(num_partitions)],
+                                   target_recall=target_recall or DEFAULT_TARGET_RECALL)
             self.commit(m)
             self._states[collection_id] = self._open(m)
         self.shards.call_all("open_collection", m.to_json())

@@ -24,13 +24,16 @@ from cluster.gateway.search import (
     FanOutObserver,
     SearchPath,
     SearchResults,
+    search_cost,
+    tuned_points,
 )
 from cluster.gateway.writes import Writes
 from cluster.index import tuning
 from cluster.index.calibration import Calibration, EmbeddingModel
+from cluster.index.tuning import SearchPoint
 from cluster.shards.backend import ShardBackend
 from cluster.storage.lease import WriterLease
-from cluster.storage.manifest import CollectionManifest
+from cluster.storage.manifest import CollectionManifest, SearchTuning
 from cluster.storage.object_store import ObjectStore
 from cluster.storage.records import FaceRecord
 
@@ -116,14 +119,15 @@ class Gallery:
     # ---- collections -------------------------------------------------------
 
     def create_collection(self, collection_id: str, *, dimension: int = 0, train_threshold: int = 0,
-                          embedding_model: str = "", replicas: int = 0, default_fpir: float = 0.0
-                          ) -> CollectionManifest:
+                          embedding_model: str = "", replicas: int = 0, default_fpir: float = 0.0,
+                          target_recall: float = 0.0) -> CollectionManifest:
         """Creates an empty collection (dimension 0: a face collection of `embedding_model`, "" for the
         default model; replicas 0: every copy the shard backend keeps; default_fpir 0: the default for its kind,
-        see `Collections.create`). InvalidArgument, AlreadyExists."""
+        see `Collections.create`; target_recall 0: DEFAULT_TARGET_RECALL). InvalidArgument, AlreadyExists."""
         self.collections.check_writable()
         return self.collections.create(collection_id, dimension=dimension, train_threshold=train_threshold,
-                                       embedding_model=embedding_model, replicas=replicas, default_fpir=default_fpir)
+                                       embedding_model=embedding_model, replicas=replicas, default_fpir=default_fpir,
+                                       target_recall=target_recall)
 
     def describe(self, collection_id: str) -> tuple[CollectionManifest, CollectionState]:
         state = self.collections.get(collection_id)
@@ -170,19 +174,24 @@ class Gallery:
 
     def search(self, collection_id: str, xq: np.ndarray, k: int, *, nprobe: int = 0,
                min_similarity: float | None = None, target_fpir: float | None = None,
-               timeout_s: float | None = None, allow_partial: bool = False) -> SearchResults:
+               timeout_s: float | None = None, allow_partial: bool = False, target_recall: float = 0.0,
+               ids_only: bool = False) -> SearchResults:
         """Top-k candidates for each query: candidates for human review, never identifications.
 
         Args:
             xq: (nq, d) float32 queries, normalised here.
             k: candidates per query, 1..MAX_K.
-            nprobe: IVF lists probed, 0 for the default; at most nlist.
+            nprobe: IVF lists probed, 0 for the measured (or default) one; at most nlist.
             min_similarity: drop candidates below; None for the collection's calibrated default.
             target_fpir: instead of min_similarity, the largest acceptable false-positive identification rate in
                 (0, 1): the threshold is derived from the calibration at the collection's current size.
             timeout_s: the caller's remaining deadline.
             allow_partial: when shard workers are unavailable, answer from the others, naming the partitions
                 left out in `missing_partitions`; False fails with Unavailable instead.
+            target_recall: recall@10 to reach, in (0, 1]; 0 for the collection's. Once the live index is
+                measured (`Maintenance.measure`), the cheapest measured nprobe and re-rank depth that reach it.
+            ids_only: answer `packed` (face ids, similarities, gallery false-match probabilities as arrays)
+                instead of candidates with face records: no object per candidate.
 
         Raises:
             InvalidArgument, NotFound, FailedPrecondition (empty collection), DeadlineExceeded, Unavailable
@@ -191,7 +200,17 @@ class Gallery:
         """
         return self.searches.search(self.collections.get(collection_id), xq, k, nprobe=nprobe,
                                     min_similarity=min_similarity, target_fpir=target_fpir, timeout_s=timeout_s,
-                                    allow_partial=allow_partial)
+                                    allow_partial=allow_partial, target_recall=target_recall, ids_only=ids_only)
+
+    def search_tuning(self, collection_id: str) -> tuple[SearchPoint | None, list[SearchPoint], int]:
+        """(the setting searches use for the collection's target, every setting measured, queries measured with);
+        (None, [], 0) until the live index has been measured."""
+        state = self.collections.get(collection_id)
+        m = state.manifest
+        points = tuned_points(m, state.live.version)
+        if not points:
+            return None, [], 0
+        return tuning.choose_search_params(points, m.target_recall, search_cost(m)), points, m.search_tuning.queries
 
     # ---- reads -------------------------------------------------------------
 
@@ -232,6 +251,10 @@ class Gallery:
         """Trains IVF-PQ now and switches every partition to it; returns the new index version."""
         self.collections.check_writable()
         return self.maintenance.train(collection_id)
+
+    def measure(self, collection_id: str) -> SearchTuning:
+        """Measures recall@10 of the live IVF-PQ index against exact search (done after each training too)."""
+        return self.maintenance.measure(collection_id)
 
     def calibrate(self, collection_id: str) -> Calibration:
         """Re-estimates a raw collection's impostor distribution from pairs of its own faces."""

@@ -21,12 +21,14 @@ import numpy as np
 from cluster.api.limits import MIN_FACES_TO_TRAIN
 from cluster.errors import FailedPrecondition, InvalidArgument, NotFound
 from cluster.gateway.collections import Collections, CollectionState, LiveIndex, by_worker
-from cluster.index import tuning
+from cluster.gateway.search import search_cost
+from cluster.index import recall, tuning
 from cluster.index.calibration import Calibration, impostor_scores
+from cluster.index.merge import merge_topk
 from cluster.index.training import load_index
 from cluster.shards.backend import ShardBackend
 from cluster.storage import manifest as manifests
-from cluster.storage.manifest import CollectionManifest
+from cluster.storage.manifest import CollectionManifest, SearchTuning
 
 logger = logging.getLogger(__name__)
 
@@ -191,4 +193,71 @@ class Maintenance:
             manifests.gc_collection(store, new)
         logger.info("%s: IVF%d,PQ%d live as version %d (%d faces)", collection_id, nlist, pq_m, version,
                     new.face_count)
+        try:
+            self.measure(collection_id)
+        except Exception:  # the new index serves either way, with the default nprobe and re-rank depth
+            logger.exception("%s: measuring recall of index version %d failed; searches use the defaults",
+                             collection_id, version)
         return version
+
+    def measure(self, collection_id: str) -> SearchTuning:
+        """Measures recall@10 of the live index against exact search on a sample of the collection's own faces,
+        at a geometric sweep of nprobe and every re-rank depth of `tuning.RERANK_DEPTHS`, and records the
+        table in the manifest; searches then choose from it (`tuning.choose_search_params`).
+
+        Each sampled face is a query held out of its own answers (cluster/index/recall.py). Writes go on
+        meanwhile: the table describes the index version measured, whose lists they join.
+
+        Raises:
+            FailedPrecondition: the collection is searched exactly (nothing to tune).
+        """
+        started = time.perf_counter()
+        state = self.collections.get(collection_id)
+        m, live = state.manifest, state.live
+        if not live.version:
+            raise FailedPrecondition(f"collection {collection_id!r} is searched exactly: nothing to tune")
+        k, workers = tuning.MEASURED_K, range(self.shards.num_workers)
+        xq, _ = self._sample(collection_id, tuning.recall_queries(m.face_count), seed=m.sequence + 1)
+        xq = np.ascontiguousarray(xq, dtype=np.float32)
+        _, I = merge_topk(self.shards.call("exact_topk", [(w, (collection_id, xq, k + 1)) for w in workers],
+                                           maintenance=True), k + 1)
+        own, truth = recall.held_out_truth(I)
+        P, n = m.num_partitions, m.face_count
+        probes = tuning.probe_sweep(live.nlist)
+        Dq_all, Iq_all = live.quantizer.search(xq, probes[-1])  # best first: nprobe p scans the first p columns
+        points: list[tuning.SearchPoint] = []
+        reached = False
+        for nprobe in probes:
+            # Only the depths a search would probe exactly nprobe lists for (`tuning.nprobe_for` raises it where
+            # the lists hold too few candidates): every point is then a setting that serving reproduces.
+            depths = [d for d in tuning.RERANK_DEPTHS if tuning.nprobe_for(nprobe, d, live.nlist, n) == nprobe]
+            if not depths:
+                continue
+            depth = tuning.partition_rerank_depth(max(depths), k, P)
+            Iq, Dq = np.ascontiguousarray(Iq_all[:, :nprobe]), np.ascontiguousarray(Dq_all[:, :nprobe])
+            parts = [part for per_worker in self.shards.call(
+                "ranked_candidates", [(w, (collection_id, xq, depth, live.version, Iq, Dq)) for w in workers],
+                maintenance=True) for part in per_worker]
+            for d in depths:
+                found = recall.emulate_rerank(parts, tuning.partition_rerank_depth(d, k, P), k, own)
+                points.append(tuning.SearchPoint(nprobe, d, recall.recall_at_k(found, truth)))
+            # Each step costs about as much as all before it: stop one step past the target (which leaves
+            # requests for a little more some room), or where recall is saturated.
+            best = max(p.recall for p in points if p.nprobe == nprobe)
+            if reached or best >= tuning.SATURATED_RECALL:
+                break
+            reached = best >= m.target_recall
+        measured = SearchTuning(live.version, len(xq), [[p.nprobe, p.rerank_depth, p.recall] for p in points])
+        with state.write_lock:
+            if state.manifest.index_version != live.version:  # retrained meanwhile: that version measures itself
+                return measured
+            new = copy.deepcopy(state.manifest)
+            new.search_tuning = measured
+            self.collections.commit(new)
+            state.manifest = new
+        chosen = tuning.choose_search_params(points, m.target_recall, search_cost(new))
+        logger.info("%s: recall@10 %.4f at nprobe %d, re-rank %d (target %.3f; %d points, %d queries, %.1f s)",
+                    collection_id, chosen.recall, chosen.nprobe, chosen.rerank_depth, m.target_recall, len(points),
+                    len(xq), time.perf_counter() - started)
+        return measured
+

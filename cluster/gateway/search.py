@@ -28,6 +28,7 @@ from cluster.index.merge import merge_topk
 from cluster.index.shard_index import StaleIndexVersion
 from cluster.shards.backend import ShardBackend
 from cluster.shards.protocol import SearchRequest
+from cluster.storage.manifest import CollectionManifest
 from cluster.storage.records import FaceRecord
 
 # Four full requests: enough to keep the one dispatch slot busy with the next batch ready behind it, few enough
@@ -101,8 +102,18 @@ def check_threshold_args(calibration: Calibration | None, *, min_similarity: flo
 
 
 @dataclass
+class PackedCandidates:
+    """A lean search's candidates: flat arrays, query after query, best first; no object per candidate."""
+
+    counts: np.ndarray  # (nq,) int: candidates of each query
+    face_ids: list[str]  # counts.sum() face ids
+    similarities: np.ndarray  # (counts.sum(),) float32
+    gallery_false_match_probabilities: np.ndarray  # (counts.sum(),) float64; -1 when uncalibrated
+
+
+@dataclass
 class SearchResults:
-    candidates: list[list[Candidate]]  # per query, best first
+    candidates: list[list[Candidate]]  # per query, best first; empty for a lean (ids_only) search
     gallery_size: int
     calibration: Calibration | None
     index_version: int
@@ -111,6 +122,7 @@ class SearchResults:
     missing_partitions: list[int] = field(default_factory=list)
     threshold: Threshold = Threshold(-1.0)  # what candidates were held to
     default_fpir: float = 0.0  # the collection's default target FPIR (0: none), for its Calibration message
+    packed: PackedCandidates | None = None  # the candidates of a lean (ids_only) search
 
     @property
     def partial(self) -> bool:
@@ -140,13 +152,15 @@ class SearchPath:
         self.admission = QueryAdmission(max_queued_queries)
         self._fan_out_observer = fan_out_observer
         self._batcher = QueryBatcher(self._search_batch)
+        # collection -> (the SearchTuning chosen from, the setting chosen for the collection's own target)
+        self._chosen: dict[str, tuple[object, tuning.SearchPoint]] = {}
 
     def close(self) -> None:
         self._batcher.close()
 
     def search(self, state: CollectionState, xq: np.ndarray, k: int, *, nprobe: int = 0,
                min_similarity: float | None = None, target_fpir: float | None = None, timeout_s: float | None = None,
-               allow_partial: bool = False) -> SearchResults:
+               allow_partial: bool = False, target_recall: float = 0.0, ids_only: bool = False) -> SearchResults:
         """Top-k candidates for each query; see `Gallery.search`."""
         m = state.manifest
         # Checked before the fan-out; the threshold itself is chosen at the size the search answers from.
@@ -160,6 +174,8 @@ class SearchPath:
                 f"queries: {xq.shape[0]} given, 1 to {MAX_QUERIES} per request")
         if nprobe < 0:
             raise InvalidArgument(f"nprobe must be >= 0, got {nprobe}")
+        if not 0.0 <= target_recall <= 1.0:  # NaN fails both
+            raise InvalidArgument(f"target_recall must be in (0, 1], or 0 for the collection's, got {target_recall}")
         xq = vectors.normalize(xq, what="queries")
         if m.face_count == 0:
             raise FailedPrecondition(f"collection {m.collection_id!r} is empty: enroll faces before searching")
@@ -168,7 +184,8 @@ class SearchPath:
         started = time.monotonic()
         try:
             # Partial and complete searches never share a fan-out: a complete one must fail when a worker is away.
-            future = self._batcher.submit((m.collection_id, k, nprobe, allow_partial), xq)
+            nprobe, depth = self.search_params(state, nprobe, target_recall)
+            future = self._batcher.submit((m.collection_id, k, nprobe, depth, allow_partial, ids_only), xq)
         except BaseException:
             self.admission.release(nq)
             raise
@@ -186,6 +203,15 @@ class SearchPath:
         gallery_size = m.face_count
         threshold = choose_threshold(calibration, gallery_size, min_similarity=min_similarity,
                                      target_fpir=target_fpir, default_fpir=default_fpir(m))
+        if ids_only:  # array work only: one pass over the shown labels for their ids, no object per candidate
+            shown = (I >= 0) & (D >= threshold.similarity)  # merged best first: a row's shown candidates lead it
+            D_shown = D[shown]
+            gfmp = (gallery_probability(calibration.false_match_rate(D_shown), gallery_size) if calibration
+                    else np.full(D_shown.shape, -1.0))
+            packed = PackedCandidates(shown.sum(axis=1), [records[label] for label in I[shown].tolist()],
+                                      D_shown.astype(np.float32), np.asarray(gfmp, dtype=np.float64))
+            return SearchResults([], gallery_size, calibration, state.live.version, missing, threshold, default_fpir(m),
+                                 packed)
         fmr = calibration.false_match_rate(D) if calibration else np.full(D.shape, -1.0)
         gfmp = gallery_probability(fmr, gallery_size) if calibration else fmr
         bound = calibration.false_match_rate_is_bound(D) if calibration else np.zeros(D.shape, bool)
@@ -196,27 +222,45 @@ class SearchPath:
         return SearchResults(candidates, gallery_size, calibration, state.live.version, missing, threshold,
                              default_fpir(m))
 
-    def _search_batch(self, key: tuple[str, int, int, bool], xq: np.ndarray
+    def search_params(self, state: CollectionState, nprobe: int, target_recall: float) -> tuple[int, int]:
+        """(nprobe, re-rank depth for top-10) of a search: the cheapest measured to reach the target recall
+        (0: the collection's); a requested nprobe overrides the measured one. (nprobe, 0), the defaults of
+        `tuning`, where the live index has not been measured (yet) or the collection is searched exactly."""
+        m = state.manifest
+        measured = m.search_tuning
+        if measured is None or not state.live.version or measured.index_version != state.live.version:
+            return nprobe, 0
+        if target_recall:  # not cached: a request may ask any number
+            chosen = tuning.choose_search_params(tuned_points(m, state.live.version), target_recall, search_cost(m))
+            return nprobe or chosen.nprobe, chosen.rerank_depth
+        cached = self._chosen.get(m.collection_id)
+        if cached is None or cached[0] is not measured:  # chosen again once the table changes
+            cached = (measured, tuning.choose_search_params(tuned_points(m, state.live.version), m.target_recall,
+                                                            search_cost(m)))
+            self._chosen[m.collection_id] = cached
+        return nprobe or cached[1].nprobe, cached[1].rerank_depth
+
+    def _search_batch(self, key: tuple[str, int, int, int, bool, bool], xq: np.ndarray
                       ) -> tuple[np.ndarray, np.ndarray, tuple[dict, list[int]]]:
-        collection_id, k, nprobe, allow_partial = key
+        collection_id, k, nprobe, depth, allow_partial, ids_only = key
         state = self.collections.get(collection_id)
         try:
-            return self._fan_out(state, xq, k, nprobe, allow_partial)
+            return self._fan_out(state, xq, k, nprobe, depth, allow_partial, ids_only)
         except StaleIndexVersion:  # an index switch completed between reading `live` and the shards' answer
-            return self._fan_out(state, xq, k, nprobe, allow_partial)
+            return self._fan_out(state, xq, k, nprobe, depth, allow_partial, ids_only)
 
-    def _fan_out(self, state: CollectionState, xq: np.ndarray, k: int, nprobe: int, allow_partial: bool
-                 ) -> tuple[np.ndarray, np.ndarray, tuple[dict, list[int]]]:
-        """(D, I, (records of the labels in I, partitions missing)) of the batch."""
+    def _fan_out(self, state: CollectionState, xq: np.ndarray, k: int, nprobe: int, depth: int, allow_partial: bool,
+                 ids_only: bool) -> tuple[np.ndarray, np.ndarray, tuple[dict, list[int]]]:
+        """(D, I, (records, or face ids when ids_only, of the labels in I; partitions missing)) of the batch."""
         live = state.live
         Iq = Dq = None
         rerank_k = k
         if live.version:
-            collection_depth = tuning.rerank_depth(k)
+            collection_depth = tuning.rerank_depth(k, depth)
             nprobe = tuning.nprobe_for(nprobe, collection_depth, live.nlist, state.manifest.face_count)
             Dq, Iq = live.quantizer.search(xq, nprobe)
             rerank_k = tuning.partition_rerank_depth(collection_depth, k, state.manifest.num_partitions)
-        request = SearchRequest(state.manifest.collection_id, xq, k, live.version, Iq, Dq, rerank_k)
+        request = SearchRequest(state.manifest.collection_id, xq, k, live.version, Iq, Dq, rerank_k, ids_only)
         with _tracer.start_as_current_span("gallery.search.fan_out", attributes={
                 "gallery.collection_id": request.collection_id, "gallery.queries": xq.shape[0], "gallery.k": k,
                 "gallery.index_version": live.version, "gallery.shard_workers": self.shards.num_workers}):
@@ -230,4 +274,18 @@ class SearchPath:
         D, I = merge_topk([(r.D, r.I) for r in replies], k)
         records = {label: record for r in replies for label, record in r.records.items()}
         return D, I, (records, partitions_of_workers(skipped, state.manifest.num_partitions, self.shards.num_workers))
+
+
+def search_cost(m: CollectionManifest):
+    """The cost function `tuning.choose_search_params` compares a collection's measured settings by."""
+    return lambda p: tuning.search_cost(p.nprobe, p.rerank_depth, nlist=m.nlist, num_vectors=m.face_count,
+                                        dimension=m.dimension, pq_m=m.pq_m)
+
+
+def tuned_points(m: CollectionManifest, live_version: int) -> list[tuning.SearchPoint]:
+    """The settings measured for the live index version; [] when it has not been measured (yet)."""
+    t = m.search_tuning
+    if t is None or not live_version or t.index_version != live_version:
+        return []
+    return [tuning.SearchPoint(int(p), int(d), float(r)) for p, d, r in t.points]
 

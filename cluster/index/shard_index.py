@@ -24,6 +24,7 @@ import faiss
 import numpy as np
 
 from cluster.index import gpu
+from cluster.index.merge import merge_topk
 from cluster.storage.records import FaceBatch, FaceRecord
 
 logger = logging.getLogger(__name__)
@@ -137,6 +138,13 @@ class ShardIndex:
                 out.append(record)
             return out
 
+    def face_ids(self, labels: np.ndarray) -> list[str | None]:
+        """Face ids of the given labels, all >= 0 (None for a dead slot): what a lean search answers with."""
+        with self._lock:
+            records = self._records
+            return [r.face_id if (r := records[pos]) is not None else None
+                    for pos in (np.asarray(labels).ravel() // self.num_partitions).tolist()]
+
     def get(self, face_ids: list[str], *, include_embeddings: bool = False) -> list[FaceRecord]:
         with self._lock:
             positions = [self._position_of[f] for f in face_ids if f in self._position_of]
@@ -186,48 +194,82 @@ class ShardIndex:
         if xq.ndim != 2 or xq.shape[1] != self.d:
             raise ValueError(f"xq must be (nq, {self.d}) for this partition's dimension {self.d}, got shape {xq.shape}")
         with self._lock:
-            if version == self.version:
-                index = self._index
-            elif self._previous is not None and self._previous[0] == version:
-                index = self._previous[1]
-            else:
-                raise StaleIndexVersion(f"partition {self.partition} serves index version {self.version}, "
-                                        f"asked {version}")
             if version == 0:
-                return exact_search(index, xq, k)
-            depth, nprobe = rerank_k or k, Iq.shape[1]
-            copy = self._gpu_copies.get(version)
-            if copy is not None and copy.can_search(depth, nprobe):
-                labels = copy.search(xq, depth, nprobe)
-                candidates = gpu.first_live(labels, self._slots_and_liveness(labels)[1], depth)
-            else:
-                index.nprobe = nprobe  # search_preassigned scans Iq's columns; the lock makes this safe
-                _, candidates = index.search_preassigned(xq, depth, Iq, Dq)
-            return self._rerank(xq, candidates, k)
+                return exact_search(self._versioned(version), xq, k)
+            return self._rerank(xq, self._pq_candidates(xq, version, Iq, Dq, rerank_k or k), k)
+
+    def _versioned(self, version: int) -> faiss.Index:
+        if version == self.version:
+            return self._index
+        if self._previous is not None and self._previous[0] == version:
+            return self._previous[1]
+        raise StaleIndexVersion(f"partition {self.partition} serves index version {self.version}, asked {version}")
+
+    def _pq_candidates(self, xq: np.ndarray, version: int, Iq: np.ndarray, Dq: np.ndarray, depth: int) -> np.ndarray:
+        """(nq, depth) labels of the PQ top-`depth` in the lists Iq, best first (-1 for none); under the lock."""
+        index = self._versioned(version)
+        nprobe = Iq.shape[1]
+        copy = self._gpu_copies.get(version)
+        if copy is not None and copy.can_search(depth, nprobe):
+            labels = copy.search(xq, depth, nprobe)
+            return gpu.first_live(labels, self._slots_and_liveness(labels)[1], depth)
+        index.nprobe = nprobe  # search_preassigned scans Iq's columns; the lock makes this safe
+        return index.search_preassigned(xq, depth, Iq, Dq)[1]
+
+    def ranked_candidates(self, xq: np.ndarray, depth: int, *, version: int, Iq: np.ndarray, Dq: np.ndarray
+                          ) -> tuple[np.ndarray, np.ndarray]:
+        """The PQ top-`depth` of each query in PQ order, and their re-ranked scores (-inf for none or deleted):
+        what `search` re-ranks, for measuring recall at every depth up to `depth` at once (cluster/index/recall.py).
+        """
+        with self._lock:
+            candidates = self._pq_candidates(xq, version, Iq, Dq, depth)
+            return candidates, self._scores(xq, candidates)
+
+    def exact_topk(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k of the alive faces by their stored fp16 vectors, with BLAS over many queries at once:
+        the truth recall is measured against, not a serving path (see `exact_search` for why that differs)."""
+        with self._lock:
+            positions = np.flatnonzero(self._alive)
+            stored = self._vectors  # replaced, never edited in place, when it grows
+        codes = stored.view(np.uint8)
+        results = [(np.full((xq.shape[0], k), -np.inf, np.float32), np.full((xq.shape[0], k), -1, np.int64))]
+        for start in range(0, positions.size, 65_536):
+            chunk = positions[start:start + 65_536]
+            xb = self._fp16.decode(codes[chunk]).reshape(chunk.size, self.d)
+            D, I = faiss.knn(xq, xb, min(k, chunk.size), metric=faiss.METRIC_INNER_PRODUCT)
+            results.append((D, np.where(I >= 0, self.labels(chunk)[np.maximum(I, 0)], -1)))
+        return merge_topk(results, k)
 
     def _slots_and_liveness(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The slot of each label (0 for -1), and whether it holds a live face."""
         positions = np.where(labels >= 0, self._positions(labels), 0)
         return positions, (labels >= 0) & self._alive[positions]
 
-    def _rerank(self, xq: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _scores(self, xq: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """(nq, depth) inner products of each query with its candidates' stored vectors, -inf for none or dead."""
         nq, depth = candidates.shape
-        D = np.full((nq, k), -np.inf, dtype=np.float32)
-        I = np.full((nq, k), -1, dtype=np.int64)
+        scores = np.empty((nq, depth), dtype=np.float32)
         codes = self._vectors.view(np.uint8)
-        chunk = max(1, _RERANK_FLOATS // (depth * self.d))
+        chunk = max(1, _RERANK_FLOATS // max(depth * self.d, 1))
         for start in range(0, nq, chunk):
             labels = candidates[start:start + chunk]
             positions, valid = self._slots_and_liveness(labels)
             # faiss decodes fp16 with SIMD, faster than numpy's astype (benchmarks/README.md)
             stored = self._fp16.decode(codes[positions.ravel()]).reshape(len(labels), depth, self.d)
-            scores = np.matmul(stored, xq[start:start + chunk, :, None])[:, :, 0]
-            scores[~valid] = -np.inf
-            order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-            top = np.take_along_axis(scores, order, axis=1)
-            top_labels = np.where(np.isfinite(top), np.take_along_axis(labels, order, axis=1), -1)
-            D[start:start + len(labels), :top.shape[1]] = top
-            I[start:start + len(labels), :top.shape[1]] = top_labels
+            part = np.matmul(stored, xq[start:start + chunk, :, None])[:, :, 0]
+            part[~valid] = -np.inf
+            scores[start:start + len(labels)] = part
+        return scores
+
+    def _rerank(self, xq: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        nq = candidates.shape[0]
+        D = np.full((nq, k), -np.inf, dtype=np.float32)
+        I = np.full((nq, k), -1, dtype=np.int64)
+        scores = self._scores(xq, candidates)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        top = np.take_along_axis(scores, order, axis=1)
+        D[:, :top.shape[1]] = top
+        I[:, :top.shape[1]] = np.where(np.isfinite(top), np.take_along_axis(candidates, order, axis=1), -1)
         return D, I
 
     # ---- mutations ---------------------------------------------------------

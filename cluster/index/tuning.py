@@ -1,6 +1,7 @@
 """Tuning rules for IVF-PQ: small pure functions, each with where its rule comes from."""
 
 import math
+from dataclasses import dataclass
 
 # Below this many faces a collection is searched exhaustively, which stays within a
 # batch-1 query's latency budget on one core (benchmarks/README.md), and it is the
@@ -56,9 +57,15 @@ def nprobe_for(requested: int, rerank_k: int, nlist: int, num_vectors: int) -> i
     return min(nlist, max(requested or default_nprobe(nlist), needed))
 
 
-def rerank_depth(k: int) -> int:
-    """PQ candidates re-ranked against full-precision vectors: PQ64 ranks the true top-10 inside its
-    top-100 for ~all queries on 512-d face data, so 10x k (at least 100) suffices."""
+def rerank_depth(k: int, tuned: int = 0) -> int:
+    """PQ candidates the collection re-ranks against full-precision vectors for a top-k search.
+
+    `tuned` is the depth measured for top-10 (`choose_search_params`): used as is up to k = 10 (a top-k
+    inside a top-10 that reached its recall), in proportion to k above. Without one (0): PQ64 ranks the
+    true top-10 inside its top-100 for ~all queries on 512-d face data, so 10x k (at least 100) suffices.
+    """
+    if tuned:
+        return max(tuned, math.ceil(tuned * k / MEASURED_K))
     return max(10 * k, 100)
 
 
@@ -81,3 +88,68 @@ def should_train(face_count: int, trained_on: int, train_threshold: int) -> bool
     if face_count < train_threshold:
         return False
     return trained_on == 0 or face_count >= RETRAIN_GROWTH_FACTOR * trained_on
+
+
+# ---- parameters tuned by measurement (cluster/gateway/maintenance.py measures, these rules choose) ----
+
+# Recall is measured for top-10 searches, the size a person reviews, and the figure peers publish.
+MEASURED_K = 10
+
+# Re-rank depths measured, as the collection's top-`depth` PQ candidates for a top-10 search: one search at
+# the deepest gives every shallower depth too (a PQ top-d is the first d of its top-200).
+RERANK_DEPTHS = (10, 15, 20, 30, 50, 100, 200)
+
+# The ascending nprobe sweep stops once recall@10 reaches this at some re-rank depth: past it, more lists
+# buy nothing that 1,000 queries can tell apart (one miss in 10,000 neighbours). Otherwise it stops one step
+# past the collection's target (cluster/gateway/maintenance.py).
+SATURATED_RECALL = 0.9995
+
+
+@dataclass(frozen=True)
+class SearchPoint:
+    """One measured setting: lists probed, collection re-rank depth for top-10, and the recall@10 it reached."""
+
+    nprobe: int
+    rerank_depth: int
+    recall: float
+
+
+def recall_queries(num_vectors: int) -> int:
+    """Faces sampled as queries to measure recall: 1,000 (recall@10 to about +-0.003 at 0.99), fewer past 250k
+    faces so that their exact top-10, a flat search over every face, stays under ~2.5e8 inner products
+    (seconds on two cores); at least 200 (+-0.007 at 0.99)."""
+    return max(200, min(1000, 250_000_000 // max(num_vectors, 1)))
+
+
+def probe_sweep(nlist: int) -> list[int]:
+    """nprobe values measured, geometrically (1, 2, 4, ... nlist): recall grows about with log(nprobe), and
+    the sweep, ascending, stops early (`SATURATED_RECALL`), so it costs about twice its last step."""
+    out, p = [], 1
+    while p < nlist:
+        out.append(p)
+        p *= 2
+    return out + [nlist]
+
+
+def search_cost(nprobe: int, rerank_depth: int, *, nlist: int, num_vectors: int, dimension: int, pq_m: int) -> float:
+    """Work per top-10 query, in table lookups or multiply-adds: the PQ codes scanned in the probed lists
+    (pq_m lookups each), plus the re-ranked candidates (fp16 decode and inner product, ~2 per dimension).
+    Deterministic, unlike timing a 2-core machine that others share, and close to how time grows."""
+    scanned = nprobe * num_vectors / max(nlist, 1)
+    return scanned * pq_m + rerank_depth * 2 * dimension
+
+
+def choose_search_params(points: list[SearchPoint], target_recall: float, cost) -> SearchPoint:
+    """The cheapest measured setting (by `cost(point)`) that reaches `target_recall`; where none does, the one
+    of highest recall (the cheapest of those). Ties in cost go to the higher recall.
+
+    Raises:
+        ValueError: no points.
+    """
+    if not points:
+        raise ValueError("choose_search_params needs at least one measured point")
+    reaching = [p for p in points if p.recall >= target_recall]
+    if reaching:
+        return min(reaching, key=lambda p: (cost(p), -p.recall))
+    best = max(p.recall for p in points)
+    return min((p for p in points if p.recall == best), key=cost)

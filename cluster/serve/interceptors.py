@@ -15,6 +15,7 @@ import logging
 import time
 
 import grpc
+import numpy as np
 
 from cluster.serve.audit import AuditLog, AuditUnavailable, elapsed_ms
 from cluster.serve.authz import PermissionDenied, authorize
@@ -189,6 +190,8 @@ def _response_fields(request, response) -> dict:
     similarity threshold they passed."""
     if hasattr(response, "face_matches"):
         lists = [[(round(m.similarity, 4), m.false_match_rate) for m in response.face_matches]]
+    elif getattr(request, "ids_only", False) and response.HasField("packed"):
+        lists = _packed_candidates(response.packed)
     elif hasattr(response, "results"):
         lists = [[(c.face.face_id, round(c.similarity, 4), c.gallery_false_match_probability)
                   for c in getattr(r, "candidates", [])] for r in response.results]
@@ -204,3 +207,12 @@ def _response_fields(request, response) -> dict:
     if getattr(request, "target_fpir", 0.0):
         fields["target_fpir"] = request.target_fpir
     return fields
+
+
+def _packed_candidates(packed) -> list[list[tuple]]:
+    """The candidates of a lean search as the audit log records every search's, built from whole arrays."""
+    similarities = np.frombuffer(packed.similarities, dtype="<f4").astype(np.float64).round(4).tolist()
+    probabilities = np.frombuffer(packed.gallery_false_match_probabilities, dtype="<f8").tolist()
+    shown = list(zip(packed.face_ids, similarities, probabilities))
+    ends = np.cumsum(np.asarray(packed.counts, dtype=np.int64)).tolist()
+    return [shown[start:end] for start, end in zip([0] + ends[:-1], ends)]

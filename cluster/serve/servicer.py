@@ -91,7 +91,8 @@ class GalleryServicer(gallery_pb2_grpc.GalleryServicer):
             calibration=convert.calibration_message(state.calibration, m.face_count, default_fpir(m)),
             memory_bytes=self.gallery.memory_bytes(collection_id), replicas=m.replicas,
             unavailable_partitions=self.gallery.unavailable_partitions(collection_id),
-            live_replicas=self.gallery.live_replicas(collection_id))
+            live_replicas=self.gallery.live_replicas(collection_id),
+            search_tuning=convert.search_tuning(m.target_recall, *self.gallery.search_tuning(collection_id)))
         description.created_at.FromNanoseconds(int(m.created_at * 1e9))
         return description
 
@@ -100,7 +101,7 @@ class GalleryServicer(gallery_pb2_grpc.GalleryServicer):
         self.gallery.create_collection(request.collection_id, dimension=request.dimension,
                                        train_threshold=request.train_threshold,
                                        embedding_model=request.embedding_model, replicas=request.replicas,
-                                       default_fpir=request.default_fpir)
+                                       default_fpir=request.default_fpir, target_recall=request.target_recall)
         return pb.CreateCollectionResponse(collection=self._describe(request.collection_id))
 
     @_status_errors
@@ -142,12 +143,14 @@ class GalleryServicer(gallery_pb2_grpc.GalleryServicer):
             request.collection_id, xq, request.k, nprobe=request.nprobe,
             min_similarity=request.min_similarity if request.HasField("min_similarity") else None,
             target_fpir=convert.optional_fpir(request.target_fpir), timeout_s=_deadline(context),
-            allow_partial=request.allow_partial)
+            allow_partial=request.allow_partial, target_recall=request.target_recall, ids_only=request.ids_only)
         response = pb.SearchByEmbeddingResponse(
             gallery_size=results.gallery_size,
             calibration=convert.calibration_message(results.calibration, results.gallery_size, results.default_fpir),
             index_state=convert.index_state(results.index_version), **convert.partial_fields(results),
             **convert.threshold_fields(results.threshold))
+        if results.packed is not None:
+            convert.fill_packed(response.packed, results.packed)
         for candidates in results.candidates:
             convert.add_candidates(response.results.add().candidates, candidates)
         return response

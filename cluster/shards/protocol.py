@@ -26,11 +26,12 @@ class SearchRequest:
     Iq: np.ndarray | None  # (nq, nprobe) IVF lists to scan
     Dq: np.ndarray | None
     rerank_k: int  # PQ candidates each partition re-ranks
+    ids_only: bool = False  # the reply's records are face ids (str), not FaceRecords: a lean search
 
 
 @dataclass
 class SearchReply:
     D: np.ndarray
     I: np.ndarray
-    records: dict[int, FaceRecord]  # of the labels in I
+    records: dict[int, FaceRecord | str]  # of the labels in I: face ids alone when the request was ids_only
     search_s: float = 0.0  # the worker's own time on the request, for the gateway's per-shard latency

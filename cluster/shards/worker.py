@@ -300,9 +300,21 @@ class ShardWorker:
         for p in partitions:
             shard = self._shard(r.collection_id, p)
             labels = np.unique(I[(I >= 0) & (I % shard.num_partitions == p)])
-            records.update(zip(labels.tolist(), shard.records(labels)))
+            records.update(zip(labels.tolist(), shard.face_ids(labels) if r.ids_only else shard.records(labels)))
         return pickle.dumps(SearchReply(D, I, records, time.perf_counter() - started),
                             protocol=pickle.HIGHEST_PROTOCOL)
+
+    def exact_topk(self, collection_id: str, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k over every alive face of this worker's partitions (for measuring recall)."""
+        self._use_omp_threads()
+        return merge_topk([s.exact_topk(xq, k) for s in self._partitions[collection_id].values()], k)
+
+    def ranked_candidates(self, collection_id: str, xq: np.ndarray, depth: int, version: int, Iq: np.ndarray,
+                          Dq: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per partition, its PQ top-`depth` in PQ order with their re-ranked scores (for measuring recall)."""
+        self._use_omp_threads()
+        return [s.ranked_candidates(xq, depth, version=version, Iq=Iq, Dq=Dq)
+                for _, s in sorted(self._partitions[collection_id].items())]
 
     def get_faces(self, collection_id: str, face_ids: dict[int, list[str]], include_embeddings: bool
                   ) -> list[FaceRecord]:

@@ -12,6 +12,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+from cluster.api.limits import DEFAULT_TARGET_RECALL
 from cluster.storage.object_store import ObjectStore, UnsafeKey, check_name, object_key
 
 FORMAT_VERSION = 1
@@ -39,6 +40,15 @@ class PartitionManifest:
 
 
 @dataclass
+class SearchTuning:
+    """Recall@10 measured on a collection's own faces after a (re)training (cluster/gateway/maintenance.py)."""
+
+    index_version: int  # the index version measured; a later version is searched by default until measured
+    queries: int  # faces sampled as queries
+    points: list[list[float]] = field(default_factory=list)  # [nprobe, re-rank depth for top-10, recall@10]
+
+
+@dataclass
 class CollectionManifest:
     collection_id: str
     dimension: int
@@ -59,6 +69,8 @@ class CollectionManifest:
     calibration_source: str = ""  # of `calibration`: "gallery" (estimated in the background) or "job" (SetCalibration)
     default_fpir: float = 0.0  # target FPIR of searches that set no threshold; 0: the server's default for its kind
     partitions: list[PartitionManifest] = field(default_factory=list)
+    target_recall: float = DEFAULT_TARGET_RECALL  # recall@10 its searches aim for
+    search_tuning: SearchTuning | None = None
 
     def next_key(self, name: str) -> str:
         """A fresh object key under this collection, e.g. "collections/c/p0/add-000012.parquet"."""
@@ -84,7 +96,8 @@ class CollectionManifest:
             raise ValueError(f"manifest format {raw.get('format')} unsupported")
         partitions = [PartitionManifest(p["snapshot"], p["index"], [Segment(**s) for s in p["segments"]])
                       for p in raw.pop("partitions")]
-        return cls(**raw, partitions=partitions)
+        tuning = raw.pop("search_tuning", None)  # absent from manifests written before tuning by measurement
+        return cls(**raw, partitions=partitions, search_tuning=SearchTuning(**tuning) if tuning else None)
 
 
 def check_collection_id(collection_id: str) -> str:

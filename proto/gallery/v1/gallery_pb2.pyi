@@ -157,20 +157,22 @@ class Calibration(_message.Message):
     def __init__(self, source: _Optional[_Union[CalibrationSource, str]] = ..., impostor_pairs: _Optional[int] = ..., default_min_similarity: _Optional[float] = ..., default_fpir: _Optional[float] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("collection_id", "dimension", "train_threshold", "embedding_model", "default_fpir", "replicas")
+    __slots__ = ("collection_id", "dimension", "train_threshold", "embedding_model", "default_fpir", "replicas", "target_recall")
     COLLECTION_ID_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     TRAIN_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_FPIR_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_RECALL_FIELD_NUMBER: _ClassVar[int]
     collection_id: str
     dimension: int
     train_threshold: int
     embedding_model: str
     default_fpir: float
     replicas: int
-    def __init__(self, collection_id: _Optional[str] = ..., dimension: _Optional[int] = ..., train_threshold: _Optional[int] = ..., embedding_model: _Optional[str] = ..., default_fpir: _Optional[float] = ..., replicas: _Optional[int] = ...) -> None: ...
+    target_recall: float
+    def __init__(self, collection_id: _Optional[str] = ..., dimension: _Optional[int] = ..., train_threshold: _Optional[int] = ..., embedding_model: _Optional[str] = ..., default_fpir: _Optional[float] = ..., replicas: _Optional[int] = ..., target_recall: _Optional[float] = ...) -> None: ...
 
 class CreateCollectionResponse(_message.Message):
     __slots__ = ("collection",)
@@ -185,7 +187,7 @@ class DescribeCollectionRequest(_message.Message):
     def __init__(self, collection_id: _Optional[str] = ...) -> None: ...
 
 class CollectionDescription(_message.Message):
-    __slots__ = ("collection_id", "dimension", "face_count", "num_partitions", "index_state", "nlist", "pq_m", "trained_on", "training", "train_threshold", "embedding_model", "calibration", "created_at", "memory_bytes", "replicas", "unavailable_partitions", "live_replicas")
+    __slots__ = ("collection_id", "dimension", "face_count", "num_partitions", "index_state", "nlist", "pq_m", "trained_on", "training", "train_threshold", "embedding_model", "calibration", "created_at", "memory_bytes", "replicas", "unavailable_partitions", "live_replicas", "search_tuning")
     COLLECTION_ID_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     FACE_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -203,6 +205,7 @@ class CollectionDescription(_message.Message):
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     UNAVAILABLE_PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     LIVE_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_TUNING_FIELD_NUMBER: _ClassVar[int]
     collection_id: str
     dimension: int
     face_count: int
@@ -220,7 +223,36 @@ class CollectionDescription(_message.Message):
     replicas: int
     unavailable_partitions: _containers.RepeatedScalarFieldContainer[int]
     live_replicas: int
-    def __init__(self, collection_id: _Optional[str] = ..., dimension: _Optional[int] = ..., face_count: _Optional[int] = ..., num_partitions: _Optional[int] = ..., index_state: _Optional[_Union[IndexState, str]] = ..., nlist: _Optional[int] = ..., pq_m: _Optional[int] = ..., trained_on: _Optional[int] = ..., training: _Optional[bool] = ..., train_threshold: _Optional[int] = ..., embedding_model: _Optional[str] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., memory_bytes: _Optional[int] = ..., replicas: _Optional[int] = ..., unavailable_partitions: _Optional[_Iterable[int]] = ..., live_replicas: _Optional[int] = ...) -> None: ...
+    search_tuning: SearchTuning
+    def __init__(self, collection_id: _Optional[str] = ..., dimension: _Optional[int] = ..., face_count: _Optional[int] = ..., num_partitions: _Optional[int] = ..., index_state: _Optional[_Union[IndexState, str]] = ..., nlist: _Optional[int] = ..., pq_m: _Optional[int] = ..., trained_on: _Optional[int] = ..., training: _Optional[bool] = ..., train_threshold: _Optional[int] = ..., embedding_model: _Optional[str] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., memory_bytes: _Optional[int] = ..., replicas: _Optional[int] = ..., unavailable_partitions: _Optional[_Iterable[int]] = ..., live_replicas: _Optional[int] = ..., search_tuning: _Optional[_Union[SearchTuning, _Mapping]] = ...) -> None: ...
+
+class SearchTuning(_message.Message):
+    __slots__ = ("target_recall", "measured", "nprobe", "rerank_depth", "recall_at_10", "sample_queries", "points")
+    TARGET_RECALL_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_FIELD_NUMBER: _ClassVar[int]
+    NPROBE_FIELD_NUMBER: _ClassVar[int]
+    RERANK_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    RECALL_AT_10_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_QUERIES_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    target_recall: float
+    measured: bool
+    nprobe: int
+    rerank_depth: int
+    recall_at_10: float
+    sample_queries: int
+    points: _containers.RepeatedCompositeFieldContainer[SearchTuningPoint]
+    def __init__(self, target_recall: _Optional[float] = ..., measured: _Optional[bool] = ..., nprobe: _Optional[int] = ..., rerank_depth: _Optional[int] = ..., recall_at_10: _Optional[float] = ..., sample_queries: _Optional[int] = ..., points: _Optional[_Iterable[_Union[SearchTuningPoint, _Mapping]]] = ...) -> None: ...
+
+class SearchTuningPoint(_message.Message):
+    __slots__ = ("nprobe", "rerank_depth", "recall_at_10")
+    NPROBE_FIELD_NUMBER: _ClassVar[int]
+    RERANK_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    RECALL_AT_10_FIELD_NUMBER: _ClassVar[int]
+    nprobe: int
+    rerank_depth: int
+    recall_at_10: float
+    def __init__(self, nprobe: _Optional[int] = ..., rerank_depth: _Optional[int] = ..., recall_at_10: _Optional[float] = ...) -> None: ...
 
 class ListCollectionsRequest(_message.Message):
     __slots__ = ("max_results", "next_token")
@@ -294,7 +326,7 @@ class AddEmbeddingsResponse(_message.Message):
     def __init__(self, face_ids: _Optional[_Iterable[str]] = ..., skipped_face_ids: _Optional[_Iterable[str]] = ..., face_count: _Optional[int] = ...) -> None: ...
 
 class SearchByEmbeddingRequest(_message.Message):
-    __slots__ = ("collection_id", "queries", "k", "nprobe", "min_similarity", "purpose", "case_id", "allow_partial", "target_fpir")
+    __slots__ = ("collection_id", "queries", "k", "nprobe", "min_similarity", "purpose", "case_id", "allow_partial", "target_fpir", "target_recall", "ids_only")
     COLLECTION_ID_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -304,6 +336,8 @@ class SearchByEmbeddingRequest(_message.Message):
     CASE_ID_FIELD_NUMBER: _ClassVar[int]
     ALLOW_PARTIAL_FIELD_NUMBER: _ClassVar[int]
     TARGET_FPIR_FIELD_NUMBER: _ClassVar[int]
+    TARGET_RECALL_FIELD_NUMBER: _ClassVar[int]
+    IDS_ONLY_FIELD_NUMBER: _ClassVar[int]
     collection_id: str
     queries: _containers.RepeatedCompositeFieldContainer[Embedding]
     k: int
@@ -313,7 +347,9 @@ class SearchByEmbeddingRequest(_message.Message):
     case_id: str
     allow_partial: bool
     target_fpir: float
-    def __init__(self, collection_id: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., min_similarity: _Optional[float] = ..., purpose: _Optional[str] = ..., case_id: _Optional[str] = ..., allow_partial: _Optional[bool] = ..., target_fpir: _Optional[float] = ...) -> None: ...
+    target_recall: float
+    ids_only: bool
+    def __init__(self, collection_id: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., min_similarity: _Optional[float] = ..., purpose: _Optional[str] = ..., case_id: _Optional[str] = ..., allow_partial: _Optional[bool] = ..., target_fpir: _Optional[float] = ..., target_recall: _Optional[float] = ..., ids_only: _Optional[bool] = ...) -> None: ...
 
 class Candidate(_message.Message):
     __slots__ = ("face", "similarity", "false_match_rate", "gallery_false_match_probability", "false_match_rate_is_bound")
@@ -336,7 +372,7 @@ class SearchResult(_message.Message):
     def __init__(self, candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ...) -> None: ...
 
 class SearchByEmbeddingResponse(_message.Message):
-    __slots__ = ("results", "gallery_size", "calibration", "index_state", "partial", "missing_partitions", "threshold_used", "fpir_bound")
+    __slots__ = ("results", "gallery_size", "calibration", "index_state", "partial", "missing_partitions", "threshold_used", "fpir_bound", "packed")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     GALLERY_SIZE_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_FIELD_NUMBER: _ClassVar[int]
@@ -345,6 +381,7 @@ class SearchByEmbeddingResponse(_message.Message):
     MISSING_PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_USED_FIELD_NUMBER: _ClassVar[int]
     FPIR_BOUND_FIELD_NUMBER: _ClassVar[int]
+    PACKED_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[SearchResult]
     gallery_size: int
     calibration: Calibration
@@ -353,7 +390,20 @@ class SearchByEmbeddingResponse(_message.Message):
     missing_partitions: _containers.RepeatedScalarFieldContainer[int]
     threshold_used: float
     fpir_bound: float
-    def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., gallery_size: _Optional[int] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., index_state: _Optional[_Union[IndexState, str]] = ..., partial: _Optional[bool] = ..., missing_partitions: _Optional[_Iterable[int]] = ..., threshold_used: _Optional[float] = ..., fpir_bound: _Optional[float] = ...) -> None: ...
+    packed: PackedCandidates
+    def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., gallery_size: _Optional[int] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., index_state: _Optional[_Union[IndexState, str]] = ..., partial: _Optional[bool] = ..., missing_partitions: _Optional[_Iterable[int]] = ..., threshold_used: _Optional[float] = ..., fpir_bound: _Optional[float] = ..., packed: _Optional[_Union[PackedCandidates, _Mapping]] = ...) -> None: ...
+
+class PackedCandidates(_message.Message):
+    __slots__ = ("counts", "face_ids", "similarities", "gallery_false_match_probabilities")
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    FACE_IDS_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITIES_FIELD_NUMBER: _ClassVar[int]
+    GALLERY_FALSE_MATCH_PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    counts: _containers.RepeatedScalarFieldContainer[int]
+    face_ids: _containers.RepeatedScalarFieldContainer[str]
+    similarities: bytes
+    gallery_false_match_probabilities: bytes
+    def __init__(self, counts: _Optional[_Iterable[int]] = ..., face_ids: _Optional[_Iterable[str]] = ..., similarities: _Optional[bytes] = ..., gallery_false_match_probabilities: _Optional[bytes] = ...) -> None: ...
 
 class ListFacesRequest(_message.Message):
     __slots__ = ("collection_id", "max_results", "next_token", "include_embeddings")
