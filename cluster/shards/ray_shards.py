@@ -174,8 +174,9 @@ class RayShards(ShardBackend):
             with _ray_errors():
                 results = ray.get(refs, timeout=timeout_s)
         except Unavailable:
-            for r, w, _ in primaries:  # the supervisor's next probe says which one
+            for r, w, _ in primaries:  # the supervisor's next probe says which one; it may have missed a commit
                 self.placement.down.add((r, w))
+                self.placement.mark_stale(r, w)
             raise
         finally:
             self._wait_followers(followers, timeout_s)
