@@ -28,7 +28,7 @@ from cluster.index.training import train_ivfpq, usable_cpus
 from cluster.shards.backend import ShardBackend
 from cluster.shards.fanout import SearchFanOut
 from cluster.shards.protocol import MAINTENANCE
-from cluster.shards.replicas import ReplicaSet, Route, collection_of, route_of
+from cluster.shards.replicas import READS, ReplicaSet, Route, collection_of, route_of
 from cluster.shards.worker import ShardWorker
 from cluster.storage.manifest import CollectionManifest
 
@@ -170,17 +170,42 @@ class RayShards(ShardBackend):
                         continue
                     follow_args = args if route is Route.EVERY else (args[0],)
                     followers.append(((r, w), self._remote(r, w, follow_method, follow_args, False)))
+        deadline = time.monotonic() + timeout_s
         try:
-            with _ray_errors():
-                results = ray.get(refs, timeout=timeout_s)
-        except Unavailable:
-            for r, w, _ in primaries:  # the supervisor's next probe says which one; it may have missed a commit
-                self.placement.down.add((r, w))
-                self.placement.mark_stale(r, w)
-            raise
+            results, lost = self._results(primaries, refs, deadline)
+            # A read another copy can answer is asked of it, within the same time: a lost copy fails no read.
+            while lost and method in READS and time.monotonic() < deadline:
+                retry = [(self.placement.primary(w, collection_of(method, args)), w, args)
+                         for i, (_, w, args) in enumerate(primaries) if i in lost]
+                again, lost_again = self._results(
+                    retry, [self._remote(r, w, method, args, maintenance) for r, w, args in retry], deadline)
+                for i, result in zip(sorted(lost), again):
+                    results[i] = result
+                lost = {sorted(lost)[j] for j in lost_again}
+            if lost:
+                raise Unavailable(f"shard worker(s) {sorted(primaries[i][1] for i in lost)} are unavailable "
+                                  "(restarting, or their node is lost); retry shortly")
         finally:
             self._wait_followers(followers, timeout_s)
         return results
+
+    def _results(self, copies: list[tuple[int, int, tuple]], refs: list, deadline: float) -> tuple[list, set[int]]:
+        """The calls' results in order (None where lost), and the indexes of the calls whose copy was lost: marked
+        down and stale (a lost call may have carried a commit), for the supervisor to level before it serves."""
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=max(0.0, deadline - time.monotonic()))
+        if len(ready) < len(refs):
+            raise DeadlineExceeded("shards did not answer in time")
+        results, lost = [], set()
+        for i, ((r, w, _), ref) in enumerate(zip(copies, refs)):
+            try:
+                with _ray_errors():
+                    results.append(ray.get(ref))
+            except Unavailable:
+                results.append(None)
+                lost.add(i)
+                self.placement.down.add((r, w))
+                self.placement.mark_stale(r, w)
+        return results, lost
 
     def _remote(self, r: int, w: int, method: str, args: tuple, maintenance: bool):
         self._refuse_gone([(r, w)])

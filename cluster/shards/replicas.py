@@ -37,6 +37,11 @@ ROUTES = {
 }  # every other method: Route.PRIMARY
 
 
+# Calls that change nothing: when the copy asked is lost, another copy answers in its place.
+READS = frozenset({"existing", "get_faces", "scan", "sample", "sizes", "memory_bytes", "exact_topk",
+                   "ranked_candidates", "ready", "device", "node_id"})
+
+
 def route_of(method: str) -> Route:
     return ROUTES.get(method, Route.PRIMARY)
 
