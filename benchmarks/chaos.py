@@ -43,6 +43,7 @@ from gallery.v1 import gallery_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from host import describe  # benchmarks/host.py, beside this script
 from ray.cluster_utils import Cluster
+from servers import free_port  # benchmarks/servers.py
 
 from cluster.api import convert, flags
 from cluster.index.synthetic import clustered_embeddings
@@ -50,13 +51,6 @@ from cluster.index.synthetic import clustered_embeddings
 # Ray notices a lost node after health_check_period_ms × health_check_failure_threshold (defaults 3 s × 5).
 NODE_FAILURE = {"health_check_period_ms": 500, "health_check_failure_threshold": 4, "health_check_initial_delay_ms": 0}
 PROBES = 64
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _search_without_pause(address: str, token: str, xq: np.ndarray, first_id: int, stop, out) -> None:
@@ -164,7 +158,7 @@ def run(num_faces: int = 20_000, dimension: int = 64, clients: int = 2, num_shar
         for _ in range(3):
             cluster.add_node(num_cpus=2, object_store_memory=100 * 2**20)
         cluster.wait_for_nodes()
-        port = _free_port()
+        port = free_port()
         log = open(work / "serve.log", "ab")
         server = subprocess.Popen(
             [sys.executable, "-m", "cluster.serve.cli", "serve", "--store", str(work / "store"), "--port", str(port),

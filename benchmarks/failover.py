@@ -16,9 +16,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,32 +25,15 @@ import numpy as np
 from gallery.v1 import gallery_pb2 as pb
 from gallery.v1 import gallery_pb2_grpc
 from host import describe  # benchmarks/host.py, beside this script
+from servers import free_port, serve_process, stop_all, wait_until  # benchmarks/servers.py
 
 from cluster.api import convert, flags
 from cluster.index.synthetic import clustered_embeddings
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(store: Path, port: int, log: Path, role: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "cluster.serve.cli", "serve", "--store", str(store), "--port", str(port),
-         "--role", role, "--num-shards", "2", "--shard-num-cpus", "0.5", "--face-workers", "0",
-         "--metrics-port", "0"],
-        stdout=open(log, "ab"), stderr=subprocess.STDOUT, env={**os.environ, "RAY_ADDRESS": ""},
-        start_new_session=True)
-
-
-def _wait(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not within {timeout_s} s")
-        time.sleep(0.05)
+def _start(store: Path, port: int, log: Path, role: str):
+    return serve_process(store, port, log, "--role", role, "--num-shards", "2", "--shard-num-cpus", "0.5",
+                         "--face-workers", "0", "--metrics-port", "0")
 
 
 def _answers(stub, md, request) -> bool:
@@ -71,15 +51,15 @@ def main(num_faces: int = 20_000, dimension: int = 64, rounds: int = 3) -> None:
     store = work / "store"
     processes = []
     try:
-        port = _free_port()
+        port = free_port()
         writer = _start(store, port, work / "serve-0.log", "writer")
         processes.append(writer)
         token_path = Path(f"{store}.admin-token")
-        _wait(token_path.exists, 180, "the writer")
+        wait_until(token_path.exists, 180, "the writer")
         md = [("authorization", f"Bearer {token_path.read_text().strip()}")]
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         stub = gallery_pb2_grpc.GalleryStub(channel)
-        _wait(lambda: _answers(stub, md, None) or _created(stub, md, dimension), 180, "the writer serving")
+        wait_until(lambda: _answers(stub, md, None) or _created(stub, md, dimension), 180, "the writer serving")
         xb = clustered_embeddings(num_faces, dimension, seed=3)
         for start in range(0, num_faces, 5000):
             stub.AddEmbeddings(pb.AddEmbeddingsRequest(collection_id="c", faces=[
@@ -89,17 +69,17 @@ def main(num_faces: int = 20_000, dimension: int = 64, rounds: int = 3) -> None:
                                              purpose="failover benchmark", case_id="failover")
         answered, searched = [], []
         for r in range(1, rounds + 1):
-            standby_port = _free_port()
+            standby_port = free_port()
             standby = _start(store, standby_port, work / f"serve-{r}.log", "standby")
             processes.append(standby)
-            _wait(lambda: "waiting for the writer lease" in (work / f"serve-{r}.log").read_text(), 180,
+            wait_until(lambda: "waiting for the writer lease" in (work / f"serve-{r}.log").read_text(), 180,
                   "the standby ready")
             os.kill(writer.pid, signal.SIGKILL)
             killed = time.monotonic()
             channel.close()
             channel = grpc.insecure_channel(f"127.0.0.1:{standby_port}")
             stub = gallery_pb2_grpc.GalleryStub(channel)
-            _wait(lambda: _answers(stub, md, None), 120, "the standby serving")
+            wait_until(lambda: _answers(stub, md, None), 120, "the standby serving")
             answered.append(time.monotonic() - killed)
             found = [r.candidates[0].face.face_id for r in stub.SearchByEmbedding(probes, metadata=md,
                                                                                    timeout=30).results]
@@ -116,13 +96,7 @@ def main(num_faces: int = 20_000, dimension: int = 64, rounds: int = 3) -> None:
         print(f"takeover p50 {figures['takeover_p50_s']} s over {rounds} rounds ({num_faces} faces, folder store)")
         print(json.dumps(figures))
     finally:
-        for p in processes:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(p.pid, signal.SIGKILL)
+        stop_all(processes)
 
 
 def _created(stub, md, dimension: int) -> bool:

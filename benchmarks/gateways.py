@@ -16,11 +16,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,31 +25,15 @@ import numpy as np
 from gallery.v1 import gallery_pb2 as pb
 from gallery.v1 import gallery_pb2_grpc
 from host import describe  # benchmarks/host.py, beside this script
+from servers import free_port, serve_process, stop_all, wait_until  # benchmarks/servers.py
 
 from cluster.api import convert, flags
 from cluster.index.synthetic import clustered_embeddings
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(store: Path, port: int, log: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "cluster.serve.cli", "serve", "--store", str(store), "--port", str(port),
-         "--num-shards", "2", "--shard-num-cpus", "0.5", "--face-workers", "0", "--metrics-port", "0", *extra],
-        stdout=open(log, "ab"), stderr=subprocess.STDOUT, env={**os.environ, "RAY_ADDRESS": ""},
-        start_new_session=True)
-
-
-def _wait(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not within {timeout_s} s")
-        time.sleep(0.2)
+def _serve(store: Path, port: int, log: Path, *extra: str):
+    return serve_process(store, port, log, "--num-shards", "2", "--shard-num-cpus", "0.5", "--face-workers", "0",
+                         "--metrics-port", "0", *extra)
 
 
 def _holds(address: str, md, faces: int) -> bool:
@@ -112,30 +91,30 @@ def main(num_faces: int = 50_000, dimension: int = 128, readers: int = 4, client
     store = work / "store"
     processes = []
     try:
-        writer_port = _free_port()
+        writer_port = free_port()
         processes.append(_serve(store, writer_port, work / "writer.log", "--train-threshold", str(num_faces)))
         token_path = Path(f"{store}.admin-token")
-        _wait(token_path.exists, 180, "the writer")
+        wait_until(token_path.exists, 180, "the writer")
         token = token_path.read_text().strip()
         md = [("authorization", f"Bearer {token}")]
         with grpc.insecure_channel(f"127.0.0.1:{writer_port}") as channel:
             stub = gallery_pb2_grpc.GalleryStub(channel)
-            _wait(lambda: _try(lambda: stub.CreateCollection(pb.CreateCollectionRequest(
+            wait_until(lambda: _try(lambda: stub.CreateCollection(pb.CreateCollectionRequest(
                 collection_id="c", dimension=dimension), metadata=md, timeout=5)), 180, "the writer serving")
             xb = clustered_embeddings(num_faces, dimension, seed=11)
             for start in range(0, num_faces, 5000):
                 stub.AddEmbeddings(pb.AddEmbeddingsRequest(collection_id="c", faces=[
                     pb.NewFace(face_id=f"f{i}", embedding=convert.embedding(xb[i]))
                     for i in range(start, min(start + 5000, num_faces))]), metadata=md, timeout=120)
-        _wait(lambda: _holds(f"127.0.0.1:{writer_port}", md, num_faces), 900, "training")
+        wait_until(lambda: _holds(f"127.0.0.1:{writer_port}", md, num_faces), 900, "training")
         addresses = []
         for r in range(readers):
-            port = _free_port()
+            port = free_port()
             processes.append(_serve(store, port, work / f"reader-{r}.log", "--role", "reader",
                                     "--audit-store", str(work / f"audit-{r}")))
             addresses.append(f"127.0.0.1:{port}")
         for address in addresses:
-            _wait(lambda: _holds(address, md, num_faces), 300, f"the reader on {address}")
+            wait_until(lambda: _holds(address, md, num_faces), 300, f"the reader on {address}")
         rng = np.random.default_rng(1)
         xq = (xb[rng.choice(num_faces, 1000, replace=False)] + 0.05 * rng.standard_normal((1000, dimension))
               ).astype(np.float32)
@@ -148,14 +127,7 @@ def main(num_faces: int = 50_000, dimension: int = 128, readers: int = 4, client
                           "qps_one_gateway": round(one, 1), "qps_all_gateways": round(many, 1),
                           "ratio": round(many / one, 2), "failed": one_failed + many_failed}))
     finally:
-        for p in processes:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in processes:
-            try:
-                p.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+        stop_all(processes)
 
 
 def _try(call) -> bool:

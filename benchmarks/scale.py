@@ -39,9 +39,9 @@ sys.path.insert(0, str(ROOT))
 
 from gallery.v1 import gallery_pb2 as pb  # noqa: E402
 from host import describe  # noqa: E402  (benchmarks/host.py)
+from servers import free_port  # noqa: E402  (benchmarks/servers.py)
 from serving import (  # noqa: E402  (benchmarks/serving.py)
     WHY,
-    free_port,
     latencies_ms,
     measure_throughput,
     recall,

@@ -39,7 +39,6 @@ import os
 import pathlib
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -57,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 from gallery.v1 import gallery_pb2 as pb  # noqa: E402
 from gallery.v1 import gallery_pb2_grpc  # noqa: E402
 from host import describe  # noqa: E402  (benchmarks/host.py)
+from servers import free_port  # benchmarks/servers.py
 
 from cluster.client import GalleryClient  # noqa: E402
 from cluster.index import tuning, vectors  # noqa: E402
@@ -214,12 +214,6 @@ def latencies_ms(search, xq: np.ndarray, n: int) -> np.ndarray:
         search(x[None])
         out.append((time.perf_counter() - start) * 1e3)
     return np.array(out)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class CannedSearch(gallery_pb2_grpc.GalleryServicer):

@@ -69,7 +69,6 @@ class RayShards(ShardBackend):
         self.fan_outs = [SearchFanOut(workers, timeout_s=call_timeout_s, fail_fast=self.num_replicas > 1)
                          for workers in self.replicas]
         self.replacements = 0  # workers created anew after Ray gave up on them
-        self.catch_ups = 0  # workers brought level with the store after they were away
         self._make_worker = make_worker
         self._gone: set[tuple[int, int]] = set()
         self._catching_up: set[tuple[int, int]] = set()
@@ -133,19 +132,6 @@ class RayShards(ShardBackend):
 
     def live_replicas(self, collection_id: str) -> int:
         return min(len(self.placement.candidates(w, collection_id)) for w in range(self.num_workers))
-
-    def nodes(self, timeout_s: float = 10.0) -> list[list[str | None]]:
-        """The Ray node of every copy, nodes[r][w]; None for a copy that does not answer in time."""
-        refs = [[worker.node_id.remote() for worker in workers] for workers in self.replicas]
-        out = []
-        for row in refs:
-            out.append([])
-            for ref in row:
-                try:
-                    out[-1].append(ray.get(ref, timeout=timeout_s))
-                except Exception:
-                    out[-1].append(None)
-        return out
 
     def call(self, method: str, calls: Iterable[tuple[int, tuple]], *, maintenance: bool = False,
              timeout_s: float | None = None) -> list:
@@ -368,7 +354,6 @@ class RayShards(ShardBackend):
             logger.warning("shard worker %d of replica %d could not catch up; retrying", w, r, exc_info=True)
         else:
             if copy not in self.placement.stale:
-                self.catch_ups += 1
                 self.placement.down.discard(copy)
                 logger.info("shard worker %d of replica %d is level with the store and serves again", w, r)
         finally:

@@ -39,7 +39,7 @@ ROUTES = {
 
 # Calls that change nothing: when the copy asked is lost, another copy answers in its place.
 READS = frozenset({"existing", "get_faces", "scan", "sample", "sizes", "memory_bytes", "exact_topk",
-                   "ranked_candidates", "ready", "device", "node_id"})
+                   "ranked_candidates", "ready", "device"})
 
 
 def route_of(method: str) -> Route:
@@ -120,6 +120,3 @@ class ReplicaSet:
         kept = set(self._kept.values()) or {1}
         return sorted({w for held in kept for w in range(self.num_workers)
                        if not any(self.available(r, w) for r in range(min(held, self.num_replicas)))})
-
-    def available_copies(self) -> int:
-        return sum(self.available(r, w) for r in range(self.num_replicas) for w in range(self.num_workers))

@@ -103,10 +103,6 @@ class ShardWorker:
         """Process id (tests kill it to simulate a crash)."""
         return os.getpid()
 
-    def node_id(self) -> str:
-        """The Ray node this process runs on."""
-        return ray.get_runtime_context().get_node_id()
-
     def ready(self) -> dict:
         """Sizes of the partitions held, for health checks."""
         return {cid: {p: s.size for p, s in parts.items()} for cid, parts in self._partitions.items()}
