@@ -178,6 +178,8 @@ class RayShards(ShardBackend):
     def _results(self, copies: list[tuple[int, int, tuple]], refs: list, deadline: float) -> tuple[list, set[int]]:
         """The calls' results in order (None where lost), and the indexes of the calls whose copy was lost: marked
         down and stale (a lost call may have carried a commit), for the supervisor to level before it serves."""
+        if not refs:
+            return [], set()
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=max(0.0, deadline - time.monotonic()))
         if len(ready) < len(refs):
             raise DeadlineExceeded("shards did not answer in time")
