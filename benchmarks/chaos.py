@@ -37,7 +37,6 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import psutil
 from gallery.v1 import gallery_pb2 as pb
 from gallery.v1 import gallery_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -45,11 +44,12 @@ from host import describe  # benchmarks/host.py, beside this script
 from ray.cluster_utils import Cluster
 from servers import free_port  # benchmarks/servers.py
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support import QUICK_NODE_FAILURE, shard_worker_pids  # noqa: E402
+
 from cluster.api import convert, flags
 from cluster.index.synthetic import clustered_embeddings
 
-# Ray notices a lost node after health_check_period_ms × health_check_failure_threshold (defaults 3 s × 5).
-NODE_FAILURE = {"health_check_period_ms": 500, "health_check_failure_threshold": 4, "health_check_initial_delay_ms": 0}
 PROBES = 64
 
 
@@ -130,11 +130,6 @@ def _listed(stub, md, collection: str) -> set[str]:
             return ids
 
 
-def _shard_worker_pids(node) -> list[int]:
-    raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
-    return [p.pid for p in raylet.children(recursive=True) if "ShardWorker" in " ".join(p.cmdline())]
-
-
 def _fully_replicated(stub, md) -> bool:
     try:
         for collection, replicas in (("r1", 1), ("r2", 2)):
@@ -152,7 +147,7 @@ def run(num_faces: int = 20_000, dimension: int = 64, clients: int = 2, num_shar
     """Runs the chaos described in the module docstring; returns the figures."""
     work = Path(tempfile.mkdtemp(prefix="chaos-"))
     cluster = Cluster(initialize_head=True, connect=False, head_node_args={
-        "num_cpus": 0, "object_store_memory": 100 * 2**20, "_system_config": NODE_FAILURE})
+        "num_cpus": 0, "object_store_memory": 100 * 2**20, "_system_config": QUICK_NODE_FAILURE})
     server = None
     try:
         for _ in range(3):
@@ -213,18 +208,18 @@ def run(num_faces: int = 20_000, dimension: int = 64, clients: int = 2, num_shar
             recoveries.append(round(time.time() - at, 1) if _fully_replicated(stub, md) else None)
             time.sleep(max(0.0, settle_s - (time.time() - at)))
 
-        with_workers = [n for n in cluster.worker_nodes if _shard_worker_pids(n)]
-        os.kill(_shard_worker_pids(with_workers[0])[0], signal.SIGKILL)
+        with_workers = [n for n in cluster.worker_nodes if shard_worker_pids(n)]
+        os.kill(shard_worker_pids(with_workers[0])[0], signal.SIGKILL)
         events.append(("shard worker killed", time.time() - began))
         recover(time.time(), recovery_limit_s)
-        victim = max(cluster.worker_nodes, key=lambda n: len(_shard_worker_pids(n)))
+        victim = max(cluster.worker_nodes, key=lambda n: len(shard_worker_pids(n)))
         cluster.remove_node(victim, allow_graceful=False)
         events.append(("node removed", time.time() - began))
         removed = time.time()
         cluster.add_node(num_cpus=2, object_store_memory=100 * 2**20)
         events.append(("node added", time.time() - began))
         recover(removed, recovery_limit_s)
-        os.kill(_shard_worker_pids(max(cluster.worker_nodes, key=lambda n: len(_shard_worker_pids(n))))[0],
+        os.kill(shard_worker_pids(max(cluster.worker_nodes, key=lambda n: len(shard_worker_pids(n))))[0],
                 signal.SIGKILL)
         last_event = time.time()
         events.append(("shard worker killed", last_event - began))

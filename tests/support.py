@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
@@ -113,3 +114,15 @@ class Served:
             return stop_process(self.process, grace_s, deliver, process_group=True)
         finally:
             self.log.close()
+
+
+# Ray notices a lost node after health_check_period_ms x health_check_failure_threshold (defaults 3 s x 5);
+# tests and benchmarks that remove nodes of a `ray.cluster_utils.Cluster` start its head with this.
+QUICK_NODE_FAILURE = {"health_check_period_ms": 500, "health_check_failure_threshold": 4,
+                      "health_check_initial_delay_ms": 0}
+
+
+def shard_worker_pids(node) -> list[int]:
+    """The shard worker processes a `ray.cluster_utils.Cluster` node's raylet started."""
+    raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
+    return [p.pid for p in raylet.children(recursive=True) if "ShardWorker" in " ".join(p.cmdline())]

@@ -7,19 +7,14 @@ import time
 
 import grpc
 import numpy as np
-import psutil
 import pytest
 from gallery.v1 import gallery_pb2 as pb
 from gallery.v1 import gallery_pb2_grpc
 from ray.cluster_utils import Cluster
-from support import Served, free_port
+from support import QUICK_NODE_FAILURE, Served, free_port, shard_worker_pids
 
 from cluster.api import convert
 from cluster.index.synthetic import clustered_embeddings
-
-# Ray notices a lost node after health_check_period_ms × health_check_failure_threshold (defaults 3 s × 5).
-QUICK_NODE_FAILURE = {"health_check_period_ms": 500, "health_check_failure_threshold": 4,
-                      "health_check_initial_delay_ms": 0}
 
 
 @pytest.fixture
@@ -33,12 +28,6 @@ def nodes():
         yield cluster
     finally:
         cluster.shutdown()
-
-
-def _shard_workers_on(node) -> int:
-    """Shard worker processes the node's raylet started."""
-    raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
-    return sum("ShardWorker" in " ".join(p.cmdline()) for p in raylet.children(recursive=True))
 
 
 @pytest.mark.slow
@@ -58,7 +47,7 @@ def test_a_node_removed_under_searches_fails_no_query_with_two_replicas(nodes, t
         xq = xb[:20]
         request = pb.SearchByEmbeddingRequest(collection_id="c", k=3, queries=[convert.embedding(x) for x in xq],
                                               purpose="test", case_id="nodes")
-        workers = {node: _shard_workers_on(node) for node in nodes.worker_nodes}
+        workers = {node: len(shard_worker_pids(node)) for node in nodes.worker_nodes}
         assert sum(workers.values()) == 4 and max(workers.values()) <= 2, workers  # 2 workers × 2 copies
         victim = max(workers, key=workers.get)
 
@@ -98,7 +87,7 @@ def test_a_node_removed_under_searches_fails_no_query_with_two_replicas(nodes, t
         assert len(answered) > before + 10
         assert all(a == [f"f{i}" for i in range(20)] for a in answered)  # every answer whole and right
         assert recovery_s <= 60, f"full replication back after {recovery_s:.0f} s"
-        assert sum(_shard_workers_on(node) for node in nodes.worker_nodes if node is not victim) == 4
+        assert sum(len(shard_worker_pids(node)) for node in nodes.worker_nodes if node is not victim) == 4
         got = stub.SearchByEmbedding(request, metadata=md, timeout=10)
         np.testing.assert_allclose([r.candidates[0].similarity for r in got.results], 1.0, atol=1e-3)
     finally:

@@ -2,6 +2,7 @@
 and a copy that missed writes catches up from the store before it serves. (Across Ray nodes:
 tests/test_nodes.py.)"""
 
+import pickle
 import threading
 import time
 
@@ -18,6 +19,7 @@ from cluster.index.synthetic import clustered_embeddings
 from cluster.serve.server import running_server
 from cluster.shards.protocol import SearchRequest
 from cluster.shards.worker import ShardWorker
+from cluster.storage import manifest as manifests
 from cluster.storage.object_store import ObjectStore
 from cluster.storage.records import FaceRecord
 
@@ -28,7 +30,6 @@ def _ids(results):
 
 def _replica_answers(gallery, collection_id, xq, k):
     """Each replica's own top-k ids, asked of its workers directly (not through the gateway's choice)."""
-    import pickle
     request = pickle.dumps(SearchRequest(collection_id, xq, k, 0, None, None, k))
     answers = []
     for workers in gallery.shards.replicas:
@@ -131,7 +132,6 @@ def test_a_follower_catches_up_from_the_store(galleries, tmp_path):
     assert follower.sizes("c") == {0: 600} and "gone" in follower.ready()  # it has not looked yet
     follower.catch_up()
     assert follower.ready() == {"c": {0: 1199}}
-    import pickle
     live = writer.collections.get("c").live
     nprobe = 8
     Dq, Iq = live.quantizer.search(xb[:20], nprobe)
@@ -146,7 +146,6 @@ def test_a_follower_catches_up_from_the_store(galleries, tmp_path):
 def test_a_worker_loading_while_the_writer_collects_garbage_loads_the_newer_manifest(galleries, tmp_path):
     """A compaction commits a snapshot and deletes the segments it folded in; a worker that read the manifest
     before finds them gone and loads from the newer one (a restarted replica under writes, seen in chaos.py)."""
-    from cluster.storage import manifest as manifests
     writer = galleries.start(str(tmp_path), backend="local", num_workers=1, background_maintenance=False,
                              max_segments=3)
     writer.create_collection("c", dimension=8)

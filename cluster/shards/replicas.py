@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import enum
 import itertools
-import threading
 
 from cluster.errors import Unavailable
 
@@ -70,7 +69,6 @@ class ReplicaSet:
         self.down: set[tuple[int, int]] = set()  # not answering (crashed, restarting, node lost)
         self.stale: set[tuple[int, int]] = set()  # may have missed commits: catch up before serving
         self._turn = itertools.count()
-        self._lock = threading.Lock()
 
     def keep(self, collection_id: str, replicas: int) -> None:
         self._kept[collection_id] = replicas
@@ -84,8 +82,7 @@ class ReplicaSet:
         return copy not in self.down and copy not in self.stale
 
     def mark_stale(self, r: int, w: int) -> None:
-        with self._lock:
-            self.stale.add((r, w))
+        self.stale.add((r, w))
 
     def primary(self, w: int, collection_id: str | None) -> int:
         """The copy of worker w that takes calls about the collection.
