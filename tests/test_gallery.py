@@ -117,6 +117,28 @@ def test_restart_brings_back_every_collection_and_face(galleries, tmp_path):
     assert again.describe("b")[0].face_count == 5
 
 
+def test_compaction_rewrites_each_face_a_bounded_number_of_times_as_a_collection_grows(galleries, tmp_path):
+    gallery = galleries.start(str(tmp_path), max_segments=2)
+    gallery.create_collection("g", dimension=16)
+    xb = clustered_embeddings(6000, 16, seed=21)
+    rewritten, snapshots = 0, set()
+    for start in range(0, 6000, 100):
+        gallery.add("g", _records(100, start), xb[start:start + 100])
+        manifest = gallery.collections.get("g").manifest
+        for part in manifest.partitions:
+            if part.snapshot and part.snapshot not in snapshots:
+                snapshots.add(part.snapshot)
+                rewritten += manifest.face_count / manifest.num_partitions
+        assert all(len(part.segments) < 32 for part in manifest.partitions)
+    # By segment count alone (every 2 adds) the partitions would have been rewritten 30 times: 91,500 faces,
+    # 15x the collection. Tied to the segments' share of a partition, a face is rewritten a few times.
+    assert rewritten <= 6 * 6000
+    galleries.stop(gallery)
+    again = galleries.start(str(tmp_path))
+    assert again.describe("g")[0].face_count == 6000
+    np.testing.assert_array_equal(_ids(again.search("g", xb[:5], 1)), [[f"face-{i}"] for i in range(5)])
+
+
 def test_restart_after_training_serves_the_trained_index(galleries, tmp_path):
     store = str(tmp_path)
     gallery = galleries.start(store, default_train_threshold=10_000, background_maintenance=False)

@@ -123,10 +123,11 @@ def test_writer_lease_on_s3_is_exclusive_expires_and_is_lost_when_taken(s3_serve
     def s3_store():
         return ObjectStore(f"s3://{s3_bucket}/leased", s3_endpoint=s3_server)
 
-    # ttl_s leaves a loaded 2-core CI machine seconds for each renewal (a GET and a PUT)
-    first = WriterLease.acquire(s3_store(), ttl_s=5)
+    # ttl_s=12 renews every 4 s and lets a renewal (a GET and a PUT) be 8 s late before the lease lapses:
+    # with ttl_s=5 a loaded 2-core CI machine once let it lapse, and the second acquire below succeeded.
+    first = WriterLease.acquire(s3_store(), ttl_s=12)
     with pytest.raises(StoreInUse, match="served by another gateway"):
-        WriterLease.acquire(s3_store(), ttl_s=5, wait_s=8)  # past its ttl_s: first keeps renewing meanwhile
+        WriterLease.acquire(s3_store(), ttl_s=12, wait_s=15)  # past its ttl_s: first keeps renewing meanwhile
     first.check()
     first.release()
     second = WriterLease.acquire(s3_store(), ttl_s=5, wait_s=0)

@@ -13,18 +13,25 @@ the fp16 vectors. A deleted face is removed from the index and its slot
 marked dead, and re-ranking drops dead slots, so it cannot come back. With a
 GPU, each IVF-PQ version also has a copy there that searches run on
 (cluster/index/gpu.py).
+
+Records are packed outside Python objects (`FaceTable`), and the fp16 vectors
+may be memory-mapped from local disk (`SlotVectors`), so that a partition of
+millions of faces costs little more than its PQ codes in memory.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 
 import faiss
 import numpy as np
 
 from cluster.index import gpu
+from cluster.index.face_table import FaceTable
 from cluster.index.merge import merge_topk
+from cluster.index.slot_vectors import SlotVectors
 from cluster.storage.records import FaceBatch, FaceRecord
 
 logger = logging.getLogger(__name__)
@@ -74,6 +81,7 @@ class ShardIndex:
         partition: this partition's number, 0 <= partition < num_partitions.
         num_partitions: partitions of the collection.
         gpu_device: CUDA device to search IVF-PQ versions on; None: CPU only.
+        vectors_dir: a local folder to memory-map the fp16 vectors from; None keeps them in memory.
 
     Example:
         >>> shard = ShardIndex(4, 0, 1)
@@ -82,17 +90,18 @@ class ShardIndex:
         array([[0]])
     """
 
-    def __init__(self, dimension: int, partition: int, num_partitions: int, *, gpu_device: int | None = None):
+    def __init__(self, dimension: int, partition: int, num_partitions: int, *, gpu_device: int | None = None,
+                 vectors_dir: str | None = None):
         if not 0 <= partition < num_partitions:
             raise ValueError(f"partition {partition} not in [0, {num_partitions})")
         self.d = dimension
         self.partition = partition
         self.num_partitions = num_partitions
         self.version = 0  # 0: exact; otherwise the collection's index version
-        self._vectors = np.empty((0, dimension), dtype=np.float16)
+        self._slot_vectors = SlotVectors(dimension, vectors_dir)
         self._alive = np.empty(0, dtype=bool)
-        self._records: list[FaceRecord | None] = []
-        self._position_of: dict[str, int] = {}
+        self._table = FaceTable()
+        self._end = 0  # one past the highest slot ever used
         self._index: faiss.Index = self._new_flat()
         self._fp16 = faiss.ScalarQuantizer(dimension, faiss.ScalarQuantizer.QT_fp16)
         self._built: dict[int, faiss.Index] = {}  # built for a version, awaiting activate()
@@ -107,13 +116,17 @@ class ShardIndex:
     # ---- reads -------------------------------------------------------------
 
     @property
+    def _vectors(self) -> np.ndarray:
+        return self._slot_vectors.array
+
+    @property
     def size(self) -> int:
         """Faces alive."""
-        return len(self._position_of)
+        return self._table.size
 
     @property
     def next_position(self) -> int:
-        return len(self._records)
+        return self._end
 
     def labels(self, positions: np.ndarray) -> np.ndarray:
         return np.asarray(positions, dtype=np.int64) * self.num_partitions + self.partition
@@ -124,30 +137,29 @@ class ShardIndex:
     def contains(self, face_ids: list[str]) -> list[str]:
         """The given ids that are alive here."""
         with self._lock:
-            return [f for f in face_ids if f in self._position_of]
+            return [f for f in face_ids if self._table.slot_of(f) is not None]
 
     def records(self, labels: np.ndarray, *, include_embeddings: bool = False) -> list[FaceRecord | None]:
         """Records of the given labels (None for -1 or a dead slot)."""
         with self._lock:
             out: list[FaceRecord | None] = []
-            for label in np.asarray(labels).ravel():
-                pos = int(label) // self.num_partitions
-                record = self._records[pos] if label >= 0 and pos < len(self._records) else None
+            for label in np.asarray(labels).ravel().tolist():
+                pos = label // self.num_partitions
+                record = self._table.record(pos) if label >= 0 else None
                 if record is not None and include_embeddings:
-                    record = FaceRecord(**{**record.__dict__, "embedding": self._vectors[pos].astype(np.float32)})
+                    record.embedding = self._vectors[pos].astype(np.float32)
                 out.append(record)
             return out
 
     def face_ids(self, labels: np.ndarray) -> list[str | None]:
         """Face ids of the given labels, all >= 0 (None for a dead slot): what a lean search answers with."""
         with self._lock:
-            records = self._records
-            return [r.face_id if (r := records[pos]) is not None else None
-                    for pos in (np.asarray(labels).ravel() // self.num_partitions).tolist()]
+            face_id = self._table.face_id
+            return [face_id(pos) for pos in (np.asarray(labels).ravel() // self.num_partitions).tolist()]
 
     def get(self, face_ids: list[str], *, include_embeddings: bool = False) -> list[FaceRecord]:
         with self._lock:
-            positions = [self._position_of[f] for f in face_ids if f in self._position_of]
+            positions = [p for p in map(self._table.slot_of, face_ids) if p is not None]
             return [r for r in self.records(self.labels(positions), include_embeddings=include_embeddings) if r]
 
     def scan(self, start: int, limit: int, *, include_embeddings: bool = False) -> tuple[list[FaceRecord], int]:
@@ -168,7 +180,7 @@ class ShardIndex:
         with self._lock:
             alive = np.flatnonzero(self._alive)
             chosen = np.sort(rng.choice(alive, size=min(n, alive.size), replace=False))
-            persons = [self._records[p].metadata.get("person_id", "") for p in chosen]
+            persons = [self._table.record(p).metadata.get("person_id", "") for p in chosen.tolist()]
             return self._vectors[chosen].astype(np.float32), persons
 
     # ---- search ------------------------------------------------------------
@@ -274,46 +286,47 @@ class ShardIndex:
 
     # ---- mutations ---------------------------------------------------------
 
-    def add(self, batch: FaceBatch) -> None:
-        """Adds faces at batch.positions (or the next free slots). Ids must be new here."""
+    def add(self, batch: FaceBatch, *, index: bool = True) -> None:
+        """Adds faces at batch.positions (or the next free slots). Ids must be new here.
+
+        Args:
+            index: also add them to the live index; False when loading a partition whose index is
+                installed or rebuilt afterwards (`set_index`, `rebuild_exact`), so as not to index it twice.
+        """
         with self._lock:
             n = len(batch)
             if batch.positions is None:
                 batch.positions = np.arange(self.next_position, self.next_position + n, dtype=np.int64)
-            end = int(batch.positions.max()) + 1 if n else 0
-            if end > len(self._records):
-                self._grow(end)
-            for record, pos in zip(batch.records, batch.positions):
-                self._records[pos] = record
-                self._position_of[record.face_id] = int(pos)
+            if not n:
+                return
+            end = int(batch.positions.max()) + 1
+            if end > self._slot_vectors.capacity:
+                self._slot_vectors.grow(end)
+                alive = np.zeros(self._slot_vectors.capacity, dtype=bool)
+                alive[:self._alive.size] = self._alive
+                self._alive = alive
+            self._end = max(self._end, end)
+            self._table.put(batch.records, batch.positions)
             self._vectors[batch.positions] = batch.vectors
             self._alive[batch.positions] = True
-            if n:
+            if index:
                 x, labels = batch.vectors.astype(np.float32), self.labels(batch.positions)
                 self._index.add_with_ids(x, labels)
                 if self.version in self._gpu_copies:
                     self._gpu_copies[self.version].add(x, labels)
 
-    def _grow(self, end: int) -> None:
-        capacity = self._vectors.shape[0]
-        if end > capacity:
-            new_capacity = max(end, int(capacity * 1.5), 1024)
-            vectors = np.zeros((new_capacity, self.d), dtype=np.float16)
-            vectors[:capacity] = self._vectors
-            alive = np.zeros(new_capacity, dtype=bool)
-            alive[:capacity] = self._alive
-            self._vectors, self._alive = vectors, alive
-        self._records.extend([None] * (end - len(self._records)))
-
     def delete(self, face_ids: list[str]) -> list[str]:
         """Deletes the given ids; returns those that were here."""
         with self._lock:
-            found = [f for f in dict.fromkeys(face_ids) if f in self._position_of]
-            positions = np.array([self._position_of.pop(f) for f in found], dtype=np.int64)
+            found, positions = [], []
+            for face_id in dict.fromkeys(face_ids):
+                slot = self._table.remove(face_id)
+                if slot is not None:
+                    found.append(face_id)
+                    positions.append(slot)
+            positions = np.array(positions, dtype=np.int64)
             if positions.size:
                 self._alive[positions] = False
-                for pos in positions:
-                    self._records[pos] = None
                 self._index.remove_ids(faiss.IDSelectorBatch(self.labels(positions)))
                 if self.version in self._gpu_copies:
                     self._gpu_copies[self.version].removed(positions.size, self._index)
@@ -402,21 +415,30 @@ class ShardIndex:
             if copy is not None:
                 copy.release()
 
-    def snapshot(self) -> FaceBatch:
-        """Every alive face with its slot, for a snapshot object."""
+    def snapshot(self, rows: int = 65_536) -> Iterator[FaceBatch]:
+        """Every alive face with its slot, for a snapshot object, in batches of up to `rows` faces.
+
+        The faces are those alive when it is called; the gateway holds writes to the collection
+        while a snapshot is written, so none changes meanwhile.
+        """
         with self._lock:
             positions = np.flatnonzero(self._alive)
-            return FaceBatch([self._records[p] for p in positions], self._vectors[positions].copy(), positions)
+        for start in range(0, positions.size, rows):
+            chunk = positions[start:start + rows]
+            with self._lock:
+                batch = FaceBatch([self._table.record(p) for p in chunk.tolist()], self._vectors[chunk].copy(), chunk)
+            yield batch
 
     def index_bytes(self) -> bytes:
         with self._lock:
             return faiss.serialize_index(self._index).tobytes()
 
     def memory_bytes(self) -> int:
-        """Bytes held by vectors, codes and ids (Python records excluded)."""
+        """Bytes held in memory by vectors, codes, ids and records (memory-mapped vectors excluded)."""
         with self._lock:
-            vectors = self.size * self.d * 2
+            vectors = 0 if self._slot_vectors.mapped else self.size * self.d * 2
+            records = self._table.memory_bytes()
             if self.version == 0:
-                return vectors + self._index.ntotal * (4 * self.d + 8)
+                return vectors + records + self._index.ntotal * (4 * self.d + 8)
             ivf = faiss.extract_index_ivf(self._index)
-            return vectors + ivf.ntotal * (ivf.code_size + 8)
+            return vectors + records + ivf.ntotal * (ivf.code_size + 8)

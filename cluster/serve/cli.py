@@ -9,6 +9,7 @@ import gc
 import ipaddress
 import logging
 import math
+import os
 import signal
 import socket
 import sys
@@ -51,7 +52,7 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
           tls_cert: str = "", tls_key: str = "", tls_client_ca: str = "", tls_client_role: str = "searcher",
           insecure: bool = False, max_queued_queries: int = DEFAULT_MAX_QUEUED_QUERIES, metrics_port: int = 9464,
           metrics_host: str = "127.0.0.1", replicas: int = 1, role: str = "writer",
-          follow_interval_s: float = 1.0) -> None:
+          follow_interval_s: float = 1.0, local_dir: str = "") -> None:
     """Serves gallery.v1 until SIGINT or SIGTERM.
 
     Args:
@@ -93,6 +94,9 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
             every follow_interval_s, with shard workers of its own (any number of readers per store; each
             needs an --audit-store of its own, as an audit chain has one writer).
         follow_interval_s: a reader's seconds between two looks at the store's commits.
+        local_dir: a folder on local disk (on every Ray node) that shard workers memory-map their fp16
+            re-rank vectors from, so that those live in the page cache and on disk rather than in the
+            workers' memory: for collections of millions of faces; "" keeps them in memory.
     """
     if role not in ROLES_OF_GATEWAY:
         raise ValueError(f"--role must be one of {', '.join(ROLES_OF_GATEWAY)}, got {role!r}")
@@ -118,7 +122,8 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
                                            cluster_gpus=ray.cluster_resources().get("GPU", 0))
     shards = RayShards.start(num_shards, store, replicas=replicas, s3_endpoint=s3_endpoint or None,
                              num_cpus=shard_num_cpus, num_gpus=shard_gpus, omp_threads=max(1, int(shard_num_cpus)),
-                             cluster_name="gallery" if role != "reader" else f"gallery-reader-{uuid.uuid4().hex[:8]}")
+                             cluster_name="gallery" if role != "reader" else f"gallery-reader-{uuid.uuid4().hex[:8]}",
+                             local_dir=os.path.abspath(local_dir) if local_dir else None)
     face_actors, model, models = [], None, None
     if face_workers:
         face_actors = runtime.start_face_workers(face_workers, num_cpus=face_num_cpus, num_gpus=face_gpus)

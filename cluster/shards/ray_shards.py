@@ -92,7 +92,7 @@ class RayShards(ShardBackend):
     def start(cls, num_workers: int, store_uri: str, *, replicas: int = 1, s3_endpoint: str | None = None,
               num_cpus: float = 1, num_gpus: float = 0, omp_threads: int = 1, cluster_name: str = "gallery",
               env_vars: dict[str, str] | None = None, call_timeout_s: float = CALL_TIMEOUT_S,
-              placement_strategy: str = "SPREAD") -> RayShards:
+              placement_strategy: str = "SPREAD", local_dir: str | None = None) -> RayShards:
         """Starts (or, in a long-lived cluster, finds) the named shard actors and waits until they are ready.
 
         Actors are named "{cluster_name}-shard-{w}-of-{num_workers}" (replica 0) and "...-replica-{r}",
@@ -100,7 +100,8 @@ class RayShards(ShardBackend):
         the bundles of one placement group, spread over Ray's nodes by `placement_strategy` ("SPREAD":
         on different nodes where there are enough; "STRICT_SPREAD": only so). `env_vars` reach the
         workers on every node (e.g. AWS credentials for an S3 store). Workers given GPUs (`num_gpus` > 0)
-        search trained partitions on them.
+        search trained partitions on them. `local_dir`: a folder on each node's local disk that workers
+        memory-map their fp16 vectors from (`ShardWorker`); None keeps them in memory.
         """
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
@@ -120,7 +121,8 @@ class RayShards(ShardBackend):
                                   max_task_retries=0, num_cpus=num_cpus, num_gpus=num_gpus,
                                   runtime_env={"env_vars": env_vars} if env_vars else None, **placement)
                     .remote(w, num_workers, store_uri, s3_endpoint=s3_endpoint, omp_threads=omp_threads,
-                            use_gpu=num_gpus > 0, replica=r))
+                            use_gpu=num_gpus > 0, replica=r,
+                            local_dir=os.path.join(local_dir, name) if local_dir else None))
 
         workers = [[make_worker(r, w) for w in range(num_workers)] for r in range(replicas)]
         ray.get([w.ready.remote() for replica in workers for w in replica])

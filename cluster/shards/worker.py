@@ -24,9 +24,11 @@ missed writes while it was away comes back level before it serves.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import pickle
+import tempfile
 import time
 
 import faiss
@@ -49,6 +51,8 @@ from cluster.storage.records import (
     batch_to_parquet,
     ids_from_parquet,
     ids_to_parquet,
+    read_batches,
+    write_batches,
 )
 
 logger = logging.getLogger(__name__)
@@ -70,10 +74,12 @@ class ShardWorker:
             names the one it gave the actor); without a GPU or a GPU build of FAISS, on CPU.
         replica: which copy of its partitions this worker holds: it holds the collections kept in more
             than `replica` replicas (replica 0 holds every collection).
+        local_dir: a folder on local disk to memory-map partitions' fp16 vectors from (and to write
+            snapshots through); None keeps the vectors in memory (see cluster/index/slot_vectors.py).
     """
 
     def __init__(self, worker_id: int, num_workers: int, store_uri: str, *, s3_endpoint: str | None = None,
-                 omp_threads: int = 0, use_gpu: bool = False, replica: int = 0):
+                 omp_threads: int = 0, use_gpu: bool = False, replica: int = 0, local_dir: str | None = None):
         self._omp_threads = omp_threads
         self._use_omp_threads()
         self.gpu_device = 0 if use_gpu and gpu.available() else None
@@ -83,6 +89,7 @@ class ShardWorker:
         self.worker_id = worker_id
         self.num_workers = num_workers
         self.replica = replica
+        self.local_dir = local_dir
         self.store = ObjectStore(store_uri, s3_endpoint=s3_endpoint)
         self._partitions: dict[str, dict[int, ShardIndex]] = {}
         self._applied: dict[tuple[str, int], set[str]] = {}  # segment keys applied since the snapshot
@@ -198,11 +205,14 @@ class ShardWorker:
 
     def _load_partition(self, manifest: CollectionManifest, p: int, part: PartitionManifest,
                         trained: faiss.Index | None) -> ShardIndex:
-        shard = ShardIndex(manifest.dimension, p, manifest.num_partitions, gpu_device=self.gpu_device)
+        shard = ShardIndex(manifest.dimension, p, manifest.num_partitions, gpu_device=self.gpu_device,
+                           vectors_dir=self.local_dir)
         self._applied[(manifest.collection_id, p)] = set()
         self._loaded_from[(manifest.collection_id, p)] = (part.snapshot, part.index, manifest.index_version)
         if part.snapshot:
-            shard.add(batch_from_parquet(self.store.get(part.snapshot), manifest.dimension))
+            with self.store.open_input(part.snapshot) as snapshot:
+                for batch in read_batches(snapshot, manifest.dimension):
+                    shard.add(batch, index=False)  # indexed below, at once
         if manifest.index_version:
             if part.index:
                 index = load_index(self.store.get(part.index))
@@ -344,10 +354,17 @@ class ShardWorker:
         for p, (snapshot_key, index_key) in keys.items():
             shard = self._shard(collection_id, p)
             index = shard.build(version, trained)
-            self.store.put(snapshot_key, batch_to_parquet(shard.snapshot()))
+            self._put_snapshot(snapshot_key, shard)
             self.store.put(index_key, faiss.serialize_index(index).tobytes())
             out[p] = PartitionManifest(snapshot_key, index_key, [])
         return out
+
+    def _put_snapshot(self, key: str, shard: ShardIndex) -> None:
+        """Writes a partition's faces to the store, streamed through a local file: a partition of
+        millions of faces is never held in memory as one object."""
+        with tempfile.NamedTemporaryFile(dir=self.local_dir, prefix="snapshot-", suffix=".parquet") as f:
+            write_batches(f.name, shard.snapshot(), shard.d)
+            self.store.put_file(key, f.name)
 
     def activate(self, collection_id: str, version: int, partitions: list[int]) -> None:
         for p in partitions:
@@ -358,13 +375,14 @@ class ShardWorker:
     def retire_previous(self, collection_id: str) -> None:
         for shard in self._partitions.get(collection_id, {}).values():
             shard.retire_previous()
+        _return_freed_memory()
 
     def compact(self, collection_id: str, keys: dict[int, tuple[str, str | None]]) -> dict[int, PartitionManifest]:
         """Writes a snapshot (and the populated index, when trained) of each partition."""
         out = {}
         for p, (snapshot_key, index_key) in keys.items():
             shard = self._shard(collection_id, p)
-            self.store.put(snapshot_key, batch_to_parquet(shard.snapshot()))
+            self._put_snapshot(snapshot_key, shard)
             if index_key and shard.version:
                 self.store.put(index_key, shard.index_bytes())
             else:
@@ -376,4 +394,17 @@ class ShardWorker:
         """After the gateway committed a compaction: the snapshot now covers every applied segment."""
         for p in partitions:
             self._applied[(collection_id, p)] = set()
+        _return_freed_memory()
+
+
+def _return_freed_memory() -> None:
+    """Hands the heap's free pages back to the system after a build, switch or compaction freed an index.
+
+    An untrained partition's flat index and id maps are millions of small and large allocations; freed,
+    they stay in glibc's per-thread arenas and count as the worker's memory until it exits, unless trimmed.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 

@@ -30,6 +30,7 @@ class Segment:
 
     key: str
     op: str  # "add" or "delete"
+    faces: int = 0  # faces it adds or deletes (0 in manifests written before it was recorded)
 
 
 @dataclass

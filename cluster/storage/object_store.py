@@ -19,9 +19,11 @@ import logging
 import os
 import posixpath
 import re
+import shutil
 import uuid
 from urllib.parse import urlparse
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from cluster.errors import InvalidArgument
@@ -152,6 +154,31 @@ class ObjectStore:
         else:
             with self.fs.open_output_stream(path) as f:
                 f.write(data)
+
+    def put_file(self, key: str, local_path: str) -> None:
+        """Writes one object atomically from a local file, streamed (S3: a multipart upload)."""
+        path = self._path(key)
+        if self.is_local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            folder, name = os.path.split(path)
+            temporary = os.path.join(folder, f".{name}{_TEMPORARY_MARK}{uuid.uuid4().hex}")
+            try:
+                shutil.copyfile(local_path, temporary)
+                with open(temporary, "rb+") as f:
+                    os.fsync(f.fileno())
+                os.replace(temporary, path)
+            finally:
+                if os.path.exists(temporary):
+                    os.remove(temporary)
+        else:
+            with open(local_path, "rb") as source, self.fs.open_output_stream(path) as f:
+                while chunk := source.read(8 << 20):
+                    f.write(chunk)
+
+    def open_input(self, key: str) -> pa.NativeFile:
+        """A random-access reader of one object (S3: ranged GETs), for Parquet files too large to hold whole.
+        Raises FileNotFoundError when it does not exist."""
+        return self.fs.open_input_file(self._path(key))
 
     def get(self, key: str) -> bytes:
         """Reads one object. Raises FileNotFoundError when it does not exist."""

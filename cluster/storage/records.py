@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,11 +58,10 @@ def _schema(dimension: int) -> pa.Schema:
     ])
 
 
-def batch_to_parquet(batch: FaceBatch) -> bytes:
-    """Serialises a positioned batch (an add segment or a snapshot)."""
+def _table(batch: FaceBatch) -> pa.Table:
     n, d = batch.vectors.shape
     vectors = np.ascontiguousarray(batch.vectors, dtype="<f2")
-    table = pa.table({
+    return pa.table({
         "position": pa.array(batch.positions, pa.int64()),
         "face_id": [r.face_id for r in batch.records],
         "external_image_id": [r.external_image_id for r in batch.records],
@@ -70,13 +70,36 @@ def batch_to_parquet(batch: FaceBatch) -> bytes:
         "detail": pa.array([r.detail for r in batch.records], pa.binary()),
         "vector": pa.FixedSizeBinaryArray.from_buffers(pa.binary(2 * d), n, [None, pa.py_buffer(vectors.tobytes())]),
     }, schema=_schema(d))
+
+
+def batch_to_parquet(batch: FaceBatch) -> bytes:
+    """Serialises a positioned batch (an add segment)."""
     sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
+    pq.write_table(_table(batch), sink, compression="zstd")
     return sink.getvalue()
 
 
+def write_batches(path: str, batches: Iterable[FaceBatch], dimension: int) -> None:
+    """Writes positioned batches to one Parquet file, a row group each (a snapshot: a whole partition,
+    which is never held in memory at once)."""
+    with pq.ParquetWriter(path, _schema(dimension), compression="zstd") as writer:
+        for batch in batches:
+            if len(batch):
+                writer.write_table(_table(batch))
+
+
+def read_batches(source: pa.NativeFile, dimension: int, rows: int = 65_536) -> Iterator[FaceBatch]:
+    """The positioned batches of a Parquet file (random access: a local file or a ranged S3 reader),
+    `rows` faces at a time."""
+    for record_batch in pq.ParquetFile(source).iter_batches(batch_size=rows):
+        yield _batch(pa.Table.from_batches([record_batch]), dimension)
+
+
 def batch_from_parquet(data: bytes, dimension: int) -> FaceBatch:
-    table = pq.read_table(io.BytesIO(data))
+    return _batch(pq.read_table(io.BytesIO(data)), dimension)
+
+
+def _batch(table: pa.Table, dimension: int) -> FaceBatch:
     n = table.num_rows
     vector_column = table.column("vector").combine_chunks()
     if n:

@@ -1,0 +1,162 @@
+"""A partition's face records, packed into a few numpy arrays instead of one Python object per face.
+
+At ten million faces, a `FaceRecord` per face and a dict from face id to slot cost
+about 550 bytes a face in Python objects, more than the PQ code and the id the
+index itself keeps (benchmarks/README.md, `scale.py`). Here a face costs its
+encoded record (a 16-byte header, its id and whatever metadata it has) in one
+growing byte buffer, where its slot points (12 bytes), and 16 bytes in a sorted
+hash index from id to slot: about 50 bytes for a face enrolled with a short id.
+
+The id index is a sorted array of 64-bit id hashes beside their slots, searched
+with `np.searchsorted`, with a small dict of recent additions that is merged into
+it in bulk (as an LSM tree's memtable is). Different ids may share a hash: every
+hit is confirmed against the id stored in its slot, so a collision costs a
+comparison, never a wrong answer. Deleted faces leave their bytes in the buffer
+until the partition is reloaded from a snapshot.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from cluster.storage.records import FaceRecord
+
+_HEADER = struct.Struct("<IIII")  # lengths of face_id, external_image_id, image_uri, detail; then metadata
+_PAIR = struct.Struct("<II")
+_MERGE_AT = 65_536  # recent additions kept in a dict before they are merged into the sorted arrays
+# Python's own string hash: fast, and never stored, so its per-process seed does no harm. Tests replace
+# it with one that collides.
+_id_hash = hash
+
+
+def encode(record: FaceRecord) -> bytes:
+    """A record's bytes: the header, the four fields, then the metadata as (key length, value length, key, value)."""
+    texts = [record.face_id.encode(), record.external_image_id.encode(), record.image_uri.encode()]
+    parts = [_HEADER.pack(len(texts[0]), len(texts[1]), len(texts[2]), len(record.detail)), *texts, record.detail]
+    for key, value in record.metadata.items():
+        k, v = key.encode(), value.encode()
+        parts += [_PAIR.pack(len(k), len(v)), k, v]
+    return b"".join(parts)
+
+
+def decode(data: bytes | memoryview) -> FaceRecord:
+    lengths = _HEADER.unpack_from(data)
+    fields, at = [], _HEADER.size
+    for n in lengths:
+        fields.append(bytes(data[at:at + n]))
+        at += n
+    metadata = {}
+    while at < len(data):
+        nk, nv = _PAIR.unpack_from(data, at)
+        at += _PAIR.size
+        metadata[bytes(data[at:at + nk]).decode()] = bytes(data[at + nk:at + nk + nv]).decode()
+        at += nk + nv
+    return FaceRecord(fields[0].decode(), fields[1].decode(), fields[2].decode(), metadata, fields[3])
+
+
+class FaceTable:
+    """Records by slot, and the slot of each alive face id. Not thread-safe: `ShardIndex` locks around it.
+
+    Example:
+        >>> table = FaceTable()
+        >>> table.put([FaceRecord("a", metadata={"person_id": "7"})], np.array([3]))
+        >>> table.slot_of("a"), table.record(3).metadata, table.record(0)
+        (3, {'person_id': '7'}, None)
+    """
+
+    def __init__(self):
+        self._bytes = np.empty(0, dtype=np.uint8)
+        self._used = 0  # bytes of self._bytes in use
+        self._start = np.empty(0, dtype=np.int64)  # by slot: where its record begins
+        self._length = np.zeros(0, dtype=np.uint32)  # by slot: its record's length; 0: an empty slot
+        self._hashes = np.empty(0, dtype=np.int64)  # sorted
+        self._slots = np.empty(0, dtype=np.int64)  # the slot of each hash; -1 once deleted
+        self._recent: dict[str, int] = {}
+        self.size = 0  # faces alive
+
+    def put(self, records: list[FaceRecord], slots: np.ndarray) -> None:
+        """Stores records at empty slots; their ids must not be alive here."""
+        encoded = [encode(r) for r in records]
+        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        end = int(slots.max()) + 1 if len(slots) else 0
+        if end > self._start.size:
+            grown = max(end, int(self._start.size * 1.5), 1024)
+            self._start = _resized(self._start, grown)
+            self._length = _resized(self._length, grown)
+        need = self._used + int(lengths.sum())
+        if need > self._bytes.size:
+            self._bytes = _resized(self._bytes, max(need, int(self._bytes.size * 1.5), 1 << 16))
+        self._bytes[self._used:need] = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        self._start[slots] = self._used + np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        self._length[slots] = lengths
+        self._used = need
+        for record, slot in zip(records, slots.tolist()):
+            self._recent[record.face_id] = slot
+        self.size += len(records)
+        if len(self._recent) >= _MERGE_AT:
+            self._merge()
+
+    def _merge(self) -> None:
+        keep = self._slots >= 0
+        recent = np.fromiter(map(_id_hash, self._recent), np.int64, len(self._recent))
+        hashes = np.concatenate([self._hashes[keep], recent])
+        slots = np.concatenate([self._slots[keep], np.fromiter(self._recent.values(), np.int64, len(self._recent))])
+        order = np.argsort(hashes, kind="stable")
+        self._hashes, self._slots = hashes[order], slots[order]
+        self._recent = {}
+
+    def _find(self, face_id: str) -> int:
+        """The index into the sorted arrays of an alive face_id, or -1."""
+        h = _id_hash(face_id)
+        at = int(np.searchsorted(self._hashes, h))
+        while at < self._hashes.size and self._hashes[at] == h:
+            slot = int(self._slots[at])
+            if slot >= 0 and self.face_id(slot) == face_id:
+                return at
+            at += 1
+        return -1
+
+    def slot_of(self, face_id: str) -> int | None:
+        """The slot of an alive face id, or None."""
+        slot = self._recent.get(face_id)
+        if slot is not None:
+            return slot
+        at = self._find(face_id)
+        return None if at < 0 else int(self._slots[at])
+
+    def remove(self, face_id: str) -> int | None:
+        """Empties the slot of an alive face id and returns it (None when the id is not alive here)."""
+        slot = self._recent.pop(face_id, None)
+        if slot is None:
+            at = self._find(face_id)
+            if at < 0:
+                return None
+            slot, self._slots[at] = int(self._slots[at]), -1
+        self._length[slot] = 0
+        self.size -= 1
+        return slot
+
+    def face_id(self, slot: int) -> str | None:
+        """The id at a slot, None when it is empty: read from the header without decoding the record."""
+        if slot >= self._length.size or not self._length[slot]:
+            return None
+        start = int(self._start[slot])
+        n = int(self._bytes[start:start + 4].view(np.uint32)[0])
+        return self._bytes[start + _HEADER.size:start + _HEADER.size + n].tobytes().decode()
+
+    def record(self, slot: int) -> FaceRecord | None:
+        if slot >= self._length.size or not self._length[slot]:
+            return None
+        start = int(self._start[slot])
+        return decode(memoryview(self._bytes[start:start + int(self._length[slot])]))
+
+    def memory_bytes(self) -> int:
+        return self._used + 12 * self._start.size + 16 * self._hashes.size + 120 * len(self._recent)
+
+
+def _resized(array: np.ndarray, size: int) -> np.ndarray:
+    out = np.zeros(size, dtype=array.dtype)
+    out[:array.size] = array
+    return out
