@@ -41,6 +41,11 @@ MIN_FACES_TO_TRAIN = 256
 # Bound on one call from the gateway to its shard or face workers when the caller sets no deadline;
 # DEADLINE_EXCEEDED past it.
 CALL_TIMEOUT_S = 120.0
+# Bound on a maintenance call (sampling, building, compacting, measuring recall), which scales with the
+# collection: building two 5M-face partitions on two cores takes tens of minutes, where 120 s failed a
+# 10M-face build in benchmarks/scale.py. A worker that dies fails its call at once (Ray reports it);
+# this only bounds one that hangs.
+MAINTENANCE_CALL_TIMEOUT_S = 6 * 3600.0
 
 # Audit records per QueryAuditLog answer (INVALID_ARGUMENT above), and the default when 0 is asked.
 MAX_AUDIT_RECORDS_PER_PAGE = 1000

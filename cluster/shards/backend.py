@@ -37,7 +37,8 @@ class ShardBackend(abc.ABC):
 
         Args:
             maintenance: a long call (build, compact, sample) that must not hold up a worker's writes.
-            timeout_s: bound on all the calls together; None for the backend's default.
+            timeout_s: bound on all the calls together; None for the backend's default
+                (`MAINTENANCE_CALL_TIMEOUT_S` for a maintenance call).
 
         Raises:
             Unavailable: a worker is down or restarting. DeadlineExceeded: past timeout_s.

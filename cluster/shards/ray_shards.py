@@ -22,7 +22,7 @@ import ray
 from ray.util.placement_group import placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from cluster.api.limits import CALL_TIMEOUT_S
+from cluster.api.limits import CALL_TIMEOUT_S, MAINTENANCE_CALL_TIMEOUT_S
 from cluster.errors import DeadlineExceeded, Unavailable
 from cluster.index.training import train_ivfpq, usable_cpus
 from cluster.shards.backend import ShardBackend
@@ -138,7 +138,7 @@ class RayShards(ShardBackend):
     def call(self, method: str, calls: Iterable[tuple[int, tuple]], *, maintenance: bool = False,
              timeout_s: float | None = None) -> list:
         calls = list(calls)
-        timeout_s = timeout_s or self.call_timeout_s
+        timeout_s = timeout_s or (MAINTENANCE_CALL_TIMEOUT_S if maintenance else self.call_timeout_s)
         if method == "open_collection":
             for _, (manifest_json,) in calls:
                 m = CollectionManifest.from_json(manifest_json)
