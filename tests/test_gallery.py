@@ -9,7 +9,7 @@ import pytest
 import ray
 from support import wait_until
 
-from cluster.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition
+from cluster.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, Unavailable
 from cluster.index import vectors
 from cluster.index.shard_index import exact_search
 from cluster.index.synthetic import clustered_embeddings, noisy_probes
@@ -137,6 +137,23 @@ def test_compaction_rewrites_each_face_a_bounded_number_of_times_as_a_collection
     again = galleries.start(str(tmp_path))
     assert again.describe("g")[0].face_count == 6000
     np.testing.assert_array_equal(_ids(again.search("g", xb[:5], 1)), [[f"face-{i}"] for i in range(5)])
+
+
+def test_a_stopping_gateway_waits_a_bounded_time_for_maintenance_and_commits_nothing_after_its_lease(
+        galleries, tmp_path):
+    gallery = galleries.start(str(tmp_path), default_train_threshold=3000)
+    gallery.create_collection("c", dimension=32)
+    gallery.add("c", _records(3000), clustered_embeddings(3000, 32, seed=22))  # training starts in the background
+    state = gallery.collections.get("c")
+    assert state.maintenance is not None
+    assert gallery.maintenance.join(timeout_s=0.0) is not state.maintenance.is_alive()
+    gallery.maintenance.join()
+    committed = gallery.collections.store.get("collections/c/manifest.json")
+    gallery.collections.release_lease()
+    with pytest.raises(Unavailable, match="lost the writer lease"):
+        gallery.collections.commit(state.manifest)  # as a training that outlived the stop would
+    assert gallery.collections.store.get("collections/c/manifest.json") == committed
+    galleries.stop(gallery)  # releasing again is harmless
 
 
 def test_restart_after_training_serves_the_trained_index(galleries, tmp_path):

@@ -115,6 +115,7 @@ class Collections:
         self.default_train_threshold = default_train_threshold
         self._states: dict[str, CollectionState] = {}
         self._lock = threading.Lock()
+        self._commit_lock = threading.Lock()  # a commit and the lease's release never interleave
 
     def load(self) -> int:
         """Opens every collection of the store, on the gateway and on the workers; returns how many."""
@@ -137,8 +138,15 @@ class Collections:
 
     def commit(self, m: CollectionManifest) -> None:
         """The commit point of every change to a collection, while this gateway holds the writer lease."""
-        self.check_writable()
-        manifests.save(self.store, m)
+        with self._commit_lock:
+            self.check_writable()
+            manifests.save(self.store, m)
+
+    def release_lease(self) -> None:
+        """Gives the writer lease back; a commit after this (a maintenance thread still running) fails."""
+        with self._commit_lock:
+            if self.lease is not None:
+                self.lease.release()
 
     def check_writable(self) -> None:
         """Raises FailedPrecondition on a read gateway, Unavailable once the writer lease is lost."""

@@ -39,6 +39,9 @@ from cluster.storage.records import FaceRecord
 
 logger = logging.getLogger(__name__)
 
+# How long a stopping gateway waits for maintenance in progress to finish (see `close`).
+MAINTENANCE_STOP_S = 10.0
+
 __all__ = ["Candidate", "Gallery", "SearchResults"]
 
 
@@ -112,9 +115,10 @@ class Gallery:
             self.follower.close()
         self.searches.close()
         self.shards.close()
-        self.maintenance.join()
-        if self.lease is not None:
-            self.lease.release()
+        # A training of millions of faces can run for many minutes; a stop does not wait for it. Its commit then
+        # fails (the lease is gone), and the next gateway trains again (`Maintenance.start_if_due` at start).
+        self.maintenance.join(timeout_s=MAINTENANCE_STOP_S)
+        self.collections.release_lease()
 
     # ---- collections -------------------------------------------------------
 

@@ -50,11 +50,16 @@ class Maintenance:
         self.shards = shards
         self.background = background
 
-    def join(self) -> None:
-        """Waits for every collection's background maintenance to end."""
+    def join(self, timeout_s: float | None = None) -> bool:
+        """Waits for every collection's background maintenance to end, at most timeout_s in all; False if
+        some is still running."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         for state in self.collections.states():
             if state.maintenance is not None:
-                state.maintenance.join()
+                state.maintenance.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                if state.maintenance.is_alive():
+                    return False
+        return True
 
     def start_if_due(self, state: CollectionState) -> None:
         """Starts training or calibration in the background when the collection has grown enough (after a
