@@ -13,6 +13,10 @@ from cluster.storage.records import FaceRecord
 
 # Concurrency group of ShardWorker's long calls (build, compact, sample): one at a time, beside searches and writes.
 MAINTENANCE = "maintenance"
+# The concurrency group of the supervisor's liveness probes (`ShardWorker.ready`): in the default group a
+# probe waited behind writes that waited for a partition's lock during a long recall measurement, the
+# worker was taken for dead, and a 10M-face ingest was refused (benchmarks/scale.py).
+HEALTH = "health"
 
 
 @dataclass

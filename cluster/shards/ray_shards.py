@@ -27,7 +27,7 @@ from cluster.errors import DeadlineExceeded, Unavailable
 from cluster.index.training import train_ivfpq, usable_cpus
 from cluster.shards.backend import ShardBackend
 from cluster.shards.fanout import SearchFanOut
-from cluster.shards.protocol import MAINTENANCE
+from cluster.shards.protocol import HEALTH, MAINTENANCE
 from cluster.shards.replicas import READS, ReplicaSet, Route, collection_of, route_of
 from cluster.shards.worker import ShardWorker
 from cluster.storage.manifest import CollectionManifest
@@ -107,7 +107,7 @@ class RayShards(ShardBackend):
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
         if replicas < 1:
             raise ValueError(f"replicas must be >= 1, got {replicas}")
-        actor = ray.remote(concurrency_groups={MAINTENANCE: 1})(ShardWorker)
+        actor = ray.remote(concurrency_groups={MAINTENANCE: 1, HEALTH: 1})(ShardWorker)
         groups = [_placement_group(f"{cluster_name}-shard-{w}-of-{num_workers}", replicas, num_cpus, num_gpus,
                                    placement_strategy) for w in range(num_workers)] if replicas > 1 else None
 
@@ -316,8 +316,8 @@ class RayShards(ShardBackend):
         backoff: dict[tuple[int, int], float] = {}
         copies = [(r, w) for r in range(self.num_replicas) for w in range(self.num_workers)]
         while not self._stop.wait(PROBE_INTERVAL_S):
-            probes = [(copy, self.replicas[copy[0]][copy[1]].ready.remote()) for copy in copies
-                      if copy not in self._gone]
+            probes = [(copy, self.replicas[copy[0]][copy[1]].ready.options(concurrency_group=HEALTH).remote())
+                      for copy in copies if copy not in self._gone]
             for copy, ref in probes:
                 try:
                     ray.get(ref, timeout=PROBE_TIMEOUT_S)

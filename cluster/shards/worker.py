@@ -112,7 +112,8 @@ class ShardWorker:
 
     def ready(self) -> dict:
         """Sizes of the partitions held, for health checks."""
-        return {cid: {p: s.size for p, s in parts.items()} for cid, parts in self._partitions.items()}
+        # Copies of the dicts: a probe runs in its own concurrency group, beside calls that change them.
+        return {cid: {p: s.size for p, s in list(parts.items())} for cid, parts in list(self._partitions.items())}
 
     def device(self) -> str:
         """Where this worker searches trained partitions: "cuda:N" or "cpu"."""
