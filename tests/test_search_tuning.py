@@ -148,6 +148,26 @@ def test_ranked_candidates_give_what_a_search_at_each_depth_answers(trained_shar
     assert np.all(np.isfinite(scores[labels >= 0])) and np.all(np.isneginf(scores[labels < 0]))
 
 
+def test_faces_added_during_a_measurement_count_neither_in_the_truth_nor_among_candidates(trained_shard):
+    shard, trained, _, xq = trained_shard
+    below = shard.next_position
+    D_before, I_before = shard.exact_topk(xq, 10)
+    # A face added now is closer to each query than any: counted, it would displace every true neighbour.
+    twins = [FaceRecord(f"twin-{i}") for i in range(len(xq))]
+    shard.add(FaceBatch(twins, vectors.to_stored(xq)))
+    try:
+        D, I = shard.exact_topk(xq, 10, below=below)
+        np.testing.assert_array_equal(I, I_before)
+        Dq, Iq = faiss.extract_index_ivf(trained).quantizer.search(xq, 64)
+        labels, scores = shard.ranked_candidates(xq, 60, version=1, Iq=Iq, Dq=Dq, below=below)
+        assert (labels >= below).any()  # the twins are among the PQ candidates ...
+        assert np.isneginf(scores[labels >= below]).all()  # ... and count as none
+        found = recall.emulate_rerank([(labels, scores)], 60, 10, np.full(len(xq), -1))
+        assert recall.recall_at_k(found, I) >= 0.9
+    finally:
+        shard.delete([r.face_id for r in twins])
+
+
 # ---- a collection measures itself ----------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -228,20 +228,27 @@ class ShardIndex:
         index.nprobe = nprobe  # search_preassigned scans Iq's columns; the lock makes this safe
         return index.search_preassigned(xq, depth, Iq, Dq)[1]
 
-    def ranked_candidates(self, xq: np.ndarray, depth: int, *, version: int, Iq: np.ndarray, Dq: np.ndarray
-                          ) -> tuple[np.ndarray, np.ndarray]:
+    def ranked_candidates(self, xq: np.ndarray, depth: int, *, version: int, Iq: np.ndarray, Dq: np.ndarray,
+                          below: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The PQ top-`depth` of each query in PQ order, and their re-ranked scores (-inf for none or deleted):
         what `search` re-ranks, for measuring recall at every depth up to `depth` at once (cluster/index/recall.py).
+
+        Args:
+            below: count only the faces in slots below this (those `exact_topk` saw), -inf for the others.
         """
         with self._lock:
             candidates = self._pq_candidates(xq, version, Iq, Dq, depth)
-            return candidates, self._scores(xq, candidates)
+            scores = self._scores(xq, candidates)
+        if below is not None:
+            scores[self._positions(candidates) >= below] = -np.inf
+        return candidates, scores
 
-    def exact_topk(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k of the alive faces by their stored fp16 vectors, with BLAS over many queries at once:
-        the truth recall is measured against, not a serving path (see `exact_search` for why that differs)."""
+    def exact_topk(self, xq: np.ndarray, k: int, *, below: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k of the alive faces (in slots below `below`) by their stored fp16 vectors, with BLAS over
+        many queries at once: the truth recall is measured against, not a serving path (see `exact_search`
+        for why that differs)."""
         with self._lock:
-            positions = np.flatnonzero(self._alive)
+            positions = np.flatnonzero(self._alive[:below])
             stored = self._vectors  # replaced, never edited in place, when it grows
         codes = stored.view(np.uint8)
         results = [(np.full((xq.shape[0], k), -np.inf, np.float32), np.full((xq.shape[0], k), -1, np.int64))]

@@ -311,17 +311,24 @@ class ShardWorker:
         return pickle.dumps(SearchReply(D, I, records, time.perf_counter() - started),
                             protocol=pickle.HIGHEST_PROTOCOL)
 
-    def exact_topk(self, collection_id: str, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k over every alive face of this worker's partitions (for measuring recall)."""
+    def exact_topk(self, collection_id: str, xq: np.ndarray, k: int
+                   ) -> tuple[np.ndarray, np.ndarray, dict[int, int]]:
+        """Exact top-k over every alive face of this worker's partitions (for measuring recall), and the slot
+        each partition had filled up to: the faces added later, which `ranked_candidates` leaves out."""
         self._use_omp_threads()
-        return merge_topk([s.exact_topk(xq, k) for s in self._partitions[collection_id].values()], k)
+        shards = self._partitions[collection_id]
+        below = {p: s.next_position for p, s in shards.items()}
+        D, I = merge_topk([s.exact_topk(xq, k, below=below[p]) for p, s in shards.items()], k)
+        return D, I, below
 
     def ranked_candidates(self, collection_id: str, xq: np.ndarray, depth: int, version: int, Iq: np.ndarray,
-                          Dq: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per partition, its PQ top-`depth` in PQ order with their re-ranked scores (for measuring recall)."""
+                          Dq: np.ndarray, below: dict[int, int] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per partition, its PQ top-`depth` in PQ order with their re-ranked scores (for measuring recall);
+        with `below` (from `exact_topk`), faces added since count as no candidate: writes go on during a
+        measurement, and a face added after the truth was taken would otherwise count against recall."""
         self._use_omp_threads()
-        return [s.ranked_candidates(xq, depth, version=version, Iq=Iq, Dq=Dq)
-                for _, s in sorted(self._partitions[collection_id].items())]
+        return [s.ranked_candidates(xq, depth, version=version, Iq=Iq, Dq=Dq, below=(below or {}).get(p))
+                for p, s in sorted(self._partitions[collection_id].items())]
 
     def get_faces(self, collection_id: str, face_ids: dict[int, list[str]], include_embeddings: bool
                   ) -> list[FaceRecord]:
