@@ -57,13 +57,17 @@ CHUNK = 100_000  # vectors generated, sent and scanned for the truth at a time
 
 
 class Chunks:
-    """The collection's vectors, chunk by chunk, the same on every pass (seeded per chunk)."""
+    """The collection's vectors, chunk by chunk, the same on every pass (seeded per chunk).
+
+    Each chunk holds identities of its own, 20 faces each on average, so that the collection has as many
+    faces per identity at every point of the ingest as at its end. With identities shared by all chunks, a
+    10M collection measured at 2.4M faces had about 5 faces per identity: most of a face's exact top-10 were
+    unrelated faces at near-equal distance, which no index finds short of scanning everything, and the
+    collection tuned itself to probe every list.
+    """
 
     def __init__(self, n: int, d: int, seed: int = 0):
         self.n, self.d, self.seed = n, d, seed
-        rng = np.random.default_rng(seed)
-        self.centres = rng.standard_normal((max(n // 20, 1), d), dtype=np.float32)
-        self.centres /= np.linalg.norm(self.centres, axis=1, keepdims=True)
 
     def __len__(self) -> int:
         return -(-self.n // CHUNK)
@@ -71,7 +75,9 @@ class Chunks:
     def chunk(self, i: int) -> np.ndarray:
         rng = np.random.default_rng((self.seed, i))
         size = min(CHUNK, self.n - i * CHUNK)
-        x = self.centres[rng.integers(0, len(self.centres), size=size)]
+        centres = rng.standard_normal((max(size // 20, 1), self.d), dtype=np.float32)
+        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+        x = centres[rng.integers(0, len(centres), size=size)]
         x = x + rng.standard_normal((size, self.d), dtype=np.float32) * (0.7 / np.sqrt(self.d))
         return x / np.linalg.norm(x, axis=1, keepdims=True)
 

@@ -263,3 +263,25 @@ def test_the_measurement_survives_a_restart_and_is_described_over_grpc(tuned):
         with pytest.raises(grpc.RpcError) as raised:
             stub.CreateCollection(pb.CreateCollectionRequest(collection_id="x", dimension=8, target_recall=-1))
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_collection_measures_itself_again_once_it_has_doubled(tmp_path):
+    store = str(tmp_path)
+    gallery = Gallery(ObjectStore(store), LocalShards(2, store, omp_threads=1), default_train_threshold=4000)
+    try:
+        xb = clustered_embeddings(9000, 32, seed=8)
+        gallery.create_collection("g", dimension=32)
+        gallery.add("g", [FaceRecord(f"f{i}") for i in range(4000)], xb[:4000])  # trains, then measures
+        assert gallery.maintenance.wait("g", 120)
+        first = gallery.describe("g")[0].search_tuning
+        assert first.index_version == 1 and first.faces == 4000
+        gallery.add("g", [FaceRecord(f"f{i}") for i in range(4000, 7000)], xb[4000:7000])  # 1.75x: not yet
+        assert gallery.maintenance.wait("g", 120)
+        assert gallery.describe("g")[0].search_tuning == first
+        gallery.add("g", [FaceRecord(f"f{i}") for i in range(7000, 9000)], xb[7000:9000])  # 2.25x
+        assert gallery.maintenance.wait("g", 120)
+        m = gallery.describe("g")[0]
+        assert m.index_version == 1 and m.search_tuning.index_version == 1 and m.search_tuning.faces == 9000
+        assert m.search_tuning.points and all(0 <= p[2] <= 1 for p in m.search_tuning.points)
+    finally:
+        gallery.close()

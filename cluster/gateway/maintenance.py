@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 CALIBRATION_SAMPLE = 2000  # faces sampled for gallery calibration: ~2M impostor pairs
 CALIBRATE_FROM = 200  # faces before a raw collection is first calibrated
+MEASURE_AGAIN_GROWTH = 2.0  # a trained collection measures its recall again once it has grown this much
 
 
 class Maintenance:
@@ -67,7 +68,7 @@ class Maintenance:
         if not self.background or (state.maintenance and state.maintenance.is_alive()):
             return
         m = state.manifest
-        if self._needs_training(m) or self._needs_calibration(m):
+        if self._needs_training(m) or self._needs_calibration(m) or self._needs_measuring(m):
             state.maintenance = threading.Thread(target=self._maintain_now, args=(m.collection_id,),
                                                  name=f"maintain-{m.collection_id}", daemon=True)
             state.maintenance.start()
@@ -83,6 +84,14 @@ class Maintenance:
     def _needs_training(self, m: CollectionManifest) -> bool:
         return tuning.should_train(m.face_count, m.trained_on, m.train_threshold)
 
+    def _needs_measuring(self, m: CollectionManifest) -> bool:
+        """A measured index whose collection has doubled since: its lists are longer and its faces have more
+        neighbours than when it was measured (a collection measured at 2.4M faces of a 10M ingest chose to
+        probe every list, as its faces had few true neighbours yet; benchmarks/README.md, `scale.py`)."""
+        t = m.search_tuning
+        return bool(m.index_version and t and t.index_version == m.index_version and t.faces
+                    and m.face_count >= MEASURE_AGAIN_GROWTH * t.faces)
+
     def _needs_calibration(self, m: CollectionManifest) -> bool:
         # A calibration a job measured on labelled faces (SetCalibration) is kept: pairs of the gallery's own faces,
         # whose persons are mostly unknown, are the weaker estimate.
@@ -97,6 +106,8 @@ class Maintenance:
                     self.train(collection_id)
                 elif self._needs_calibration(m):
                     self.calibrate(collection_id)
+                elif self._needs_measuring(m):
+                    self.measure(collection_id)
                 else:
                     return
         except NotFound:
@@ -255,7 +266,7 @@ class Maintenance:
             if reached or best >= tuning.SATURATED_RECALL:
                 break
             reached = best >= m.target_recall
-        measured = SearchTuning(live.version, len(xq), [[p.nprobe, p.rerank_depth, p.recall] for p in points])
+        measured = SearchTuning(live.version, len(xq), [[p.nprobe, p.rerank_depth, p.recall] for p in points], n)
         with state.write_lock:
             if state.manifest.index_version != live.version:  # retrained meanwhile: that version measures itself
                 return measured
