@@ -17,7 +17,7 @@ from cluster.errors import InvalidArgument, Unavailable
 from cluster.index.synthetic import clustered_embeddings
 from cluster.storage.lease import LEASE_KEY, StoreInUse, WriterLease
 from cluster.storage.object_store import ObjectStore
-from cluster.storage.records import FaceRecord
+from cluster.storage.records import FaceBatch, FaceRecord, read_batches, write_batches
 from cluster.storage.s3_images import ImageNotFound, ImageTooLarge, S3ImageReader, S3Object
 
 
@@ -29,6 +29,21 @@ def test_object_store_on_s3(s3_server, s3_bucket):
     assert store.list("a/") == ["a/b.bin", "a/c.bin"] and store.exists("a/b.bin")
     store.delete_prefix("a/")
     assert store.list("") == [] and not store.exists("a/b.bin")
+
+
+def test_a_snapshot_streams_to_s3_and_back_in_row_groups(s3_server, s3_bucket, tmp_path):
+    store = ObjectStore(f"s3://{s3_bucket}/streamed", s3_endpoint=s3_server)
+    xb = clustered_embeddings(3000, 16, seed=9).astype(np.float16)
+    batches = [FaceBatch([FaceRecord(f"f{i}", metadata={"n": str(i)}) for i in range(s, s + 1000)], xb[s:s + 1000],
+                         np.arange(s, s + 1000)) for s in range(0, 3000, 1000)]
+    write_batches(str(tmp_path / "snapshot.parquet"), batches, 16)
+    store.put_file("p0/snapshot.parquet", str(tmp_path / "snapshot.parquet"))  # streamed from the file
+    with store.open_input("p0/snapshot.parquet") as f:  # ranged reads, a row group at a time
+        back = list(read_batches(f, 16, rows=1000))
+    assert [len(b) for b in back] == [1000, 1000, 1000]
+    np.testing.assert_array_equal(np.concatenate([b.vectors for b in back]), xb)
+    assert back[2].records[999] == FaceRecord("f2999", metadata={"n": "2999"})
+    np.testing.assert_array_equal(back[1].positions, np.arange(1000, 2000))
 
 
 def test_s3_images_are_refused_by_size_and_named_when_missing(s3_server, s3_bucket):

@@ -21,6 +21,8 @@ import posixpath
 import re
 import shutil
 import uuid
+from collections.abc import Callable
+from typing import BinaryIO
 from urllib.parse import urlparse
 
 import pyarrow as pa
@@ -137,6 +139,15 @@ class ObjectStore:
 
     def put(self, key: str, data: bytes) -> None:
         """Writes one object atomically."""
+        self._write(key, lambda f: f.write(data))
+
+    def put_file(self, key: str, local_path: str) -> None:
+        """Writes one object atomically from a local file, streamed (S3: a multipart upload)."""
+        with open(local_path, "rb") as source:
+            self._write(key, lambda f: shutil.copyfileobj(source, f, 8 << 20))
+
+    def _write(self, key: str, write: Callable[[BinaryIO], object]) -> None:
+        """Calls `write` with a stream that becomes the object whole once it returns, or not at all."""
         path = self._path(key)
         if self.is_local:
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -144,7 +155,7 @@ class ObjectStore:
             temporary = os.path.join(folder, f".{name}{_TEMPORARY_MARK}{uuid.uuid4().hex}")
             try:
                 with open(temporary, "wb") as f:
-                    f.write(data)
+                    write(f)
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(temporary, path)
@@ -153,27 +164,7 @@ class ObjectStore:
                     os.remove(temporary)
         else:
             with self.fs.open_output_stream(path) as f:
-                f.write(data)
-
-    def put_file(self, key: str, local_path: str) -> None:
-        """Writes one object atomically from a local file, streamed (S3: a multipart upload)."""
-        path = self._path(key)
-        if self.is_local:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            folder, name = os.path.split(path)
-            temporary = os.path.join(folder, f".{name}{_TEMPORARY_MARK}{uuid.uuid4().hex}")
-            try:
-                shutil.copyfile(local_path, temporary)
-                with open(temporary, "rb+") as f:
-                    os.fsync(f.fileno())
-                os.replace(temporary, path)
-            finally:
-                if os.path.exists(temporary):
-                    os.remove(temporary)
-        else:
-            with open(local_path, "rb") as source, self.fs.open_output_stream(path) as f:
-                while chunk := source.read(8 << 20):
-                    f.write(chunk)
+                write(f)
 
     def open_input(self, key: str) -> pa.NativeFile:
         """A random-access reader of one object (S3: ranged GETs), for Parquet files too large to hold whole.
