@@ -51,6 +51,7 @@ from serving import (  # noqa: E402  (benchmarks/serving.py)
 
 from cluster.client import GalleryClient  # noqa: E402
 from cluster.index import vectors  # noqa: E402
+from cluster.index.training import ivfpq_factory  # noqa: E402
 
 K = 10
 CHUNK = 100_000  # vectors generated, sent and scanned for the truth at a time
@@ -190,8 +191,8 @@ def run(num_vectors: int, dimension: int, num_queries: int, clients: int, durati
             time.sleep(2)
         build_s = time.perf_counter() - started
         t = d.search_tuning
-        print(f"  train + build + measure: {build_s - ingest_s:.1f} s; IVF{d.nlist},PQ{d.pq_m}; measured recall@10 "
-              f"{t.recall_at_10:.4f} at nprobe {t.nprobe}, re-rank {t.rerank_depth}", flush=True)
+        print(f"  train + build + measure: {build_s - ingest_s:.1f} s; {ivfpq_factory(d.nlist, d.pq_m, d.pq_bits)}; "
+              f"measured recall@10 {t.recall_at_10:.4f} at nprobe {t.nprobe}, re-rank {t.rerank_depth}", flush=True)
         memory = tree_memory(server.pid)
         print(f"  held (anonymous + shared): {held(memory) / 2**30:.2f} GiB, {held(memory) / num_vectors:.0f} bytes "
               f"per face ({(held(memory) - held(empty)) / num_vectors:.0f} above the empty cluster); "
@@ -210,6 +211,7 @@ def run(num_vectors: int, dimension: int, num_queries: int, clients: int, durati
         client.close()
         return {"num_vectors": num_vectors, "dimension": dimension, "ingest_faces_per_s": num_vectors / ingest_s,
                 "build_s": build_s, "train_build_measure_s": build_s - ingest_s, "nlist": d.nlist, "pq_m": d.pq_m,
+                "pq_bits": d.pq_bits,
                 "nprobe": t.nprobe, "rerank_depth": t.rerank_depth, "measured_recall_at_10": t.recall_at_10,
                 "train_threshold": train_threshold, "target_recall": target_recall,
                 "resident_bytes_per_face": held(memory) / num_vectors,

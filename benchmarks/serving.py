@@ -62,6 +62,7 @@ from cluster.client import GalleryClient  # noqa: E402
 from cluster.index import tuning, vectors  # noqa: E402
 from cluster.index.gpu import GpuCopy  # noqa: E402
 from cluster.index.synthetic import clustered_embeddings, noisy_probes  # noqa: E402
+from cluster.index.training import ivfpq_factory  # noqa: E402
 
 K = 10
 WHY = {"purpose": "benchmark", "case_id": "benchmarks/serving.py"}  # every search states both, and is audited
@@ -257,17 +258,18 @@ def shard_cpus(num_shards: int) -> int:
     return max(1, ((os.cpu_count() or 1) - 2) // num_shards)
 
 
-def in_process(stored: np.ndarray, xq: np.ndarray, truth: np.ndarray, *, nlist: int, pq_m: int, nprobe: int,
-               rerank: int, clients: int, duration_s: float, use_gpu: bool) -> dict:
+def in_process(stored: np.ndarray, xq: np.ndarray, truth: np.ndarray, *, nlist: int, pq_m: int, pq_bits: int,
+               nprobe: int, rerank: int, clients: int, duration_s: float, use_gpu: bool) -> dict:
     """faiss IVF-PQ + fp16 re-ranking (`IndexRefine`) in this process, with the cluster's parameters: its figures."""
     num_vectors, dimension = stored.shape
     build: dict[str, float] = {}
     with timed("build", build):
         sample = stored[np.random.default_rng(0).choice(num_vectors, tuning.training_sample_size(num_vectors, nlist),
                                                         replace=False)]
-        base = faiss.index_factory(dimension, f"IVF{nlist},PQ{pq_m}", faiss.METRIC_INNER_PRODUCT)
+        base = faiss.index_factory(dimension, ivfpq_factory(nlist, pq_m, pq_bits), faiss.METRIC_INNER_PRODUCT)
         base.cp.niter = tuning.COARSE_KMEANS_ITERATIONS
-        base.do_polysemous_training = False
+        if pq_bits == 8:
+            base.do_polysemous_training = False
         local = faiss.IndexRefine(base, faiss.IndexScalarQuantizer(dimension, faiss.ScalarQuantizer.QT_fp16,
                                                                    faiss.METRIC_INNER_PRODUCT))
         local.train(sample)
@@ -344,9 +346,10 @@ def cluster(xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, *, num_shards: in
         t = description.search_tuning
         print(f"  measured: recall@10 {t.recall_at_10:.4f} at nprobe {t.nprobe}, re-rank depth {t.rerank_depth} "
               f"(target {t.target_recall}, {t.sample_queries} held-out queries, {len(t.points)} settings); "
-              f"IVF{description.nlist},PQ{description.pq_m}", flush=True)
+              f"{ivfpq_factory(description.nlist, description.pq_m, description.pq_bits)}", flush=True)
         figures = {"build_s": build["build (ingest over gRPC + train + populate shards + measure recall)"],
-                   "nlist": description.nlist, "pq_m": description.pq_m, "nprobe": t.nprobe,
+                   "nlist": description.nlist, "pq_m": description.pq_m, "pq_bits": description.pq_bits,
+                   "nprobe": t.nprobe,
                    "rerank": t.rerank_depth or tuning.rerank_depth(K), "measured_recall_at_10": t.recall_at_10,
                    "bytes_per_vector": description.memory_bytes / num_vectors}
         processes = {"gateway": [server.pid], "shards": shard_worker_pids(server.pid),
@@ -400,7 +403,7 @@ def main(num_vectors: int = 1_000_000, dimension: int = 512, num_queries: int = 
     print("cluster (gallery serve, gRPC on 127.0.0.1):")
     c = cluster(xb, xq, truth, num_shards=num_shards, cpus_per_shard=cpus_per_shard, clients=clients,
                 duration_s=duration_s, use_gpu=use_gpu)
-    nlist, pq_m, nprobe = c["nlist"], c["pq_m"], c["nprobe"]
+    nlist, pq_m, pq_bits, nprobe = c["nlist"], c["pq_m"], c["pq_bits"], c["nprobe"]
     # As many candidates re-ranked as the cluster's partitions re-rank in all (each its share and a margin).
     rerank = num_shards * tuning.partition_rerank_depth(c["rerank"], K, num_shards)
     del xb
@@ -408,9 +411,10 @@ def main(num_vectors: int = 1_000_000, dimension: int = 512, num_queries: int = 
     print("gRPC alone (a server that answers with canned candidates and searches nothing):")
     canned_qps, canned_cpu = grpc_alone(xq, clients, duration_s)
 
-    print(f"in-process FAISS (IVF{nlist},PQ{pq_m}, nprobe {nprobe}, re-rank {rerank}: the cluster's measured setting):")
-    local = in_process(stored, xq, truth, nlist=nlist, pq_m=pq_m, nprobe=nprobe, rerank=rerank, clients=clients,
-                       duration_s=duration_s, use_gpu=use_gpu)
+    print(f"in-process FAISS ({ivfpq_factory(nlist, pq_m, pq_bits)}, nprobe {nprobe}, re-rank {rerank}: the "
+          f"cluster's measured setting):")
+    local = in_process(stored, xq, truth, nlist=nlist, pq_m=pq_m, pq_bits=pq_bits, nprobe=nprobe, rerank=rerank,
+                       clients=clients, duration_s=duration_s, use_gpu=use_gpu)
 
     full, lean = c["full"], c["lean"]
     print(f"\n{'':26}{'in-process':>12}{'cluster':>12}{'lean':>12}")
@@ -428,6 +432,7 @@ def main(num_vectors: int = 1_000_000, dimension: int = 512, num_queries: int = 
                                                                             ("lean", lean))}
     figures = {
         "num_vectors": num_vectors, "dimension": dimension, "num_shards": num_shards, "nlist": nlist, "pq_m": pq_m,
+        "pq_bits": pq_bits,
         "nprobe": nprobe, "rerank_depth": c["rerank"], "measured_recall_at_10": c["measured_recall_at_10"],
         "clients": clients, "shard_cpus": cpus_per_shard, "gpu": use_gpu,
         "qps_ratio": min(full["qps_batch_1"] / local["qps_batch_1"], full["qps_batch_256"] / local["qps_batch_256"]),

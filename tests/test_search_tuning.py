@@ -55,6 +55,10 @@ def test_cost_grows_with_lists_scanned_and_candidates_re_ranked():
     assert _cost(P(2, 20, 0)) > _cost(P(1, 20, 0)) and _cost(P(1, 30, 0)) > _cost(P(1, 20, 0))
     # 100k faces in 1024 lists: one list is ~98 codes of 64 bytes, one re-ranked candidate 1024 operations
     assert _cost(P(1, 10, 0)) == pytest.approx(100_000 / 1024 * 64 + 10 * 1024)
+    # 4-bit fast-scan codes cost FAST_SCAN_SPEEDUP times less to scan, so re-ranking weighs more among them
+    fast = tuning.search_cost(1, 10, nlist=1024, num_vectors=100_000, dimension=512, pq_m=64, pq_bits=4)
+    assert fast == pytest.approx(100_000 / 1024 * 64 / tuning.FAST_SCAN_SPEEDUP + 10 * 1024)
+    assert tuning.pq_bits_for(searches_on_gpu=False) == 4 and tuning.pq_bits_for(searches_on_gpu=True) == 8
 
 
 def test_sweeps_and_sample_sizes():
@@ -102,8 +106,10 @@ def test_a_table_serves_only_the_index_version_it_measured_and_old_manifests_loa
     assert tuned_points(again, 3) == [] and tuned_points(again, 0) == []  # retrained, or searched exactly
     legacy = json.loads(m.to_json())
     del legacy["search_tuning"], legacy["target_recall"]  # written before tuning by measurement
+    del legacy["pq_bits"]  # written before fast-scan: its trained index has 8-bit codes
     old = CollectionManifest.from_json(json.dumps(legacy).encode())
     assert old.search_tuning is None and old.target_recall == 0.99 and tuned_points(old, 2) == []
+    assert old.pq_bits == 8
 
 
 # ---- the shard's measuring calls against plain FAISS -------------------------
@@ -242,13 +248,16 @@ def test_the_measurement_survives_a_restart_and_is_described_over_grpc(tuned):
     again.create_collection("strict", dimension=8, target_recall=0.999)
     with running_server(again, "127.0.0.1:0") as (_, port), grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = gallery_pb2_grpc.GalleryStub(channel)
-        t = stub.DescribeCollection(pb.DescribeCollectionRequest(collection_id="c")).search_tuning
+        description = stub.DescribeCollection(pb.DescribeCollectionRequest(collection_id="c"))
+        assert (description.index_state, description.pq_bits) == (pb.INDEX_STATE_IVF_PQ, 4)  # CPU shards: fast-scan
+        t = description.search_tuning
         chosen, points, queries = before
         assert (t.measured, t.target_recall, t.nprobe, t.rerank_depth, t.sample_queries) == (
             True, 0.99, chosen.nprobe, chosen.rerank_depth, queries)
         assert t.recall_at_10 == pytest.approx(chosen.recall) and len(t.points) == len(points)
         strict = stub.DescribeCollection(pb.DescribeCollectionRequest(collection_id="strict")).search_tuning
         assert (strict.measured, strict.target_recall, strict.nprobe) == (False, 0.999, 0)
+        assert stub.DescribeCollection(pb.DescribeCollectionRequest(collection_id="strict")).pq_bits == 0  # exact
 
         request = pb.SearchByEmbeddingRequest(collection_id="c", k=3, purpose="p", case_id="c",
                                               queries=[convert.embedding(x) for x in xb[:4]], ids_only=True)

@@ -7,7 +7,7 @@ import faiss
 import numpy as np
 import pytest
 
-from cluster.index import tuning
+from cluster.index import gpu, tuning
 from cluster.index.shard_index import ShardIndex, StaleIndexVersion, exact_search
 from cluster.index.synthetic import clustered_embeddings, noisy_probes
 from cluster.index.training import load_index, train_ivfpq
@@ -64,11 +64,14 @@ def test_deleted_faces_never_come_back():
     assert shard.size == 498 and shard.contains(["face-0", "face-2"]) == ["face-2"]
 
 
-def test_ivfpq_with_rerank_reaches_recall_and_honours_deletes():
+@pytest.mark.parametrize("pq_bits", [4, 8])
+def test_ivfpq_with_rerank_reaches_recall_and_honours_deletes(pq_bits):
     n, d = 12_000, 128
     xb = clustered_embeddings(n, d, seed=3)
     nlist = tuning.nlist_for(n)
-    trained = load_index(train_ivfpq(xb[:tuning.training_sample_size(n, nlist)], nlist, tuning.pq_m_for(d)))
+    trained = load_index(train_ivfpq(xb[:tuning.training_sample_size(n, nlist)], nlist, tuning.pq_m_for(d), pq_bits))
+    assert isinstance(trained, faiss.IndexIVFPQFastScan if pq_bits == 4 else faiss.IndexIVFPQ)
+    assert gpu.can_copy(trained) == (pq_bits == 8)  # faiss's GPU IVF-PQ has no fast-scan form
     shard = ShardIndex(d, 0, 1)
     shard.add(_batch(xb))
     xq, rows = noisy_probes(xb, 200)
@@ -88,6 +91,12 @@ def test_ivfpq_with_rerank_reaches_recall_and_honours_deletes():
     assert not set(rows[:50].tolist()) & set(I.ravel().tolist())
     with pytest.raises(StaleIndexVersion, match="serves index version 1"):
         shard.search(xq, 10, version=7, Iq=Iq, Dq=Dq)
+    # a snapshot of the populated index serves the same answers once loaded
+    loaded = ShardIndex(d, 0, 1)
+    for batch in shard.snapshot(rows=5_000):
+        loaded.add(batch, index=False)
+    loaded.set_index(1, load_index(shard.index_bytes()))
+    np.testing.assert_array_equal(loaded.search(xq, 10, version=1, Iq=Iq, Dq=Dq, rerank_k=100)[1], I)
 
 
 def test_scan_pages_through_alive_slots():

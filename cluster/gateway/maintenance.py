@@ -25,7 +25,7 @@ from cluster.gateway.search import search_cost
 from cluster.index import recall, tuning
 from cluster.index.calibration import Calibration, impostor_scores
 from cluster.index.merge import merge_topk
-from cluster.index.training import load_index
+from cluster.index.training import ivfpq_factory, load_index
 from cluster.shards.backend import ShardBackend
 from cluster.storage import manifest as manifests
 from cluster.storage.manifest import CollectionManifest, SearchTuning
@@ -173,8 +173,9 @@ class Maintenance:
                                      f"{MIN_FACES_TO_TRAIN} to train on; smaller collections are searched exactly")
         nlist = tuning.nlist_for(m.face_count)
         pq_m = tuning.pq_m_for(m.dimension)
+        pq_bits = tuning.pq_bits_for(any(d != "cpu" for d in self.shards.call_all("device")))
         xt, persons = self._sample(collection_id, tuning.training_sample_size(m.face_count, nlist), seed=m.sequence)
-        trained_bytes = self.shards.train(xt, nlist, pq_m)
+        trained_bytes = self.shards.train(xt, nlist, pq_m, pq_bits)
         calibration = None
         if not m.embedding_model and m.calibration_source != "job":
             keep = slice(0, CALIBRATION_SAMPLE)
@@ -194,7 +195,8 @@ class Maintenance:
             for parts in built:
                 for p, part in parts.items():
                     new.partitions[p] = part
-            new.index_version, new.nlist, new.pq_m, new.trained_on = version, nlist, pq_m, new.face_count
+            new.index_version, new.nlist, new.pq_m, new.pq_bits = version, nlist, pq_m, pq_bits
+            new.trained_on = new.face_count
             if calibration is not None:
                 new.calibration = new.next_key("calibration.npz")
                 new.calibrated_on, new.calibration_source = new.face_count, "gallery"
@@ -207,8 +209,8 @@ class Maintenance:
                 state.calibration = calibration
             self.shards.call("retire_previous", [(w, (collection_id,)) for w in groups])
             manifests.gc_collection(store, new)
-        logger.info("%s: IVF%d,PQ%d live as version %d (%d faces)", collection_id, nlist, pq_m, version,
-                    new.face_count)
+        logger.info("%s: %s live as version %d (%d faces)", collection_id, ivfpq_factory(nlist, pq_m, pq_bits),
+                    version, new.face_count)
         try:
             self.measure(collection_id)
         except Exception:  # the new index serves either way, with the default nprobe and re-rank depth

@@ -279,7 +279,7 @@ class SearchPath:
 def search_cost(m: CollectionManifest):
     """The cost function `tuning.choose_search_params` compares a collection's measured settings by."""
     return lambda p: tuning.search_cost(p.nprobe, p.rerank_depth, nlist=m.nlist, num_vectors=m.face_count,
-                                        dimension=m.dimension, pq_m=m.pq_m)
+                                        dimension=m.dimension, pq_m=m.pq_m, pq_bits=m.pq_bits)
 
 
 def tuned_points(m: CollectionManifest, live_version: int) -> list[tuning.SearchPoint]:

@@ -83,11 +83,11 @@ class FaceTable:
         end = int(slots.max()) + 1 if len(slots) else 0
         if end > self._start.size:
             grown = max(end, int(self._start.size * 1.5), 1024)
-            self._start = _resized(self._start, grown)
-            self._length = _resized(self._length, grown)
+            self._start = resized(self._start, grown)
+            self._length = resized(self._length, grown)
         need = self._used + int(lengths.sum())
         if need > self._bytes.size:
-            self._bytes = _resized(self._bytes, max(need, int(self._bytes.size * 1.5), 1 << 16))
+            self._bytes = resized(self._bytes, max(need, int(self._bytes.size * 1.5), 1 << 16))
         self._bytes[self._used:need] = np.frombuffer(b"".join(encoded), dtype=np.uint8)
         self._start[slots] = self._used + np.concatenate([[0], np.cumsum(lengths)[:-1]])
         self._length[slots] = lengths
@@ -156,7 +156,8 @@ class FaceTable:
         return self._used + 12 * self._start.size + 16 * self._hashes.size + 120 * len(self._recent)
 
 
-def _resized(array: np.ndarray, size: int) -> np.ndarray:
+def resized(array: np.ndarray, size: int) -> np.ndarray:
+    """A copy of `array` grown to `size` entries, zeros after the old ones."""
     out = np.zeros(size, dtype=array.dtype)
     out[:array.size] = array
     return out

@@ -57,6 +57,13 @@ def gpu_share(num_actors: int, free_gpus: float) -> float:
     return 1.0 / math.ceil(num_actors / int(free_gpus))
 
 
+def can_copy(index: faiss.Index) -> bool:
+    """Whether a CPU index can have a GPU copy: faiss's GPU IVF-PQ takes 8-bit codes only. A fast-scan
+    (4-bit) index, trained where the shards searched on CPUs (`tuning.pq_bits_for`), stays on the CPU
+    until the collection trains again."""
+    return isinstance(index, faiss.IndexIVFPQ)
+
+
 def first_live(labels: np.ndarray, live: np.ndarray, depth: int) -> np.ndarray:
     """The first `depth` labels of each row whose `live` is true, in order; -1 pads rows with fewer.
 

@@ -29,7 +29,7 @@ import faiss
 import numpy as np
 
 from cluster.index import gpu
-from cluster.index.face_table import FaceTable
+from cluster.index.face_table import FaceTable, resized
 from cluster.index.merge import merge_topk
 from cluster.index.slot_vectors import SlotVectors
 from cluster.storage.records import FaceBatch, FaceRecord
@@ -109,6 +109,16 @@ class ShardIndex:
         self._gpu_device = gpu_device
         self._gpu_copies: dict[int, gpu.GpuCopy] = {}  # by version: the active one, the previous, a built one
         self._lock = threading.RLock()
+
+    def _on_gpu(self, index: faiss.Index) -> bool:
+        """Whether searches of this IVF-PQ index run on a GPU copy of it."""
+        if self._gpu_device is None:
+            return False
+        if not gpu.can_copy(index):
+            logger.warning("partition %d: a %s index has no GPU form; searched on the CPU until retrained",
+                           self.partition, type(index).__name__)
+            return False
+        return True
 
     def _new_flat(self) -> faiss.Index:
         return faiss.IndexIDMap2(faiss.IndexFlatIP(self.d))
@@ -309,9 +319,7 @@ class ShardIndex:
             end = int(batch.positions.max()) + 1
             if end > self._slot_vectors.capacity:
                 self._slot_vectors.grow(end)
-                alive = np.zeros(self._slot_vectors.capacity, dtype=bool)
-                alive[:self._alive.size] = self._alive
-                self._alive = alive
+                self._alive = resized(self._alive, self._slot_vectors.capacity)
             self._end = max(self._end, end)
             self._table.put(batch.records, batch.positions)
             self._vectors[batch.positions] = batch.vectors
@@ -353,7 +361,7 @@ class ShardIndex:
         for start in range(0, positions.size, 65_536):
             chunk = positions[start:start + 65_536]
             index.add_with_ids(self._vectors[chunk].astype(np.float32), self.labels(chunk))
-        copy = gpu.GpuCopy(index, self._gpu_device) if self._gpu_device is not None else None
+        copy = gpu.GpuCopy(index, self._gpu_device) if self._on_gpu(index) else None
         with self._lock:
             if copy is not None:
                 self._drop_gpu_copies([version])
@@ -392,7 +400,7 @@ class ShardIndex:
     def set_index(self, version: int, index: faiss.Index) -> None:
         """Installs a populated index (loaded from a snapshot) as the live one."""
         copy = self._gpu_copies.get(version) if self._built.get(version) is index else None
-        if copy is None and self._gpu_device is not None:
+        if copy is None and self._on_gpu(index):
             copy = gpu.GpuCopy(index, self._gpu_device)
         with self._lock:
             self._index, self.version = index, version

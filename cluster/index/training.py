@@ -13,8 +13,20 @@ from cluster.index.tuning import COARSE_KMEANS_ITERATIONS
 logger = logging.getLogger(__name__)
 
 
-def train_ivfpq(xt: np.ndarray, nlist: int, pq_m: int) -> bytes:
-    """Trains an empty IVF{nlist},PQ{pq_m}x8 inner-product index on normalised vectors.
+def ivfpq_factory(nlist: int, pq_m: int, pq_bits: int = 8) -> str:
+    """The faiss factory string of an IVF-PQ index with `pq_bits` per sub-quantizer code (4: SIMD fast-scan).
+
+    Example:
+        >>> ivfpq_factory(4096, 64, 4), ivfpq_factory(4096, 64, 8)
+        ('IVF4096,PQ64x4fs', 'IVF4096,PQ64')
+    """
+    if pq_bits not in (4, 8):
+        raise ValueError(f"pq_bits must be 4 (fast-scan) or 8, got {pq_bits}")
+    return f"IVF{nlist},PQ{pq_m}" + ("x4fs" if pq_bits == 4 else "")
+
+
+def train_ivfpq(xt: np.ndarray, nlist: int, pq_m: int, pq_bits: int = 8) -> bytes:
+    """Trains an empty IVF-PQ inner-product index (`ivfpq_factory`) on normalised vectors.
 
     Returns:
         The serialized trained index (coarse quantizer + PQ codebooks, no vectors).
@@ -25,11 +37,13 @@ def train_ivfpq(xt: np.ndarray, nlist: int, pq_m: int) -> bytes:
     if n < nlist:
         raise ValueError(f"{n} training vectors for nlist={nlist}: need at least nlist")
     start = time.perf_counter()
-    index = faiss.index_factory(d, f"IVF{nlist},PQ{pq_m}", faiss.METRIC_INNER_PRODUCT)
+    factory = ivfpq_factory(nlist, pq_m, pq_bits)
+    index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
     index.cp.niter = COARSE_KMEANS_ITERATIONS
-    index.do_polysemous_training = False  # minutes of training for a filter that re-ranking makes moot
+    if pq_bits == 8:
+        index.do_polysemous_training = False  # minutes of training for a filter that re-ranking makes moot
     index.train(np.ascontiguousarray(xt, dtype=np.float32))
-    logger.info("trained IVF%d,PQ%d on %d vectors in %.1f s", nlist, pq_m, n, time.perf_counter() - start)
+    logger.info("trained %s on %d vectors in %.1f s", factory, n, time.perf_counter() - start)
     return faiss.serialize_index(index).tobytes()
 
 

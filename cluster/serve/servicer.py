@@ -85,7 +85,8 @@ class GalleryServicer(gallery_pb2_grpc.GalleryServicer):
         description = pb.CollectionDescription(
             collection_id=m.collection_id, dimension=m.dimension, face_count=m.face_count,
             num_partitions=m.num_partitions,
-            index_state=convert.index_state(m.index_version), nlist=m.nlist, pq_m=m.pq_m, trained_on=m.trained_on,
+            index_state=convert.index_state(m.index_version), nlist=m.nlist, pq_m=m.pq_m,
+            pq_bits=m.pq_bits if m.index_version else 0, trained_on=m.trained_on,
             training=bool(state.maintenance and state.maintenance.is_alive()),
             train_threshold=m.train_threshold, embedding_model=m.embedding_model,
             calibration=convert.calibration_message(state.calibration, m.face_count, default_fpir(m)),

@@ -66,7 +66,7 @@ class ShardBackend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def train(self, xt: np.ndarray, nlist: int, pq_m: int) -> bytes:
+    def train(self, xt: np.ndarray, nlist: int, pq_m: int, pq_bits: int) -> bytes:
         """A trained, empty IVF-PQ index (`cluster.index.training.train_ivfpq`), trained where the backend runs."""
 
     def unavailable_workers(self, collection_id: str | None = None) -> list[int]:
@@ -149,8 +149,8 @@ class LocalShards(ShardBackend):
         if down:
             raise Unavailable(f"shard worker(s) {down} are down")
 
-    def train(self, xt: np.ndarray, nlist: int, pq_m: int) -> bytes:
-        return train_ivfpq(xt, nlist, pq_m)
+    def train(self, xt: np.ndarray, nlist: int, pq_m: int, pq_bits: int) -> bytes:
+        return train_ivfpq(xt, nlist, pq_m, pq_bits)
 
     def stop(self) -> None:
         for worker in self.workers:

@@ -292,9 +292,9 @@ class RayShards(ShardBackend):
             raise Unavailable(f"no replica of shard worker(s) {unanswered} could answer: {error}")
         return [replies[w] for w in range(self.num_workers)]
 
-    def train(self, xt: np.ndarray, nlist: int, pq_m: int) -> bytes:
+    def train(self, xt: np.ndarray, nlist: int, pq_m: int, pq_bits: int) -> bytes:
         with _ray_errors():
-            return ray.get(_train.remote(xt, nlist, pq_m))
+            return ray.get(_train.remote(xt, nlist, pq_m, pq_bits))
 
     def close(self) -> None:
         self._stop.set()
@@ -394,7 +394,7 @@ def _placement_group(name: str, replicas: int, num_cpus: float, num_gpus: float,
 
 
 @ray.remote(num_cpus=1, max_calls=1)
-def _train(xt: np.ndarray, nlist: int, pq_m: int) -> bytes:
+def _train(xt: np.ndarray, nlist: int, pq_m: int, pq_bits: int) -> bytes:
     """Trains on every CPU of its node at low priority: the node's searches still come first.
 
     Ray reserves one CPU for the task, so that it is placed, and would hold FAISS to one thread;
@@ -402,7 +402,7 @@ def _train(xt: np.ndarray, nlist: int, pq_m: int) -> bytes:
     """
     os.nice(10)
     faiss.omp_set_num_threads(usable_cpus())
-    return train_ivfpq(xt, nlist, pq_m)
+    return train_ivfpq(xt, nlist, pq_m, pq_bits)
 
 
 @contextlib.contextmanager

@@ -65,6 +65,7 @@ class CollectionManifest:
     trained_index: str | None = None  # the empty trained IVF-PQ index (quantizer + codebooks)
     nlist: int = 0
     pq_m: int = 0
+    pq_bits: int = 8  # bits per PQ code: 4 (fast-scan) or 8; manifests from before fast-scan have 8
     trained_on: int = 0
     calibration: str | None = None  # key of a Calibration, for raw-embedding collections
     calibrated_on: int = 0

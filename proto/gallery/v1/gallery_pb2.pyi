@@ -187,7 +187,7 @@ class DescribeCollectionRequest(_message.Message):
     def __init__(self, collection_id: _Optional[str] = ...) -> None: ...
 
 class CollectionDescription(_message.Message):
-    __slots__ = ("collection_id", "dimension", "face_count", "num_partitions", "index_state", "nlist", "pq_m", "trained_on", "training", "train_threshold", "embedding_model", "calibration", "created_at", "memory_bytes", "replicas", "unavailable_partitions", "live_replicas", "search_tuning")
+    __slots__ = ("collection_id", "dimension", "face_count", "num_partitions", "index_state", "nlist", "pq_m", "pq_bits", "trained_on", "training", "train_threshold", "embedding_model", "calibration", "created_at", "memory_bytes", "replicas", "unavailable_partitions", "live_replicas", "search_tuning")
     COLLECTION_ID_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     FACE_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -195,6 +195,7 @@ class CollectionDescription(_message.Message):
     INDEX_STATE_FIELD_NUMBER: _ClassVar[int]
     NLIST_FIELD_NUMBER: _ClassVar[int]
     PQ_M_FIELD_NUMBER: _ClassVar[int]
+    PQ_BITS_FIELD_NUMBER: _ClassVar[int]
     TRAINED_ON_FIELD_NUMBER: _ClassVar[int]
     TRAINING_FIELD_NUMBER: _ClassVar[int]
     TRAIN_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -213,6 +214,7 @@ class CollectionDescription(_message.Message):
     index_state: IndexState
     nlist: int
     pq_m: int
+    pq_bits: int
     trained_on: int
     training: bool
     train_threshold: int
@@ -224,7 +226,7 @@ class CollectionDescription(_message.Message):
     unavailable_partitions: _containers.RepeatedScalarFieldContainer[int]
     live_replicas: int
     search_tuning: SearchTuning
-    def __init__(self, collection_id: _Optional[str] = ..., dimension: _Optional[int] = ..., face_count: _Optional[int] = ..., num_partitions: _Optional[int] = ..., index_state: _Optional[_Union[IndexState, str]] = ..., nlist: _Optional[int] = ..., pq_m: _Optional[int] = ..., trained_on: _Optional[int] = ..., training: _Optional[bool] = ..., train_threshold: _Optional[int] = ..., embedding_model: _Optional[str] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., memory_bytes: _Optional[int] = ..., replicas: _Optional[int] = ..., unavailable_partitions: _Optional[_Iterable[int]] = ..., live_replicas: _Optional[int] = ..., search_tuning: _Optional[_Union[SearchTuning, _Mapping]] = ...) -> None: ...
+    def __init__(self, collection_id: _Optional[str] = ..., dimension: _Optional[int] = ..., face_count: _Optional[int] = ..., num_partitions: _Optional[int] = ..., index_state: _Optional[_Union[IndexState, str]] = ..., nlist: _Optional[int] = ..., pq_m: _Optional[int] = ..., pq_bits: _Optional[int] = ..., trained_on: _Optional[int] = ..., training: _Optional[bool] = ..., train_threshold: _Optional[int] = ..., embedding_model: _Optional[str] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., memory_bytes: _Optional[int] = ..., replicas: _Optional[int] = ..., unavailable_partitions: _Optional[_Iterable[int]] = ..., live_replicas: _Optional[int] = ..., search_tuning: _Optional[_Union[SearchTuning, _Mapping]] = ...) -> None: ...
 
 class SearchTuning(_message.Message):
     __slots__ = ("target_recall", "measured", "nprobe", "rerank_depth", "recall_at_10", "sample_queries", "points")
