@@ -82,6 +82,7 @@ class TunedPoint(Protocol):
     nprobe: int
     rerank_depth: int
     recall: float
+    stderr: float
 
 
 class ScoreCalibration(Protocol):
@@ -237,7 +238,8 @@ def search_tuning(target_recall: float, chosen: TunedPoint | None, points: Seque
     measured)."""
     message = pb.SearchTuning(target_recall=target_recall, measured=chosen is not None, sample_queries=sample_queries,
                               points=[pb.SearchTuningPoint(nprobe=p.nprobe, rerank_depth=p.rerank_depth,
-                                                           recall_at_10=p.recall) for p in points])
+                                                           recall_at_10=p.recall, recall_at_10_stderr=p.stderr)
+                                      for p in points])
     if chosen is not None:
         message.nprobe, message.rerank_depth, message.recall_at_10 = chosen.nprobe, chosen.rerank_depth, chosen.recall
     return message

@@ -261,14 +261,15 @@ class Maintenance:
                 maintenance=True) for part in per_worker]
             for d in depths:
                 found = recall.emulate_rerank(parts, tuning.partition_rerank_depth(d, k, P), k, own)
-                points.append(tuning.SearchPoint(nprobe, d, recall.recall_at_k(found, truth)))
+                points.append(tuning.SearchPoint(nprobe, d, *recall.recall_with_error(found, truth)))
             # Each step costs about as much as all before it: stop one step past the target (which leaves
             # requests for a little more some room), or where recall is saturated.
             best = max(p.recall for p in points if p.nprobe == nprobe)
             if reached or best >= tuning.SATURATED_RECALL:
                 break
-            reached = best >= m.target_recall
-        measured = SearchTuning(live.version, len(xq), [[p.nprobe, p.rerank_depth, p.recall] for p in points], n)
+            reached = any(p.reaches(m.target_recall) for p in points if p.nprobe == nprobe)
+        measured = SearchTuning(live.version, len(xq),
+                                [[p.nprobe, p.rerank_depth, p.recall, p.stderr] for p in points], n)
         with state.write_lock:
             if state.manifest.index_version != live.version:  # retrained meanwhile: that version measures itself
                 return measured

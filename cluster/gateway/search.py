@@ -287,5 +287,5 @@ def tuned_points(m: CollectionManifest, live_version: int) -> list[tuning.Search
     t = m.search_tuning
     if t is None or not live_version or t.index_version != live_version:
         return []
-    return [tuning.SearchPoint(int(p), int(d), float(r)) for p, d, r in t.points]
+    return [tuning.SearchPoint(int(p[0]), int(p[1]), *map(float, p[2:4])) for p in t.points]
 

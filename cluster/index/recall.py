@@ -48,6 +48,19 @@ def emulate_rerank(parts: list[tuple[np.ndarray, np.ndarray]], depth: int, k: in
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     """Mean share of each query's true top-k (truth, (nq, k)) found among its answers (found, (nq, k'))."""
+    return float(np.mean(_shares(found, truth)))
+
+
+def recall_with_error(found: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """`recall_at_k` and its standard error: the spread of the per-query shares over sqrt(queries). A query's
+    neighbours are found or missed together (one list holds several), so the shares are the independent
+    samples, not the neighbours."""
+    shares = _shares(found, truth)
+    stderr = float(np.std(shares, ddof=1) / np.sqrt(shares.size)) if shares.size > 1 else 0.0
+    return float(np.mean(shares)), stderr
+
+
+def _shares(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
     k = truth.shape[1]
     hits = ((found[:, :, None] == truth[:, None, :]) & (truth[:, None, :] >= 0)).any(axis=1).sum(axis=1)
-    return float(np.mean(hits / k))
+    return hits / k

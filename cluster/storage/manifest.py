@@ -46,7 +46,8 @@ class SearchTuning:
 
     index_version: int  # the index version measured; a later version is searched by default until measured
     queries: int  # faces sampled as queries
-    points: list[list[float]] = field(default_factory=list)  # [nprobe, re-rank depth for top-10, recall@10]
+    # [nprobe, re-rank depth for top-10, recall@10, its standard error (absent from older tables)]
+    points: list[list[float]] = field(default_factory=list)
     faces: int = 0  # the collection's size when measured (0: before it was recorded)
 
 

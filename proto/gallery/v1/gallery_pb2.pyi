@@ -247,14 +247,16 @@ class SearchTuning(_message.Message):
     def __init__(self, target_recall: _Optional[float] = ..., measured: _Optional[bool] = ..., nprobe: _Optional[int] = ..., rerank_depth: _Optional[int] = ..., recall_at_10: _Optional[float] = ..., sample_queries: _Optional[int] = ..., points: _Optional[_Iterable[_Union[SearchTuningPoint, _Mapping]]] = ...) -> None: ...
 
 class SearchTuningPoint(_message.Message):
-    __slots__ = ("nprobe", "rerank_depth", "recall_at_10")
+    __slots__ = ("nprobe", "rerank_depth", "recall_at_10", "recall_at_10_stderr")
     NPROBE_FIELD_NUMBER: _ClassVar[int]
     RERANK_DEPTH_FIELD_NUMBER: _ClassVar[int]
     RECALL_AT_10_FIELD_NUMBER: _ClassVar[int]
+    RECALL_AT_10_STDERR_FIELD_NUMBER: _ClassVar[int]
     nprobe: int
     rerank_depth: int
     recall_at_10: float
-    def __init__(self, nprobe: _Optional[int] = ..., rerank_depth: _Optional[int] = ..., recall_at_10: _Optional[float] = ...) -> None: ...
+    recall_at_10_stderr: float
+    def __init__(self, nprobe: _Optional[int] = ..., rerank_depth: _Optional[int] = ..., recall_at_10: _Optional[float] = ..., recall_at_10_stderr: _Optional[float] = ...) -> None: ...
 
 class ListCollectionsRequest(_message.Message):
     __slots__ = ("max_results", "next_token")
