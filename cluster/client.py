@@ -103,7 +103,11 @@ class GalleryClient:
     def add(self, collection_id: str, face_ids: Sequence[str], xb: np.ndarray, *,
             external_image_ids: Sequence[str] | None = None, metadata: Sequence[Mapping[str, str]] | None = None,
             skip_existing: bool = False) -> pb.AddEmbeddingsResponse:
-        """Enrolls (n, d) embeddings under the given ids."""
+        """Enrolls (n, d) embeddings under the given ids; as packed arrays (`AddEmbeddingsRequest.packed`) unless
+        faces carry external image ids or metadata."""
+        if external_image_ids is None and metadata is None:
+            return self._call(self._stub.AddEmbeddings, pb.AddEmbeddingsRequest(
+                collection_id=collection_id, packed=convert.packed_faces(face_ids, xb), skip_existing=skip_existing))
         faces = [convert.new_face(face_id, x, external_image_id=external_image_ids[i] if external_image_ids else "",
                                   metadata=metadata[i] if metadata else None)
                  for i, (face_id, x) in enumerate(zip(face_ids, xb))]

@@ -104,6 +104,19 @@ new_faces = st.builds(pb.NewFace, face_id=texts, external_image_id=texts, metada
 face_ids = _repeated(st.one_of(texts, st.sampled_from(["s0", "s1", "s39"])), [4096, 4097])
 
 
+@st.composite
+def packed_faces(draw) -> pb.PackedFaces:
+    """Ids with embeddings of the seeded dimension or another, as many rows as ids or not, any values."""
+    ids = draw(_repeated(st.one_of(texts, st.sampled_from(["s0", "s1", "s39", ""])), [10_000, 10_001]))
+    dimension = draw(st.one_of(st.sampled_from([0, 1, D, 512]), u32))
+    rows = draw(st.sampled_from([len(ids), max(len(ids) - 1, 0), len(ids) + 1]))
+    width = min(dimension, 4096) if rows * min(dimension, 4096) <= 2_000_000 else 1  # 8 MB at most
+    row = struct.pack(f"<{width}f", *[draw(floats32)] * width)
+    data = draw(st.one_of(st.just(row * rows), st.binary(max_size=40), st.just((row * rows)[:-1])))
+    return pb.PackedFaces(face_ids=ids, dimension=dimension, embeddings=data)
+
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode()
 
@@ -166,8 +179,11 @@ MESSAGES = {
     "DescribeCollection": st.builds(pb.DescribeCollectionRequest, collection_id=any_ids),
     "ListCollections": st.builds(pb.ListCollectionsRequest, max_results=u32, next_token=page_tokens),
     "DeleteCollection": st.builds(pb.DeleteCollectionRequest, collection_id=new_ids),
-    "AddEmbeddings": st.builds(pb.AddEmbeddingsRequest, collection_id=new_ids,
-                               faces=_repeated(new_faces, [10_001]), skip_existing=st.booleans()),
+    "AddEmbeddings": st.one_of(
+        st.builds(pb.AddEmbeddingsRequest, collection_id=new_ids, faces=_repeated(new_faces, [10_001]),
+                  skip_existing=st.booleans()),
+        st.builds(pb.AddEmbeddingsRequest, collection_id=new_ids, packed=packed_faces(),
+                  faces=st.one_of(st.just([]), _repeated(new_faces, [1])), skip_existing=st.booleans())),
     "SearchByEmbedding": st.builds(pb.SearchByEmbeddingRequest, collection_id=any_ids,
                                    queries=_repeated(embeddings(), [1024, 1025]), k=u32, nprobe=u32,
                                    min_similarity=optional_float, target_fpir=fpirs, target_recall=recall_targets,

@@ -87,6 +87,29 @@ def test_search_returns_the_enrolled_face_with_scores_and_calibration(stub, enro
     assert [c.face.face_id for c in thresholded.results[0].candidates] == ["face-5"]
 
 
+def test_packed_faces_are_stored_as_the_same_faces_sent_one_message_each(stub, enrolled):
+    xb = clustered_embeddings(40, D, seed=22)
+    stub.CreateCollection(pb.CreateCollectionRequest(collection_id="bulk", dimension=D))
+    ids = [f"bulk-{i}" for i in range(39)] + [""]  # an empty id gets a UUID, as in NewFace
+    added = stub.AddEmbeddings(pb.AddEmbeddingsRequest(collection_id="bulk", packed=convert.packed_faces(ids, xb)))
+    assert list(added.face_ids[:39]) == ids[:39] and len(added.face_ids[39]) == 36 and added.face_count == 40
+    again = stub.AddEmbeddings(pb.AddEmbeddingsRequest(collection_id="bulk", skip_existing=True,
+                                                       packed=convert.packed_faces(ids[:2], xb[:2])))
+    assert list(again.skipped_face_ids) == ids[:2] and again.face_count == 40
+    stub.CreateCollection(pb.CreateCollectionRequest(collection_id="one-by-one", dimension=D))
+    stub.AddEmbeddings(pb.AddEmbeddingsRequest(collection_id="one-by-one", faces=[
+        pb.NewFace(face_id=f, embedding=_embedding(x)) for f, x in zip(added.face_ids, xb)]))
+    answers = [stub.SearchByEmbedding(pb.SearchByEmbeddingRequest(
+        collection_id=c, queries=[_embedding(x) for x in xb[:39]], k=3, purpose="test")) for c in ("bulk", "one-by-one")]
+    for bulk, single in zip(*(a.results for a in answers)):
+        assert [(c.face.face_id, c.similarity) for c in bulk.candidates] == \
+            [(c.face.face_id, c.similarity) for c in single.candidates]
+    assert [r.candidates[0].face.face_id for r in answers[0].results] == ids[:39]
+    face = stub.GetFaces(pb.GetFacesRequest(collection_id="bulk", face_ids=["bulk-3"], include_embeddings=True)).faces[0]
+    np.testing.assert_allclose(convert.decode(face.embedding.values, D, expected_dimension=D),
+                               vectors.normalize(xb[3:4])[0], atol=1e-3)
+
+
 def test_faces_list_get_delete(stub, enrolled):
     seen, token = [], ""
     while True:
@@ -146,6 +169,19 @@ def test_bad_input_gets_clear_errors_and_changes_nothing(stub, gallery, enrolled
          "dimension is 4"),
         (add, pb.AddEmbeddingsRequest(collection_id="nobody", faces=_faces(enrolled[:1])),
          grpc.StatusCode.NOT_FOUND, "'nobody'"),
+        (add, pb.AddEmbeddingsRequest(collection_id="staff", packed=convert.packed_faces(["p0", "p1"], enrolled[:2]),
+                                      faces=_faces(enrolled[:1], 1000)), I, "faces or packed, not both"),
+        (add, pb.AddEmbeddingsRequest(collection_id="staff", packed=pb.PackedFaces(
+            face_ids=["p0", "p1"], dimension=D, embeddings=convert.encode(enrolled[:1]))), I,
+         f"{4 * D} bytes given, 4 * 2 faces * {D}"),
+        (add, pb.AddEmbeddingsRequest(collection_id="staff", packed=convert.packed_faces(["p0"], enrolled[:1, :8])),
+         I, f"packed.dimension is 8, the collection's is {D}"),
+        (add, pb.AddEmbeddingsRequest(collection_id="staff", packed=convert.packed_faces(["p0"], nan[None])), I,
+         "NaN"),
+        (add, pb.AddEmbeddingsRequest(collection_id="staff", packed=convert.packed_faces(["p0", "face-3"],
+                                                                                        enrolled[:2])),
+         grpc.StatusCode.ALREADY_EXISTS, "face-3"),
+        (add, pb.AddEmbeddingsRequest(collection_id="staff", packed=pb.PackedFaces(dimension=D)), I, "0 given"),
         (stub.CreateCollection, pb.CreateCollectionRequest(collection_id="bad name!", dimension=D), I, "collection_id"),
         (stub.CreateCollection, pb.CreateCollectionRequest(collection_id="nodim"), I, "no face model"),
         (stub.ListFaces, pb.ListFacesRequest(collection_id="staff", next_token="garbage"), I, "next_token"),

@@ -131,6 +131,30 @@ def embeddings_array(messages: Iterable[pb.Embedding], dimension: int, what: str
     return np.stack(rows) if rows else np.empty((0, dimension), dtype=np.float32)
 
 
+def packed_faces(face_ids: Sequence[str], x: np.ndarray) -> pb.PackedFaces:
+    """A PackedFaces message of (n, d) embeddings under the given ids."""
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[0] != len(face_ids):
+        raise ValueError(f"embeddings of shape {x.shape} for {len(face_ids)} face ids")
+    return pb.PackedFaces(face_ids=face_ids, dimension=x.shape[1], embeddings=encode(x))
+
+
+def unpack_faces(packed: pb.PackedFaces, dimension: int) -> tuple[list[str], np.ndarray]:
+    """(face ids, (n, dimension) float32 embeddings) of a PackedFaces message.
+
+    Raises:
+        InvalidArgument: another dimension than the collection's, or embeddings of the wrong byte length.
+    """
+    n = len(packed.face_ids)
+    if packed.dimension != dimension:
+        raise InvalidArgument(f"packed.dimension is {packed.dimension}, the collection's is {dimension}")
+    if len(packed.embeddings) != 4 * n * dimension:
+        raise InvalidArgument(f"packed.embeddings: {len(packed.embeddings)} bytes given, 4 * {n} faces * {dimension} "
+                              f"= {4 * n * dimension} expected")
+    x = np.frombuffer(packed.embeddings, dtype=_WIRE_DTYPE).astype(np.float32).reshape(n, dimension)
+    return list(packed.face_ids), x
+
+
 # ---- FaceDetail, Face, NewFace ---------------------------------------------
 
 def face_detail(box: Sequence[float], landmarks: np.ndarray, confidence: float, quality: float, width: float,

@@ -127,10 +127,17 @@ class GalleryServicer(gallery_pb2_grpc.GalleryServicer):
     @_status_errors
     def AddEmbeddings(self, request, context):
         m, _ = self.gallery.describe(request.collection_id)
-        embeddings = convert.embeddings_array([f.embedding for f in request.faces], m.dimension, "faces.embedding")
-        records = [FaceRecord(f.face_id, f.external_image_id, f.image_uri, dict(f.metadata),
-                              f.detail.SerializeToString() if f.HasField("detail") else b"")
-                   for f in request.faces]
+        if request.HasField("packed"):
+            if request.faces:
+                raise errors.InvalidArgument("set faces or packed, not both")
+            face_ids, embeddings = convert.unpack_faces(request.packed, m.dimension)
+            records = [FaceRecord(face_id) for face_id in face_ids]
+        else:
+            embeddings = convert.embeddings_array([f.embedding for f in request.faces], m.dimension,
+                                                  "faces.embedding")
+            records = [FaceRecord(f.face_id, f.external_image_id, f.image_uri, dict(f.metadata),
+                                  f.detail.SerializeToString() if f.HasField("detail") else b"")
+                       for f in request.faces]
         added, skipped = self.gallery.add(request.collection_id, records, embeddings,
                                           skip_existing=request.skip_existing)
         return pb.AddEmbeddingsResponse(face_ids=added, skipped_face_ids=skipped,

@@ -310,14 +310,26 @@ class NewFace(_message.Message):
     def __init__(self, face_id: _Optional[str] = ..., external_image_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., embedding: _Optional[_Union[Embedding, _Mapping]] = ..., detail: _Optional[_Union[FaceDetail, _Mapping]] = ..., image_uri: _Optional[str] = ...) -> None: ...
 
 class AddEmbeddingsRequest(_message.Message):
-    __slots__ = ("collection_id", "faces", "skip_existing")
+    __slots__ = ("collection_id", "faces", "skip_existing", "packed")
     COLLECTION_ID_FIELD_NUMBER: _ClassVar[int]
     FACES_FIELD_NUMBER: _ClassVar[int]
     SKIP_EXISTING_FIELD_NUMBER: _ClassVar[int]
+    PACKED_FIELD_NUMBER: _ClassVar[int]
     collection_id: str
     faces: _containers.RepeatedCompositeFieldContainer[NewFace]
     skip_existing: bool
-    def __init__(self, collection_id: _Optional[str] = ..., faces: _Optional[_Iterable[_Union[NewFace, _Mapping]]] = ..., skip_existing: _Optional[bool] = ...) -> None: ...
+    packed: PackedFaces
+    def __init__(self, collection_id: _Optional[str] = ..., faces: _Optional[_Iterable[_Union[NewFace, _Mapping]]] = ..., skip_existing: _Optional[bool] = ..., packed: _Optional[_Union[PackedFaces, _Mapping]] = ...) -> None: ...
+
+class PackedFaces(_message.Message):
+    __slots__ = ("face_ids", "dimension", "embeddings")
+    FACE_IDS_FIELD_NUMBER: _ClassVar[int]
+    DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    face_ids: _containers.RepeatedScalarFieldContainer[str]
+    dimension: int
+    embeddings: bytes
+    def __init__(self, face_ids: _Optional[_Iterable[str]] = ..., dimension: _Optional[int] = ..., embeddings: _Optional[bytes] = ...) -> None: ...
 
 class AddEmbeddingsResponse(_message.Message):
     __slots__ = ("face_ids", "skipped_face_ids", "face_count")
