@@ -5,6 +5,7 @@ import threading
 
 import faiss
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from cluster.index import gpu, tuning
@@ -13,7 +14,7 @@ from cluster.index.synthetic import clustered_embeddings, noisy_probes
 from cluster.index.training import load_index, train_ivfpq
 from cluster.shards.protocol import SearchRequest
 from cluster.shards.worker import ShardWorker
-from cluster.storage.records import FaceBatch, FaceRecord
+from cluster.storage.records import FaceBatch, FaceRecord, read_batches, write_tables
 
 
 def _batch(xb, start=0):
@@ -65,7 +66,7 @@ def test_deleted_faces_never_come_back():
 
 
 @pytest.mark.parametrize("pq_bits", [4, 8])
-def test_ivfpq_with_rerank_reaches_recall_and_honours_deletes(pq_bits):
+def test_ivfpq_with_rerank_reaches_recall_and_honours_deletes(pq_bits, tmp_path):
     n, d = 12_000, 128
     xb = clustered_embeddings(n, d, seed=3)
     nlist = tuning.nlist_for(n)
@@ -93,7 +94,8 @@ def test_ivfpq_with_rerank_reaches_recall_and_honours_deletes(pq_bits):
         shard.search(xq, 10, version=7, Iq=Iq, Dq=Dq)
     # a snapshot of the populated index serves the same answers once loaded
     loaded = ShardIndex(d, 0, 1)
-    for batch in shard.snapshot(rows=5_000):
+    write_tables(str(tmp_path / "snapshot.parquet"), shard.snapshot(rows=5_000), d)
+    for batch in read_batches(pa.OSFile(str(tmp_path / "snapshot.parquet")), d):
         loaded.add(batch, index=False)
     loaded.set_index(1, load_index(shard.index_bytes()))
     np.testing.assert_array_equal(loaded.search(xq, 10, version=1, Iq=Iq, Dq=Dq, rerank_k=100)[1], I)

@@ -145,12 +145,14 @@ class Writes:
 
     def _compact_if_needed(self, state: CollectionState) -> None:
         """Folds a partition's segments into a snapshot (and its populated index) once it has max_segments
-        and they hold at least a third as many faces as the rest of it, or once it has 16 * max_segments.
+        and they hold at least as many faces as the rest of it, or once it has 16 * max_segments.
 
         A compaction rewrites the whole partition: by count alone, a collection growing by equal adds
         would rewrite itself every max_segments adds, O(n^2) bytes in all (at 10M faces, tens of times
-        its size). Tied to the segments' share, each face is rewritten a bounded number of times, as in
-        an LSM tree; the cap bounds what a restarted worker replays.
+        its size). Tied to the segments' share, the rewrites of a growing partition form a geometric
+        series, as in an LSM tree: each face is rewritten about twice. With a share of a third, 4-6 times,
+        which took most of a shard worker's time while a 10M collection was ingested. A restarted worker
+        replays at most half of a partition from segments, and the cap bounds the number it reads.
         """
         m = state.manifest
         per_partition = m.face_count / max(m.num_partitions, 1)
@@ -160,7 +162,7 @@ class Writes:
                 return len(segments) >= self.max_segments
             faces = sum(s.faces for s in segments)
             return (len(segments) >= 16 * self.max_segments
-                    or len(segments) >= self.max_segments and 3 * faces >= per_partition - faces)
+                    or len(segments) >= self.max_segments and faces >= per_partition - faces)
 
         due = [p for p, part in enumerate(m.partitions) if due(part.segments)]
         if not due:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import struct
 
 import numpy as np
+import pyarrow as pa
 
 from cluster.storage.records import FaceRecord
 
@@ -152,8 +153,38 @@ class FaceTable:
         start = int(self._start[slot])
         return decode(memoryview(self._bytes[start:start + int(self._length[slot])]))
 
+    def columns(self, slots: np.ndarray) -> dict[str, pa.Array]:
+        """The records at alive slots as the Arrow columns of a segment or snapshot (`records.rows_table`), gathered
+        from the byte buffer with numpy: no Python object per face, but for the faces that carry metadata.
+        A compaction at millions of faces spent most of its time decoding records one by one before."""
+        start = self._start[slots]
+        end = start + self._length[slots]
+        header = self._bytes[start[:, None] + np.arange(_HEADER.size)].view("<u4").astype(np.int64)
+        at, out = start + _HEADER.size, {}
+        for i, (name, kind) in enumerate([("face_id", pa.string()), ("external_image_id", pa.string()),
+                                          ("image_uri", pa.string()), ("detail", pa.binary())]):
+            out[name] = _gathered(self._bytes, at, header[:, i], kind)
+            at = at + header[:, i]
+        with_metadata = np.flatnonzero(at < end)  # metadata pairs follow the four fields
+        items = [[] for _ in range(len(slots))]
+        for row in with_metadata.tolist():
+            items[row] = list(self.record(int(slots[row])).metadata.items())
+        out["metadata"] = pa.array(items, pa.map_(pa.string(), pa.string()))
+        return out
+
     def memory_bytes(self) -> int:
         return self._used + 12 * self._start.size + 16 * self._hashes.size + 120 * len(self._recent)
+
+
+def _gathered(buffer: np.ndarray, starts: np.ndarray, lengths: np.ndarray, kind: pa.DataType) -> pa.Array:
+    """A string or binary Arrow array of the byte ranges [starts, starts + lengths) of `buffer`."""
+    offsets = np.zeros(lengths.size + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    where = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
+    kind = pa.large_string() if kind == pa.string() else pa.large_binary()
+    data = pa.py_buffer(buffer[where].tobytes())
+    return pa.Array.from_buffers(kind, lengths.size, [None, pa.py_buffer(offsets), data]).cast(
+        pa.string() if kind == pa.large_string() else pa.binary())
 
 
 def resized(array: np.ndarray, size: int) -> np.ndarray:

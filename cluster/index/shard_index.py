@@ -27,12 +27,13 @@ from collections.abc import Iterator
 
 import faiss
 import numpy as np
+import pyarrow as pa
 
 from cluster.index import gpu
 from cluster.index.face_table import FaceTable, resized
 from cluster.index.merge import merge_topk
 from cluster.index.slot_vectors import SlotVectors
-from cluster.storage.records import FaceBatch, FaceRecord
+from cluster.storage.records import FaceBatch, FaceRecord, rows_table
 
 logger = logging.getLogger(__name__)
 
@@ -430,8 +431,8 @@ class ShardIndex:
             if copy is not None:
                 copy.release()
 
-    def snapshot(self, rows: int = 65_536) -> Iterator[FaceBatch]:
-        """Every alive face with its slot, for a snapshot object, in batches of up to `rows` faces.
+    def snapshot(self, rows: int = 65_536) -> Iterator[pa.Table]:
+        """Every alive face with its slot, as the rows of a snapshot object (`rows_table`), up to `rows` at a time.
 
         The faces are those alive when it is called; the gateway holds writes to the collection
         while a snapshot is written, so none changes meanwhile.
@@ -441,8 +442,8 @@ class ShardIndex:
         for start in range(0, positions.size, rows):
             chunk = positions[start:start + rows]
             with self._lock:
-                batch = FaceBatch([self._table.record(p) for p in chunk.tolist()], self._vectors[chunk].copy(), chunk)
-            yield batch
+                part = rows_table(chunk, self._table.columns(chunk), self._vectors[chunk])
+            yield part
 
     def index_bytes(self) -> bytes:
         with self._lock:

@@ -52,7 +52,7 @@ from cluster.storage.records import (
     ids_from_parquet,
     ids_to_parquet,
     read_batches,
-    write_batches,
+    write_tables,
 )
 
 logger = logging.getLogger(__name__)
@@ -371,7 +371,7 @@ class ShardWorker:
         """Writes a partition's faces to the store, streamed through a local file: a partition of
         millions of faces is never held in memory as one object."""
         with tempfile.NamedTemporaryFile(dir=self.local_dir, prefix="snapshot-", suffix=".parquet") as f:
-            write_batches(f.name, shard.snapshot(), shard.d)
+            write_tables(f.name, shard.snapshot(), shard.d)
             self.store.put_file(key, f.name)
 
     def activate(self, collection_id: str, version: int, partitions: list[int]) -> None:
