@@ -181,10 +181,9 @@ def _gathered(buffer: np.ndarray, starts: np.ndarray, lengths: np.ndarray, kind:
     offsets = np.zeros(lengths.size + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     where = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
-    kind = pa.large_string() if kind == pa.string() else pa.large_binary()
-    data = pa.py_buffer(buffer[where].tobytes())
-    return pa.Array.from_buffers(kind, lengths.size, [None, pa.py_buffer(offsets), data]).cast(
-        pa.string() if kind == pa.large_string() else pa.binary())
+    large = pa.large_string() if kind == pa.string() else pa.large_binary()  # 64-bit offsets: any size
+    array = pa.Array.from_buffers(large, lengths.size, [None, pa.py_buffer(offsets), pa.py_buffer(buffer[where])])
+    return array.cast(kind)
 
 
 def resized(array: np.ndarray, size: int) -> np.ndarray:
