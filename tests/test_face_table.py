@@ -16,7 +16,7 @@ from cluster.index.slot_vectors import SlotVectors
 from cluster.index.synthetic import clustered_embeddings, noisy_probes
 from cluster.index.training import load_index, train_ivfpq
 from cluster.storage.object_store import ObjectStore
-from cluster.storage.records import FaceBatch, FaceRecord, _table, read_batches, rows_table, write_tables
+from cluster.storage.records import FaceBatch, FaceRecord, batch_table, read_batches, rows_table, write_tables
 
 ids = st.text(alphabet="abcdé/_-.0123456789", min_size=1, max_size=12)
 records = st.builds(FaceRecord, ids, st.text(max_size=5), st.text(max_size=5),
@@ -135,4 +135,4 @@ def test_columns_gathered_from_the_buffer_are_the_records_rows(stored, data):
     by_slot = dict(zip(slots.tolist(), stored))
     vectors = np.zeros((asked.size, 4), np.float16)
     expected = FaceBatch([by_slot[s] for s in asked.tolist()], vectors, asked)
-    assert rows_table(asked, table.columns(asked), vectors).equals(_table(expected))
+    assert rows_table(asked, table.columns(asked), vectors).equals(batch_table(expected))

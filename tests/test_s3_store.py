@@ -17,7 +17,7 @@ from cluster.errors import InvalidArgument, Unavailable
 from cluster.index.synthetic import clustered_embeddings
 from cluster.storage.lease import LEASE_KEY, StoreInUse, WriterLease
 from cluster.storage.object_store import ObjectStore
-from cluster.storage.records import FaceBatch, FaceRecord, read_batches, write_batches
+from cluster.storage.records import FaceBatch, FaceRecord, batch_table, read_batches, write_tables
 from cluster.storage.s3_images import ImageNotFound, ImageTooLarge, S3ImageReader, S3Object
 
 
@@ -36,7 +36,7 @@ def test_a_snapshot_streams_to_s3_and_back_in_row_groups(s3_server, s3_bucket, t
     xb = clustered_embeddings(3000, 16, seed=9).astype(np.float16)
     batches = [FaceBatch([FaceRecord(f"f{i}", metadata={"n": str(i)}) for i in range(s, s + 1000)], xb[s:s + 1000],
                          np.arange(s, s + 1000)) for s in range(0, 3000, 1000)]
-    write_batches(str(tmp_path / "snapshot.parquet"), batches, 16)
+    write_tables(str(tmp_path / "snapshot.parquet"), map(batch_table, batches), 16)
     store.put_file("p0/snapshot.parquet", str(tmp_path / "snapshot.parquet"))  # streamed from the file
     with store.open_input("p0/snapshot.parquet") as f:  # ranged reads, a row group at a time
         back = list(read_batches(f, 16, rows=1000))

@@ -76,7 +76,8 @@ def rows_table(positions: np.ndarray, columns: dict[str, pa.Array | list], vecto
     }, schema=_schema(d))
 
 
-def _table(batch: FaceBatch) -> pa.Table:
+def batch_table(batch: FaceBatch) -> pa.Table:
+    """A positioned batch as a segment's or snapshot's rows (`rows_table`)."""
     return rows_table(batch.positions, {
         "face_id": [r.face_id for r in batch.records],
         "external_image_id": [r.external_image_id for r in batch.records],
@@ -89,7 +90,7 @@ def _table(batch: FaceBatch) -> pa.Table:
 def batch_to_parquet(batch: FaceBatch) -> bytes:
     """Serialises a positioned batch (an add segment)."""
     sink = io.BytesIO()
-    pq.write_table(_table(batch), sink, compression=_COMPRESSION)
+    pq.write_table(batch_table(batch), sink, compression=_COMPRESSION)
     return sink.getvalue()
 
 
