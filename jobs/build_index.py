@@ -45,6 +45,7 @@ class BuildIndexResult:
     trained_on: int
     nlist: int
     pq_m: int
+    pq_bits: int  # 4 (fast-scan) or 8; 0 in the exact state
     elapsed_s: float
 
 
@@ -83,12 +84,12 @@ def build_index(collection: str, gateway: str = "127.0.0.1:50051", min_growth: f
                       f"{d.train_threshold}, min growth {min_growth}: not due")
             logger.info("%s: %s", collection, reason)
             return BuildIndexResult(collection, False, reason, d.face_count, d.trained_on, d.nlist, d.pq_m,
-                                    time.monotonic() - start)
+                                    d.pq_bits, time.monotonic() - start)
         reason = "forced" if force else ("no index yet" if not d.trained_on else
                                          f"grown from {d.trained_on} to {d.face_count} faces")
         with timed(f"build index of {collection} ({d.face_count} faces)"):
             d = client.build_index(collection, timeout_s=max(timeout_s - (time.monotonic() - start), 1.0))
-    return BuildIndexResult(collection, True, reason, d.face_count, d.trained_on, d.nlist, d.pq_m,
+    return BuildIndexResult(collection, True, reason, d.face_count, d.trained_on, d.nlist, d.pq_m, d.pq_bits,
                             time.monotonic() - start)
 
 

@@ -35,6 +35,7 @@ import ray.data
 from cluster.api import flags
 from cluster.api.limits import DEFAULT_MAX_FACES, MAX_FACES_PER_ADD, MAX_FACES_PER_IMAGE, MAX_S3_IMAGE_BYTES
 from cluster.client import GalleryClient
+from cluster.index.training import ivfpq_factory
 from cluster.serve import runtime
 from cluster.storage.manifest import check_collection_id
 from cluster.storage.object_store import ObjectStore
@@ -306,7 +307,9 @@ def _build_index(collection: str, gateway: str, min_growth: float) -> str:
         return f"failed: {e.code().name} {e.details()}"
     if not result.built:
         return f"not built: {result.reason}"
-    return f"built IVF{result.nlist},PQ{result.pq_m} on {result.trained_on} faces ({result.reason})"
+    # a gateway from before fast-scan sends no pq_bits: its indexes have 8-bit codes
+    return f"built {ivfpq_factory(result.nlist, result.pq_m, result.pq_bits or 8)} on {result.trained_on} faces " \
+           f"({result.reason})"
 
 
 def main(argv: list[str] | None = None) -> EnrollSummary:
