@@ -31,13 +31,10 @@ from host import describe  # noqa: E402  (benchmarks/host.py)
 from scale import Chunks, probes  # noqa: E402  (benchmarks/scale.py)
 
 from cluster.index import tuning, vectors  # noqa: E402
+from cluster.index.recall import recall_at_k  # noqa: E402
 from cluster.index.training import ivfpq_factory  # noqa: E402
 
 K = 10
-
-
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f) & set(t)) / truth.shape[1] for f, t in zip(found, truth)]))
 
 
 def rerank(xq: np.ndarray, xb: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
