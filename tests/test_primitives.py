@@ -121,8 +121,9 @@ def test_nlist_follows_four_sqrt_n_with_enough_training_points(n, expected):
 
 
 def test_pq_m_divides_dimension():
-    assert tuning.pq_m_for(512) == 64
-    assert 100 % tuning.pq_m_for(100) == 0
+    assert tuning.pq_m_for(512) == 64 and tuning.pq_m_for(512, 4) == 32
+    assert tuning.pq_m_for(128, 4) == 16 and tuning.pq_m_for(64, 4) == 8
+    assert 100 % tuning.pq_m_for(100) == 0 and 100 % tuning.pq_m_for(100, 4) == 0
 
 
 def test_nprobe_covers_the_rerank_depth():

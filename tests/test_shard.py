@@ -70,7 +70,7 @@ def test_ivfpq_with_rerank_reaches_recall_and_honours_deletes(pq_bits, tmp_path)
     n, d = 12_000, 128
     xb = clustered_embeddings(n, d, seed=3)
     nlist = tuning.nlist_for(n)
-    trained = load_index(train_ivfpq(xb[:tuning.training_sample_size(n, nlist)], nlist, tuning.pq_m_for(d), pq_bits))
+    trained = load_index(train_ivfpq(xb[:tuning.training_sample_size(n, nlist)], nlist, tuning.pq_m_for(d, pq_bits), pq_bits))
     assert isinstance(trained, faiss.IndexIVFPQFastScan if pq_bits == 4 else faiss.IndexIVFPQ)
     assert gpu.can_copy(trained) == (pq_bits == 8)  # faiss's GPU IVF-PQ has no fast-scan form
     shard = ShardIndex(d, 0, 1)

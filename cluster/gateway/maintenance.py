@@ -172,8 +172,8 @@ class Maintenance:
             raise FailedPrecondition(f"collection {collection_id!r} has {m.face_count} faces: IVF-PQ needs at least "
                                      f"{MIN_FACES_TO_TRAIN} to train on; smaller collections are searched exactly")
         nlist = tuning.nlist_for(m.face_count)
-        pq_m = tuning.pq_m_for(m.dimension)
         pq_bits = tuning.pq_bits_for(any(d != "cpu" for d in self.shards.call_all("device")))
+        pq_m = tuning.pq_m_for(m.dimension, pq_bits)
         xt, persons = self._sample(collection_id, tuning.training_sample_size(m.face_count, nlist), seed=m.sequence)
         trained_bytes = self.shards.train(xt, nlist, pq_m, pq_bits)
         calibration = None
