@@ -30,6 +30,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -164,6 +165,31 @@ def held(memory: dict[str, int]) -> int:
     return memory["anon"] + memory["shmem"]
 
 
+class PeakHeld:
+    """The most memory the cluster held (`held`), sampled every `interval_s` in a thread while in a `with` block:
+    before training, partitions hold fp16 copies of their faces for exact search, so the peak comes during
+    the ingest, not at its end."""
+
+    def __init__(self, pid: int, interval_s: float = 5.0):
+        self.pid, self.interval_s, self.bytes = pid, interval_s, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="peak-held", daemon=True)
+
+    def __enter__(self) -> PeakHeld:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while True:
+            self.bytes = max(self.bytes, held(tree_memory(self.pid)))
+            if self._stop.wait(self.interval_s):
+                return
+
+
 def run(num_vectors: int, dimension: int, num_queries: int, clients: int, duration_s: float,
         target_recall: float) -> dict:
     """Builds one collection in a fresh `gallery serve` and measures it; returns its figures."""
@@ -188,7 +214,7 @@ def _build_and_measure(data: Chunks, num_queries: int, clients: int, duration_s:
     store, port = tempfile.mkdtemp(prefix="gallery-scale-"), free_port()
     log = open(os.path.join(store, "serve.log"), "wb")
     print(f"  gallery serve logs to {log.name}", flush=True)
-    # Before training a partition searches a flat index of float32 copies (2 KB a face at 512-d), so the
+    # Before training a partition searches an exact index of fp16 copies (1 KB a face at 512-d), so the
     # collection trains at 1.3M faces at most; then the retraining rule (8x growth) does not come due
     # before 10M, and the collection serves 10M with the lists it trained at 1.3M.
     train_threshold = min(num_vectors, 1_300_000)
@@ -214,28 +240,29 @@ def _build_and_measure(data: Chunks, num_queries: int, clients: int, duration_s:
                 time.sleep(0.5)
         empty = tree_memory(server.pid)
         client.create_collection("scale", dimension=dimension, target_recall=target_recall)
-        started = time.perf_counter()
-        # Two requests in flight, as a bulk loader keeps its connection busy: the gateway decodes one while
-        # the other is written; the collection's write lock still orders them.
-        with ThreadPoolExecutor(INGEST_STREAMS) as pool:
-            pending: list[Future] = []
-            for i in range(len(data)):
-                xb = data.chunk(i)
-                for start in range(0, len(xb), 10_000):
-                    ids = [str(i * CHUNK + j) for j in range(start, min(start + 10_000, len(xb)))]
-                    pending.append(pool.submit(client.add, "scale", ids, xb[start:start + 10_000]))
-                    while len(pending) > INGEST_STREAMS:
-                        pending.pop(0).result()
-            for request in pending:
-                request.result()
-        ingest_s = time.perf_counter() - started
-        print(f"  ingest over gRPC: {ingest_s:.1f} s ({num_vectors / ingest_s:.0f} faces/s)", flush=True)
-        while True:
-            d = client.describe("scale")
-            if d.index_state == pb.INDEX_STATE_IVF_PQ and not d.training:
-                break
-            time.sleep(2)
-        build_s = time.perf_counter() - started
+        with PeakHeld(server.pid) as peak:
+            started = time.perf_counter()
+            # Two requests in flight, as a bulk loader keeps its connection busy: the gateway decodes one while
+            # the other is written; the collection's write lock still orders them.
+            with ThreadPoolExecutor(INGEST_STREAMS) as pool:
+                pending: list[Future] = []
+                for i in range(len(data)):
+                    xb = data.chunk(i)
+                    for start in range(0, len(xb), 10_000):
+                        ids = [str(i * CHUNK + j) for j in range(start, min(start + 10_000, len(xb)))]
+                        pending.append(pool.submit(client.add, "scale", ids, xb[start:start + 10_000]))
+                        while len(pending) > INGEST_STREAMS:
+                            pending.pop(0).result()
+                for request in pending:
+                    request.result()
+            ingest_s = time.perf_counter() - started
+            print(f"  ingest over gRPC: {ingest_s:.1f} s ({num_vectors / ingest_s:.0f} faces/s)", flush=True)
+            while True:
+                d = client.describe("scale")
+                if d.index_state == pb.INDEX_STATE_IVF_PQ and not d.training:
+                    break
+                time.sleep(2)
+            build_s = time.perf_counter() - started
         t = d.search_tuning
         print(f"  train + build + measure: {build_s - ingest_s:.1f} s; {ivfpq_factory(d.nlist, d.pq_m, d.pq_bits)}; "
               f"measured recall@10 {t.recall_at_10:.4f} at nprobe {t.nprobe}, re-rank {t.rerank_depth}", flush=True)
@@ -244,7 +271,8 @@ def _build_and_measure(data: Chunks, num_queries: int, clients: int, duration_s:
               f"per face ({(held(memory) - held(empty)) / num_vectors:.0f} above the empty cluster); "
               f"page cache of mapped files {memory['file'] / num_vectors:.0f} bytes per face; VmRSS summed "
               f"{memory['rss'] / num_vectors:.0f}; shards report {d.memory_bytes / num_vectors:.0f} bytes per face "
-              f"of codes, ids and records in memory", flush=True)
+              f"of codes, ids and records in memory; peak while building {peak.bytes / 2**30:.2f} GiB, "
+              f"{peak.bytes / num_vectors:.0f} bytes per face (sampled every {peak.interval_s:.0f} s)", flush=True)
 
         def search(x):
             return client.search("scale", x, K, ids_only=True, **WHY)
@@ -262,6 +290,7 @@ def _build_and_measure(data: Chunks, num_queries: int, clients: int, duration_s:
                 "train_threshold": train_threshold, "target_recall": target_recall,
                 "resident_bytes_per_face": held(memory) / num_vectors,
                 "resident_bytes_per_face_above_empty": (held(memory) - held(empty)) / num_vectors,
+                "peak_held_bytes_while_building": peak.bytes,
                 "file_pages_bytes_per_face": memory["file"] / num_vectors,
                 "vmrss_bytes_per_face": memory["rss"] / num_vectors,
                 "shard_bytes_per_face": d.memory_bytes / num_vectors, "qps_batch_1": qps_1, "qps_batch_256": qps_256,

@@ -1,12 +1,11 @@
 """Congruence: the same operations against in-process shards, Ray shards and one flat FAISS index give the
 same ids and scores (as qdrant-client's congruence tests hold its local mode to its server)."""
 
-import faiss
 import numpy as np
 import pytest
 
 from cluster.index import vectors
-from cluster.index.shard_index import exact_search
+from cluster.index.shard_index import exact_index, exact_search
 from cluster.index.synthetic import clustered_embeddings, noisy_probes
 from cluster.storage.records import FaceRecord
 
@@ -47,10 +46,10 @@ def data():
 
 @pytest.fixture
 def flat_answers(data):
-    """One flat inner-product index over the live faces, as the gallery stores them (fp16, normalised)."""
+    """One exact index of the partitions' kind over the live faces, as the gallery stores them (fp16, normalised)."""
     xb, xq = data
     live = [i for i in range(len(xb)) if not (i < len(xb) // 2 and i % 7 == 0)]
-    index = faiss.IndexFlatIP(D)
+    index = exact_index(D)
     index.add(vectors.to_stored(vectors.normalize(xb[live])).astype(np.float32))
     Dref, Iref = exact_search(index, vectors.normalize(xq), 20)
     return [[f"face-{live[j]}" for j in row] for row in Iref], Dref

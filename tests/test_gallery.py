@@ -11,7 +11,7 @@ from support import wait_until
 
 from cluster.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, Unavailable
 from cluster.index import vectors
-from cluster.index.shard_index import exact_search
+from cluster.index.shard_index import exact_index, exact_search
 from cluster.index.synthetic import clustered_embeddings, noisy_probes
 from cluster.shards.protocol import SearchRequest
 from cluster.storage.records import FaceRecord
@@ -49,7 +49,7 @@ def test_sharded_exact_search_is_identical_to_one_flat_index(galleries, tmp_path
         gallery.add("c", _records(1000, start), xb[start:start + 1000])
     xq, _ = noisy_probes(xb, 40)
     results = gallery.search("c", xq, 25)
-    reference = faiss.IndexFlatIP(64)
+    reference = exact_index(64)  # one index of the partitions' kind: the same scores, bit for bit
     reference.add(vectors.to_stored(vectors.normalize(xb)).astype(np.float32))
     D_ref, I_ref = exact_search(reference, vectors.normalize(xq), 25)  # as the gallery sees them
     assert _ids(results) == [[f"face-{i}" for i in row] for row in I_ref]

@@ -5,7 +5,9 @@ Faces live in slots ("positions"); a face's FAISS label is
 shards' results merge without translation. Vectors are kept normalised in
 fp16; every score, exact or re-ranked, is computed from those values.
 
-Before training a partition searches exactly (`IndexFlatIP`). Afterwards it
+Before training a partition searches exactly, over fp16 copies of its vectors
+(`IndexScalarQuantizer`, QT_fp16: the same values as a float32 flat index in
+half the memory, and no slower at small batches). Afterwards it
 holds an IVF-PQ index populated from the collection's shared trained index;
 the gateway assigns queries to lists once (`Iq`, `Dq`) and each partition
 scans them with `search_preassigned`, then re-ranks its PQ candidates against
@@ -43,16 +45,17 @@ _RERANK_FLOATS = 1_000_000
 
 
 def exact_search(index: faiss.Index, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Searches a flat index with faiss's SIMD kernel only, so that a pair's score never depends on the batch.
+    """Searches an exact index with faiss's SIMD kernel only, so that a pair's score never depends on the batch.
 
-    faiss scores with BLAS instead from `faiss.cvar.distance_compute_blas_threshold`
+    A float32 flat index scores with BLAS instead from `faiss.cvar.distance_compute_blas_threshold`
     query floats per call, and over slices of the database when a call has fewer queries
     than OpenMP threads against a large database. BLAS rounds differently: a face's score
     would depend on the queries batched with it and on how the collection is split across
     shards. Calls of at most 16 queries, each with no more threads than queries, keep to
     the SIMD kernel (tests/test_primitives.py fails otherwise; the thresholds of the faiss
-    version it was found with are in benchmarks/README.md). Exact search only serves small
-    collections; elsewhere (training, coarse assignment) BLAS stays on.
+    version it was found with are in benchmarks/README.md). Partitions' exact index holds fp16 codes, which
+    faiss scores with that kernel only; the steps keep any exact index to it. Elsewhere (training, coarse
+    assignment) BLAS stays on.
     """
     nq, d = xq.shape
     step = max(1, min(16, (faiss.cvar.distance_compute_blas_threshold - 1) // d))
@@ -68,6 +71,13 @@ def exact_search(index: faiss.Index, xq: np.ndarray, k: int) -> tuple[np.ndarray
     if len(parts) == 1:
         return parts[0]
     return np.vstack([D for D, _ in parts]), np.vstack([I for _, I in parts])
+
+
+def exact_index(dimension: int) -> faiss.Index:
+    """The index partitions search exactly before training: inner products over fp16 codes, which hold the stored
+    vectors exactly in 2 bytes a dimension, not float32's 4. A collection grows in it until training switches it to
+    IVF-PQ: in a 10M-face ingest, to 5.1M faces, ~10 GB as float32 (benchmarks/README.md, `scale.py`)."""
+    return faiss.IndexScalarQuantizer(dimension, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
 
 
 class StaleIndexVersion(RuntimeError):
@@ -103,7 +113,7 @@ class ShardIndex:
         self._alive = np.empty(0, dtype=bool)
         self._table = FaceTable()
         self._end = 0  # one past the highest slot ever used
-        self._index: faiss.Index = self._new_flat()
+        self._index: faiss.Index = self._new_exact()
         self._fp16 = faiss.ScalarQuantizer(dimension, faiss.ScalarQuantizer.QT_fp16)
         self._built: dict[int, faiss.Index] = {}  # built for a version, awaiting activate()
         self._previous: tuple[int, faiss.Index] | None = None  # kept until the gateway has switched too
@@ -121,8 +131,8 @@ class ShardIndex:
             return False
         return True
 
-    def _new_flat(self) -> faiss.Index:
-        return faiss.IndexIDMap2(faiss.IndexFlatIP(self.d))
+    def _new_exact(self) -> faiss.Index:
+        return faiss.IndexIDMap(exact_index(self.d))
 
     # ---- reads -------------------------------------------------------------
 
@@ -413,7 +423,7 @@ class ShardIndex:
     def rebuild_exact(self) -> None:
         """Rebuilds the exact index from the alive slots (after loading a snapshot)."""
         with self._lock:
-            self._index = self._new_flat()
+            self._index = self._new_exact()
             self.release_gpu_copies()
             positions = np.flatnonzero(self._alive)
             if positions.size:
@@ -455,6 +465,6 @@ class ShardIndex:
             vectors = 0 if self._slot_vectors.mapped else self.size * self.d * 2
             records = self._table.memory_bytes()
             if self.version == 0:
-                return vectors + records + self._index.ntotal * (4 * self.d + 8)
+                return vectors + records + self._index.ntotal * (2 * self.d + 8)
             ivf = faiss.extract_index_ivf(self._index)
             return vectors + records + ivf.ntotal * (ivf.code_size + 8)

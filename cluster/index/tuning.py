@@ -15,10 +15,15 @@ RETRAIN_GROWTH_FACTOR = 8.0
 
 
 def nlist_for(num_vectors: int) -> int:
-    """Number of IVF lists: the power of two nearest 4*sqrt(n) (faiss wiki, "Guidelines to choose an index"),
-    capped so that every centroid gets >= 39 training points."""
-    target = 4 * math.sqrt(max(num_vectors, 1))
-    nlist = 2 ** round(math.log2(max(target, 1)))
+    """Number of IVF lists for a collection trained at `num_vectors` faces: the power of two nearest 4*sqrt(n)
+    (faiss wiki, "Guidelines to choose an index") for n the geometric middle of the sizes it serves on these lists,
+    from num_vectors until it has grown `RETRAIN_GROWTH_FACTOR` times (sqrt(8) ~ 2.8 times num_vectors); capped so
+    that every centroid gets >= 39 training points. Sized for num_vectors alone, a 10M collection trained at 1.3M
+    faces served 10M on 4,096 lists and had to scan 1/8 of its codes for recall@10 0.95 (benchmarks/README.md,
+    `scale.py`); on finer lists the same recall needs a smaller share of the codes (2M faces: 0.94 of true
+    neighbours within 1/16 of 4,096 lists, 1/8 of 1,024)."""
+    middle = max(num_vectors, 1) * math.sqrt(RETRAIN_GROWTH_FACTOR)
+    nlist = 2 ** round(math.log2(max(4 * math.sqrt(middle), 1)))
     while nlist > 1 and num_vectors < 39 * nlist:
         nlist //= 2
     return max(nlist, 1)
@@ -63,6 +68,17 @@ def training_sample_size(num_vectors: int, nlist: int) -> int:
 # k-means iterations of the coarse quantizer: faiss's default 25 costs more than twice
 # the time for under 1% of recall@10 once candidates are re-ranked (benchmarks/README.md).
 COARSE_KMEANS_ITERATIONS = 10
+
+# From this many lists the coarse quantizer trains in two levels (`training.two_level_centroids`): k-means
+# compares every training point with every centroid, 40 * nlist^2 * d work per iteration, which at 4,096
+# lists of 512-d took 72-101 s on two cores (benchmarks/README.md) and at 8,192 would take four times that,
+# while a collection keeps growing in its exact index; two levels compare each point with ~2 * sqrt(nlist).
+TWO_LEVEL_KMEANS_FROM = 4096
+
+# Full k-means iterations after the two levels, each a tenth of flat training's work. On 164k clustered 64-d
+# vectors into 4,096 lists, the share of true top-10 neighbours within the 16 nearest lists was 0.89 from the two
+# levels, 0.93 / 0.95 / 0.97 after 1 / 2 / 4 iterations, 0.99 from 10 flat ones (14.7 s against 3.7 s for 2).
+TWO_LEVEL_REFINE_ITERATIONS = 2
 
 
 def default_nprobe(nlist: int) -> int:
@@ -155,13 +171,16 @@ def recall_queries(num_vectors: int) -> int:
 
 
 def probe_sweep(nlist: int) -> list[int]:
-    """nprobe values measured, geometrically (1, 2, 4, ... nlist): recall grows about with log(nprobe), and
-    the sweep, ascending, stops early (`SATURATED_RECALL`), so it costs about twice its last step."""
+    """nprobe values measured: the powers of two and the halfway steps between them (1, 2, 3, 4, 6, 8, 12, ...
+    nlist). Recall grows about with log(nprobe), so the chosen setting costs at most ~1.5x the cheapest that
+    reaches the target, where doubling steps left up to 2x (a 10M collection needed more than 256 lists of
+    4,096 and measured 512; benchmarks/README.md, `scale.py`). The sweep, ascending, stops one step past the
+    target or at saturation (`SATURATED_RECALL`), so it costs about 3.4x its last step."""
     out, p = [], 1
     while p < nlist:
-        out.append(p)
+        out += [p] if p < 2 else [p, p + p // 2]
         p *= 2
-    return out + [nlist]
+    return [q for q in out if q < nlist] + [nlist]
 
 
 # Fast-scan (4-bit) codes cost this many times less per code scanned than 8-bit ones: 22-32x measured at
