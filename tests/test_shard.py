@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from cluster.index import gpu, tuning
+from cluster.index import gpu, training, tuning
 from cluster.index.shard_index import ShardIndex, StaleIndexVersion, exact_search
 from cluster.index.synthetic import clustered_embeddings, noisy_probes
 from cluster.index.training import load_index, train_ivfpq, two_level_centroids
@@ -141,8 +141,9 @@ def test_worker_searches_with_its_faiss_threads_on_any_thread(tmp_path):
     assert threads["search"] == wanted
 
 
-def test_two_level_training_gives_balanced_normalised_lists_that_find_neighbours():
-    n, d, nlist = 40 * 4096, 128, 4096  # from TWO_LEVEL_KMEANS_FROM lists the quantizer trains in two levels
+def test_two_level_training_gives_balanced_normalised_lists_that_find_neighbours(monkeypatch):
+    n, d, nlist = 40 * 4096, 128, 4096
+    monkeypatch.setattr(training, "TWO_LEVEL_KMEANS_FROM", nlist)  # as a collection of 16k+ lists trains, smaller
     xb = clustered_embeddings(n, d, seed=8)
     centroids = two_level_centroids(xb, nlist)
     assert centroids.shape == (nlist, d)

@@ -15,15 +15,16 @@ RETRAIN_GROWTH_FACTOR = 8.0
 
 
 def nlist_for(num_vectors: int) -> int:
-    """Number of IVF lists for a collection trained at `num_vectors` faces: the power of two nearest 4*sqrt(n)
-    (faiss wiki, "Guidelines to choose an index") for n the geometric middle of the sizes it serves on these lists,
-    from num_vectors until it has grown `RETRAIN_GROWTH_FACTOR` times (sqrt(8) ~ 2.8 times num_vectors); capped so
-    that every centroid gets >= 39 training points. Sized for num_vectors alone, a 10M collection trained at 1.3M
-    faces served 10M on 4,096 lists and had to scan 1/8 of its codes for recall@10 0.95 (benchmarks/README.md,
-    `scale.py`); on finer lists the same recall needs a smaller share of the codes (2M faces: 0.94 of true
-    neighbours within 1/16 of 4,096 lists, 1/8 of 1,024)."""
-    middle = max(num_vectors, 1) * math.sqrt(RETRAIN_GROWTH_FACTOR)
-    nlist = 2 ** round(math.log2(max(4 * math.sqrt(middle), 1)))
+    """Number of IVF lists: the power of two nearest 4*sqrt(n) (faiss wiki, "Guidelines to choose an index"),
+    capped so that every centroid gets >= 39 training points.
+
+    Sized instead for the middle of the sizes a collection serves on its lists (2.8x n, as it retrains at 8x),
+    a 10M collection trained at 1.3M faces got 8,192 lists in place of 4,096: it probed 768 where it had probed
+    512 (9% of the codes instead of 12.5%), but assigning every query and every added face to twice the lists
+    cost more than that saved: 543 QPS at batch 256 against 705, recall@10 0.946 against 0.951, and 24 min of
+    ingest against 18 (benchmarks/README.md, `scale.py`)."""
+    target = 4 * math.sqrt(max(num_vectors, 1))
+    nlist = 2 ** round(math.log2(max(target, 1)))
     while nlist > 1 and num_vectors < 39 * nlist:
         nlist //= 2
     return max(nlist, 1)
@@ -71,9 +72,10 @@ COARSE_KMEANS_ITERATIONS = 10
 
 # From this many lists the coarse quantizer trains in two levels (`training.two_level_centroids`): k-means
 # compares every training point with every centroid, 40 * nlist^2 * d work per iteration, which at 4,096
-# lists of 512-d took 72-101 s on two cores (benchmarks/README.md) and at 8,192 would take four times that,
-# while a collection keeps growing in its exact index; two levels compare each point with ~2 * sqrt(nlist).
-TWO_LEVEL_KMEANS_FROM = 4096
+# lists of 512-d took 72-101 s on two cores (benchmarks/README.md), at 8,192 four times that and at 16,384
+# (a collection retrained at 10M faces) sixteen, while the collection keeps growing in its exact index; two
+# levels compare each point with ~2 * sqrt(nlist) centroids.
+TWO_LEVEL_KMEANS_FROM = 8192
 
 # Full k-means iterations after the two levels, each a tenth of flat training's work. On 164k clustered 64-d
 # vectors into 4,096 lists, the share of true top-10 neighbours within the 16 nearest lists was 0.89 from the two
