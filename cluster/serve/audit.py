@@ -107,8 +107,12 @@ class AuditLog:
         self._queue: list[tuple[dict, Future]] = []
         self._cond = threading.Condition()
         self._closed = False
+        self._head_to_write: Head | None = None  # the newest head not yet in the store (`_run_head`)
+        self._head_cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._head_thread = threading.Thread(target=self._run_head, name="audit-head", daemon=True)
         self._thread.start()
+        self._head_thread.start()
 
     def record(self, entry: dict, *, timeout_s: float = 30.0) -> None:
         """Writes one record durably before returning.
@@ -141,6 +145,9 @@ class AuditLog:
             self._closed = True
             self._cond.notify()
         self._thread.join()
+        with self._head_cond:
+            self._head_cond.notify()
+        self._head_thread.join()
 
     def _run(self) -> None:
         while True:
@@ -159,17 +166,28 @@ class AuditLog:
             else:
                 for _, future in batch:
                     future.set_result(None)
-                self._write_head()
+                with self._head_cond:
+                    self._head_to_write = self._head
+                    self._head_cond.notify()
 
-    def _write_head(self) -> None:
-        """Moves `audit/HEAD` to the object just written, after its calls are answered: the object is their
-        durable record, and the head only lets `verify` see records cut from the end. Written before the next
-        object, it lags the chain by at most the object being written, which `verify` accepts (a head behind
-        the chain), and a call waits for one durable write instead of two (benchmarks/README.md)."""
-        try:
-            self.store.put(HEAD_KEY, self._head.to_json())
-        except Exception:
-            logger.exception("audit head not moved to object %d; the next write moves it", self._head.sequence)
+    def _run_head(self) -> None:
+        """Moves `audit/HEAD` to the newest object written, in a thread of its own, skipping heads that a newer
+        one overtook. The objects are the calls' durable records; the head only lets `verify` see records cut
+        from the end, so no call waits for it: a call waits for one durable write instead of two, and object
+        writes do not queue behind head writes (benchmarks/README.md). The head therefore lags the chain by
+        the objects written while it was being written, which `verify` accepts (a head behind the chain);
+        `close` leaves it at the last object."""
+        while True:
+            with self._head_cond:
+                while self._head_to_write is None and self._thread.is_alive():
+                    self._head_cond.wait(0.5)
+                head, self._head_to_write = self._head_to_write, None
+            if head is None:
+                return  # the writer has stopped and its last head is written
+            try:
+                self.store.put(HEAD_KEY, head.to_json())
+            except Exception:
+                logger.exception("audit head not moved to object %d; the next write moves it", head.sequence)
 
     def _write(self, entries: list[dict]) -> None:
         sequence = self._head.sequence + 1
