@@ -109,6 +109,7 @@ class AuditLog:
         self._closed = False
         self._head_to_write: Head | None = None  # the newest head not yet in the store (`_run_head`)
         self._head_cond = threading.Condition()
+        self._writer_done = False  # set by `close` once the writer thread has written its last head to write
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._head_thread = threading.Thread(target=self._run_head, name="audit-head", daemon=True)
         self._thread.start()
@@ -146,6 +147,7 @@ class AuditLog:
             self._cond.notify()
         self._thread.join()
         with self._head_cond:
+            self._writer_done = True
             self._head_cond.notify()
         self._head_thread.join()
 
@@ -179,8 +181,8 @@ class AuditLog:
         `close` leaves it at the last object."""
         while True:
             with self._head_cond:
-                while self._head_to_write is None and self._thread.is_alive():
-                    self._head_cond.wait(0.5)
+                while self._head_to_write is None and not self._writer_done:
+                    self._head_cond.wait()
                 head, self._head_to_write = self._head_to_write, None
             if head is None:
                 return  # the writer has stopped and its last head is written
