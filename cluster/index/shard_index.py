@@ -465,6 +465,7 @@ class ShardIndex:
             vectors = 0 if self._slot_vectors.mapped else self.size * self.d * 2
             records = self._table.memory_bytes()
             if self.version == 0:
-                return vectors + records + self._index.ntotal * (2 * self.d + 8)
+                exact = faiss.downcast_index(self._index.index)
+                return vectors + records + exact.ntotal * (exact.code_size + 8)
             ivf = faiss.extract_index_ivf(self._index)
             return vectors + records + ivf.ntotal * (ivf.code_size + 8)

@@ -109,7 +109,7 @@ class AuditLog:
         self._closed = False
         self._head_to_write: Head | None = None  # the newest head not yet in the store (`_run_head`)
         self._head_cond = threading.Condition()
-        self._writer_done = False  # set by `close` once the writer thread has written its last head to write
+        self._writer_done = False  # set by `close` once the writer thread has stopped: the last head is then final
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._head_thread = threading.Thread(target=self._run_head, name="audit-head", daemon=True)
         self._thread.start()
