@@ -4,7 +4,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import boto3
 import numpy as np
@@ -16,7 +18,7 @@ from support import S3_CREDENTIALS, wait_until
 from cluster.errors import InvalidArgument, Unavailable
 from cluster.index.synthetic import clustered_embeddings
 from cluster.storage.lease import LEASE_KEY, StoreInUse, WriterLease
-from cluster.storage.object_store import ObjectStore
+from cluster.storage.object_store import ObjectStore, PreconditionFailed
 from cluster.storage.records import FaceBatch, FaceRecord, batch_table, read_batches, write_tables
 from cluster.storage.s3_images import ImageNotFound, ImageTooLarge, S3ImageReader, S3Object
 
@@ -29,6 +31,29 @@ def test_object_store_on_s3(s3_server, s3_bucket):
     assert store.list("a/") == ["a/b.bin", "a/c.bin"] and store.exists("a/b.bin")
     store.delete_prefix("a/")
     assert store.list("") == [] and not store.exists("a/b.bin")
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_put_if_writes_only_over_the_object_as_read(where, tmp_path, request):
+    if where == "s3":
+        s3_server, s3_bucket = request.getfixturevalue("s3_server"), request.getfixturevalue("s3_bucket")
+        store = ObjectStore(f"s3://{s3_bucket}/cas", s3_endpoint=s3_server)
+    else:
+        store = ObjectStore(str(tmp_path))
+    first = store.put_if("a/lease", b"one", tag=None)  # only if absent
+    with pytest.raises(PreconditionFailed):
+        store.put_if("a/lease", b"two", tag=None)
+    assert store.get_tagged("a/lease") == (b"one", first)
+    second = store.put_if("a/lease", b"two", tag=first)
+    with pytest.raises(PreconditionFailed):
+        store.put_if("a/lease", b"three", tag=first)  # stale: another writer replaced it since
+    assert store.get_tagged("a/lease") == (b"two", second) and second != first
+    store.put("a/lease", b"four")  # an unconditional write changes the tag too
+    with pytest.raises(PreconditionFailed):
+        store.put_if("a/lease", b"five", tag=second)
+    assert store.get("a/lease") == b"four" and store.list("a/") == ["a/lease"]
+    with pytest.raises(FileNotFoundError):
+        store.get_tagged("a/none")
 
 
 def test_a_snapshot_streams_to_s3_and_back_in_row_groups(s3_server, s3_bucket, tmp_path):
@@ -78,7 +103,7 @@ def test_write_killed_before_its_rename_leaves_nothing_readers_see(tmp_path):
     # The process dies (SIGKILL, no cleanup) with the whole object written but not yet renamed into place.
     killed = subprocess.run([sys.executable, "-c", f"""
 import os, signal
-from cluster.storage.object_store import ObjectStore
+from cluster.storage.object_store import ObjectStore, PreconditionFailed
 os.replace = lambda *_: os.kill(os.getpid(), signal.SIGKILL)
 ObjectStore({str(tmp_path)!r}).put("segments/2.parquet", open({str(tmp_path / "segments" / "1.parquet")!r}, "rb").read())
 """])
@@ -123,7 +148,7 @@ def test_one_writer_lease_per_local_store_released_however_the_holder_exits(tmp_
     holder = subprocess.Popen([sys.executable, "-c", f"""
 import sys, time
 from cluster.storage.lease import WriterLease
-from cluster.storage.object_store import ObjectStore
+from cluster.storage.object_store import ObjectStore, PreconditionFailed
 WriterLease.acquire(ObjectStore({str(tmp_path)!r})); print("held", flush=True); time.sleep(600)
 """], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -134,18 +159,40 @@ WriterLease.acquire(ObjectStore({str(tmp_path)!r})); print("held", flush=True); 
     WriterLease.acquire(store).check()
 
 
-def test_writer_lease_on_s3_is_exclusive_expires_and_is_lost_when_taken(s3_server, s3_bucket):
+def test_writer_lease_on_s3_is_exclusive_renewed_and_lost_when_taken(s3_server, s3_bucket):
     def s3_store():
         return ObjectStore(f"s3://{s3_bucket}/leased", s3_endpoint=s3_server)
 
-    # ttl_s=12 renews every 4 s and lets a renewal (a GET and a PUT) be 8 s late before the lease lapses:
-    # with ttl_s=5 a loaded 2-core CI machine once let it lapse, and the second acquire below succeeded.
-    first = WriterLease.acquire(s3_store(), ttl_s=12)
-    with pytest.raises(StoreInUse, match="served by another gateway"):
-        WriterLease.acquire(s3_store(), ttl_s=12, wait_s=15)  # past its ttl_s: first keeps renewing meanwhile
+    def stored_lease() -> dict:
+        return json.loads(s3_store().get(LEASE_KEY))
+
+    # A lease renewed past its ttl_s is still held, and refuses another gateway. The assertions follow a renewal
+    # seen in the store: they never depend on a renewal landing within a deadline on a loaded machine.
+    first = WriterLease.acquire(s3_store(), ttl_s=6)  # renewed every 2 s
+    taken_at = stored_lease()["renewed_at"]
+    wait_until(lambda: stored_lease()["renewed_at"] > taken_at + 6, 30, "a renewal past the lease's ttl_s")
     first.check()
+    with pytest.raises(StoreInUse, match="served by another gateway"):
+        WriterLease.acquire(s3_store(), ttl_s=6, wait_s=0)
     first.release()
-    second = WriterLease.acquire(s3_store(), ttl_s=5, wait_s=0)
+    assert not s3_store().exists(LEASE_KEY)
+
+    # Gateways taking a free lease at once: the conditional write lets exactly one of them have it.
+    start = threading.Barrier(4)
+
+    def take() -> WriterLease | None:
+        store = s3_store()
+        start.wait()
+        try:
+            return WriterLease.acquire(store, ttl_s=60, wait_s=0)
+        except StoreInUse:
+            return None
+
+    with ThreadPoolExecutor(4) as pool:
+        takers = [lease for lease in pool.map(lambda _: take(), range(4)) if lease is not None]
+    assert len(takers) == 1 and stored_lease()["owner"] == takers[0].holder["owner"]
+    takers[0].release()
+    second = WriterLease.acquire(s3_store(), ttl_s=3, wait_s=0)
 
     # Another gateway takes the lease over (say this one was paused past its ttl): this one stops writing.
     s3_store().put(LEASE_KEY, json.dumps({"owner": "other", "host": "elsewhere", "pid": 7, "renewed_at": time.time(),

@@ -9,10 +9,12 @@ to start:
   when the holder exits, however it exits;
 - on S3, the object `gateway.lease` naming the holder, renewed every `ttl_s / 3`.
   A lease not renewed for `ttl_s` is free, and one left by a dead process on this
-  host is free at once. pyarrow's S3 filesystem offers no conditional write, so a
-  gateway reads its lease back after writing it and yields if another write
-  landed last; before each manifest commit it checks that its lease is still
-  fresh (`check`), so a gateway that was paused past its lease stops writing.
+  host is free at once. Taking and renewing are conditional writes (If-None-Match
+  to create, If-Match the tag last read to replace): of two gateways taking a free
+  lease at once exactly one succeeds, and a renewal fails once another gateway
+  has taken the lease over. Before each manifest commit a gateway checks that its
+  lease is still fresh (`check`), so one that was paused past its lease stops
+  writing.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import time
 import uuid
 
 from cluster.errors import Unavailable
-from cluster.storage.object_store import ObjectStore
+from cluster.storage.object_store import ObjectStore, PreconditionFailed
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +56,8 @@ class WriterLease:
         self.ttl_s = ttl_s
         self.holder = {"owner": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
         self._lock_fd: int | None = None
-        self._renewed_at = 0.0  # time.monotonic() of the last renewal that read back as ours
+        self._renewed_at = 0.0  # time.monotonic() at the start of the last renewal that landed
+        self._tag: str | None = None  # the lease object's tag as this gateway last wrote it (S3)
         self._lost = ""
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
@@ -99,7 +102,7 @@ class WriterLease:
         if self._heartbeat is not None:
             self._heartbeat.join()
         try:
-            if held and self._holds(self._read()):
+            if held and self._holds(self._read()[0]):
                 self.store.delete(LEASE_KEY)
         except OSError:  # the lease then expires after ttl_s
             logger.warning("%s: releasing the writer lease failed", self.store.uri, exc_info=True)
@@ -127,14 +130,19 @@ class WriterLease:
 
     # ---- S3 ----------------------------------------------------------------
 
-    def _read(self) -> dict | None:
+    def _read(self) -> tuple[dict | None, str | None]:
+        """The lease and its tag; (None, None) when there is none, (None, tag) when it is unreadable."""
         try:
-            return json.loads(self.store.get(LEASE_KEY))
-        except (FileNotFoundError, ValueError):  # none, or unreadable: free
-            return None
+            data, tag = self.store.get_tagged(LEASE_KEY)
+        except FileNotFoundError:
+            return None, None
+        try:
+            return json.loads(data), tag
+        except ValueError:  # unreadable: free, replaced through its tag
+            return None, tag
 
-    def _write(self) -> None:
-        self.store.put(LEASE_KEY, json.dumps({**self.holder, "renewed_at": time.time(), "ttl_s": self.ttl_s}).encode())
+    def _record(self) -> bytes:
+        return json.dumps({**self.holder, "renewed_at": time.time(), "ttl_s": self.ttl_s}).encode()
 
     def _holds(self, lease: dict | None) -> bool:
         return lease is not None and lease.get("owner") == self.holder["owner"]
@@ -150,15 +158,15 @@ class WriterLease:
         deadline = time.monotonic() + wait_s
         waiting_logged = False
         while True:
-            lease = self._read()
+            lease, tag = self._read()
             if self._free(lease):
                 started = time.monotonic()
-                self._write()
-                time.sleep(min(1.0, self.ttl_s / 10))  # let a concurrent taker's write land, then see who won
-                lease = self._read()
-                if self._holds(lease):
+                try:
+                    self._tag = self.store.put_if(LEASE_KEY, self._record(), tag=tag)
                     self._renewed_at = started
                     break
+                except PreconditionFailed:  # another gateway wrote it since it was read: look again
+                    continue
             if time.monotonic() >= deadline:
                 holder = {k: lease.get(k) for k in ("host", "pid")} if lease else "unknown"
                 raise StoreInUse(f"{self.store.uri} is served by another gateway ({holder}); stop it first, "
@@ -174,14 +182,19 @@ class WriterLease:
     def _renew(self) -> None:
         while not self._stop.wait(self.ttl_s / 3):
             try:
-                lease = self._read()
-                if lease is not None and not self._holds(lease):
-                    self._lost = f"taken by {lease.get('host')} pid {lease.get('pid')}"
-                    logger.error("%s: writer lease %s; this gateway stops writing", self.store.uri, self._lost)
-                    return
                 started = time.monotonic()
-                self._write()
-                self._renewed_at = started
+                try:
+                    self._tag = self.store.put_if(LEASE_KEY, self._record(), tag=self._tag)
+                    self._renewed_at = started
+                    continue
+                except PreconditionFailed:
+                    lease, tag = self._read()
+                if self._holds(lease):  # a renewal that landed after its answer was lost: still ours
+                    self._tag = tag
+                    continue
+                self._lost = f"taken by {lease.get('host')} pid {lease.get('pid')}" if lease else "deleted"
+                logger.error("%s: writer lease %s; this gateway stops writing", self.store.uri, self._lost)
+                return
             except OSError:
                 logger.warning("%s: renewing the writer lease failed; retrying", self.store.uri, exc_info=True)
 

@@ -15,11 +15,14 @@ anything outside it, on a local folder and on S3 alike.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import logging
 import os
 import posixpath
 import re
 import shutil
+import threading
 import uuid
 from collections.abc import Callable
 from typing import BinaryIO
@@ -44,6 +47,10 @@ _KEY_PART = re.compile(r"[^\x00-\x1f\x7f/\\]{1,255}")
 
 class UnsafeKey(InvalidArgument):
     """A key or id that would reach outside its place in the store."""
+
+
+class PreconditionFailed(Exception):
+    """A conditional write found the object changed since it was read: another writer got there first."""
 
 
 class UnusableStore(ValueError):
@@ -99,7 +106,8 @@ class ObjectStore:
 
     Args:
         uri: a local folder ("./data", "file:///srv/gallery") or "s3://bucket/prefix".
-        s3_endpoint: S3 endpoint ("http://127.0.0.1:8333"); default: AWS_ENDPOINT_URL or AWS.
+        s3_endpoint: S3 endpoint ("http://127.0.0.1:8333"); default: AWS_ENDPOINT_URL or AWS. Conditional
+            writes (`put_if`) need one that honours If-Match and If-None-Match on PUT, as AWS S3 and moto do.
 
     Raises:
         UnusableStore: another scheme, or a local path that is a file or cannot be made a folder.
@@ -117,6 +125,9 @@ class ObjectStore:
             self.fs: pafs.FileSystem = s3_filesystem(s3_endpoint)
             self.root = f"{parsed.netloc}{parsed.path}".rstrip("/")
             self.is_local = False
+            self._s3_endpoint = s3_endpoint or os.environ.get("AWS_ENDPOINT_URL") or None
+            self._s3_client = None
+            self._s3_client_lock = threading.Lock()
         elif parsed.scheme in ("", "file"):
             path = parsed.path if parsed.scheme == "file" else uri
             self.root = os.path.abspath(os.path.expanduser(path))
@@ -201,6 +212,87 @@ class ObjectStore:
             raise UnsafeKey(f"delete_prefix {prefix!r}: a folder below the root ending in '/' (never the whole store)")
         for key in self._files(prefix):
             self.delete(key)
+
+
+    # ---- compare-and-swap: for the few objects several processes write (the writer lease) -----------------
+    # pyarrow's S3 filesystem offers no conditional write, so these go through boto3 on S3; on a local folder
+    # an flock held across the read and the rename makes the check and the write one step.
+
+    def get_tagged(self, key: str) -> tuple[bytes, str]:
+        """Reads one object with its tag, for `put_if`. Raises FileNotFoundError when it does not exist."""
+        if self.is_local:
+            data = self.get(key)
+            return data, hashlib.md5(data, usedforsecurity=False).hexdigest()
+        try:
+            answer = self._s3().get_object(**self._s3_location(key))
+            return answer["Body"].read(), answer["ETag"]
+        except Exception as e:
+            raise _s3_error(e, key) from e
+
+    def put_if(self, key: str, data: bytes, *, tag: str | None) -> str:
+        """Writes one object only if it is as last read: tag None: only if absent; else only if its tag is `tag`.
+
+        Returns:
+            the new object's tag.
+
+        Raises:
+            PreconditionFailed: it changed (or appeared) since, and is left as it is.
+        """
+        if not self.is_local:
+            condition = {"IfNoneMatch": "*"} if tag is None else {"IfMatch": tag}
+            try:
+                return self._s3().put_object(**self._s3_location(key), Body=data, **condition)["ETag"]
+            except Exception as e:
+                raise _s3_error(e, key) from e
+        fd = os.open(os.path.join(self.root, _CAS_LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # every local put_if of this store, in any process, one at a time
+            try:
+                current: str | None = self.get_tagged(key)[1]
+            except FileNotFoundError:
+                current = None
+            if current != tag:
+                raise PreconditionFailed(f"{self.uri}: {key} changed since it was read")
+            self.put(key, data)
+        finally:
+            os.close(fd)
+        return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+    def _s3_location(self, key: str) -> dict:
+        bucket, _, prefix = self._path(key).partition("/")
+        return {"Bucket": bucket, "Key": prefix}
+
+    def _s3(self):
+        with self._s3_client_lock:  # boto3 clients are thread-safe, creating them is not
+            if self._s3_client is None:
+                import boto3
+                import botocore.config
+
+                region = os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+                self._s3_client = boto3.session.Session().client(
+                    "s3", endpoint_url=self._s3_endpoint, region_name=region,
+                    config=botocore.config.Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 3}))
+            return self._s3_client
+
+
+_CAS_LOCK_FILE = ".put_if.lock"
+
+
+def _s3_error(error: Exception, key: str) -> Exception:
+    """A boto3 error as this module's: PreconditionFailed, FileNotFoundError, or OSError for the rest."""
+    import botocore.exceptions
+
+    if isinstance(error, botocore.exceptions.ClientError):
+        code = error.response.get("Error", {}).get("Code", "")
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        # 409 ConditionalRequestConflict: another conditional write of the object was in flight
+        if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
+            return PreconditionFailed(f"{key} changed since it was read ({code})")
+        if code in ("NoSuchKey", "404") or status == 404:
+            return FileNotFoundError(key)
+    if isinstance(error, (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError)):
+        return OSError(f"S3 {key}: {error}")
+    return error
 
 
 def _is_temporary(key: str) -> bool:
