@@ -27,6 +27,7 @@ records = st.builds(FaceRecord, ids, st.text(max_size=5), st.text(max_size=5),
 def id_hash(request, monkeypatch):
     """Python's hash, or one under which most ids collide (every hit must then be checked against its id)."""
     monkeypatch.setattr(face_table, "_MERGE_AT", 3)  # merge often, so that lookups go through the sorted arrays
+    monkeypatch.setattr(face_table, "_PACK_FROM", 0)  # and repack the buffer whenever half of it is deleted
     if request.param == "colliding":
         monkeypatch.setattr(face_table, "_id_hash", lambda face_id: len(face_id) % 3)
 
@@ -59,6 +60,23 @@ def test_face_table_keeps_a_face_in_tens_of_bytes_where_python_objects_took_hund
     table.put([FaceRecord(f"face-{i:08d}") for i in range(n)], np.arange(n))
     assert table.slot_of("face-00123456") == 123456 and table.slot_of("face-x") is None
     assert table.memory_bytes() / n < 100  # 30 bytes of record, 12 of slot, 16 of id index, and growth room
+
+
+def test_deleted_records_give_their_bytes_back():
+    table = FaceTable()
+    n = 200_000
+    table.put([FaceRecord(f"face-{i:08d}", metadata={"person": str(i)}) for i in range(n)], np.arange(n))
+    full = table.memory_bytes()
+    for i in range(0, n, 4):  # three faces in four leave
+        for j in (i, i + 1, i + 2):
+            assert table.remove(f"face-{j:08d}") == j
+    assert table.size == n // 4
+    # slots keep 12 bytes each (the partition reuses them); records and the id index shrink to the alive quarter
+    assert table.memory_bytes() < 12 * n + (full - 12 * n) * 0.6
+    assert table.record(7) == FaceRecord("face-00000007", metadata={"person": "7"}) and table.record(6) is None
+    assert table.slot_of("face-00199999") == 199_999 and table.slot_of("face-00199998") is None
+    table.put([FaceRecord("face-00000006", image_uri="s3://b/6.jpg")], np.array([6]))
+    assert table.record(6) == FaceRecord("face-00000006", image_uri="s3://b/6.jpg") and table.slot_of("face-00000006") == 6
 
 
 def test_mapped_vectors_live_in_an_unlinked_file_and_survive_growth(tmp_path):

@@ -12,7 +12,9 @@ with `np.searchsorted`, with a small dict of recent additions that is merged int
 it in bulk (as an LSM tree's memtable is). Different ids may share a hash: every
 hit is confirmed against the id stored in its slot, so a collision costs a
 comparison, never a wrong answer. Deleted faces leave their bytes in the buffer
-until the partition is reloaded from a snapshot.
+until they are half of it; then the alive records are packed into a new buffer
+(and the id index drops its deleted entries), so a partition that churns holds
+at most twice its alive records' bytes, each byte moved a bounded number of times.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from cluster.storage.records import FaceRecord
 _HEADER = struct.Struct("<IIII")  # lengths of face_id, external_image_id, image_uri, detail; then metadata
 _PAIR = struct.Struct("<II")
 _MERGE_AT = 65_536  # recent additions kept in a dict before they are merged into the sorted arrays
+_PACK_FROM = 1 << 20  # deleted records' bytes below which the buffer is never repacked
 # Python's own string hash: fast, and never stored, so its per-process seed does no harm. Tests replace
 # it with one that collides.
 _id_hash = hash
@@ -70,6 +73,7 @@ class FaceTable:
     def __init__(self):
         self._bytes = np.empty(0, dtype=np.uint8)
         self._used = 0  # bytes of self._bytes in use
+        self._dead = 0  # bytes of self._bytes[:self._used] that deleted faces left
         self._start = np.empty(0, dtype=np.int64)  # by slot: where its record begins
         self._length = np.zeros(0, dtype=np.uint32)  # by slot: its record's length; 0: an empty slot
         self._hashes = np.empty(0, dtype=np.int64)  # sorted
@@ -135,9 +139,27 @@ class FaceTable:
             if at < 0:
                 return None
             slot, self._slots[at] = int(self._slots[at]), -1
+        self._dead += int(self._length[slot])
         self._length[slot] = 0
         self.size -= 1
+        if self._dead >= max(_PACK_FROM, self._used // 2):
+            self._pack()
         return slot
+
+    def _pack(self) -> None:
+        """Moves the alive records into a buffer of their own size, in slot order, and drops the id index's
+        deleted entries."""
+        alive = np.flatnonzero(self._length)
+        lengths = self._length[alive].astype(np.int64)
+        starts = np.zeros(alive.size, dtype=np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        used = int(lengths.sum())
+        packed = np.empty(max(used, 1 << 16), dtype=np.uint8)
+        packed[:used] = self._bytes[np.repeat(self._start[alive] - starts, lengths) + np.arange(used)]
+        self._bytes, self._used, self._dead = packed, used, 0
+        self._start[alive] = starts
+        keep = self._slots >= 0
+        self._hashes, self._slots = self._hashes[keep], self._slots[keep]
 
     def face_id(self, slot: int) -> str | None:
         """The id at a slot, None when it is empty: read from the header without decoding the record."""
