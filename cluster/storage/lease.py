@@ -165,8 +165,8 @@ class WriterLease:
                     self._tag = self.store.put_if(LEASE_KEY, self._record(), tag=tag)
                     self._renewed_at = started
                     break
-                except PreconditionFailed:  # another gateway wrote it since it was read: look again
-                    continue
+                except PreconditionFailed:  # another gateway wrote it since it was read: who holds it now
+                    lease, _ = self._read()
             if time.monotonic() >= deadline:
                 holder = {k: lease.get(k) for k in ("host", "pid")} if lease else "unknown"
                 raise StoreInUse(f"{self.store.uri} is served by another gateway ({holder}); stop it first, "
