@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from cluster.index import gpu, training, tuning
+from cluster.index import gpu, spill, training, tuning
 from cluster.index.shard_index import ShardIndex, StaleIndexVersion, exact_search
 from cluster.index.synthetic import clustered_embeddings, noisy_probes
 from cluster.index.training import load_index, train_ivfpq, two_level_centroids
@@ -100,6 +100,54 @@ def test_ivfpq_with_rerank_reaches_recall_and_honours_deletes(pq_bits, tmp_path)
         loaded.add(batch, index=False)
     loaded.set_index(1, load_index(shard.index_bytes()))
     np.testing.assert_array_equal(loaded.search(xq, 10, version=1, Iq=Iq, Dq=Dq, rerank_k=100)[1], I)
+
+
+def test_fast_scan_partitions_keep_each_face_in_its_two_nearest_lists():
+    n, d, nlist = 12_000, 64, 64
+    xb = clustered_embeddings(n, d, seed=4)
+    trained = load_index(train_ivfpq(xb[:5_000], nlist, tuning.pq_m_for(d, 4), 4))
+    spilled, one_list = ShardIndex(d, 0, 1), faiss.clone_index(trained)
+    spilled.add(_batch(xb[:7_000]))
+    spilled.build(1, trained)  # the faces so far, then one more add into the live index
+    spilled.activate(1)
+    spilled.add(_batch(xb[7_000:], start=7_000))
+    one_list.add_with_ids(xb.astype(np.float16).astype(np.float32), np.arange(n))
+    ivf = faiss.extract_index_ivf(spilled._index)
+    assert ivf.ntotal == 2 * n
+    lists_of = {}
+    for list_no in range(nlist):
+        for label in faiss.rev_swig_ptr(ivf.invlists.get_ids(list_no), ivf.invlists.list_size(list_no)).tolist():
+            lists_of.setdefault(label, []).append(list_no)
+    nearest = faiss.extract_index_ivf(trained).quantizer.search(xb.astype(np.float16).astype(np.float32), 2)[1]
+    assert all(sorted(lists_of[label]) == sorted(nearest[label].tolist()) for label in range(n))
+
+    xq, rows = noisy_probes(xb, 300)
+    quantizer = faiss.extract_index_ivf(trained).quantizer
+    Dq, Iq = quantizer.search(xq, 4)
+    _, I = spilled.search(xq, 10, version=1, Iq=Iq, Dq=Dq, rerank_k=50)
+    assert all(len(set(row[row >= 0].tolist())) == (row >= 0).sum() for row in I)  # one copy of each face
+    _, I_exact = exact_search(_flat(xb), xq, 10)
+    one_list.nprobe = 4
+    _, I_one = one_list.search_preassigned(xq, 50, Iq, Dq)
+    I_one = np.take_along_axis(I_one, np.argsort(-np.einsum("qd,qkd->qk", xq, xb[I_one]), axis=1)[:, :10], 1)
+    # the same lists probed find more true neighbours when each face is in two of them
+    assert _recall(I, I_exact, 10) > _recall(I_one, I_exact, 10) + 0.05
+
+    spilled.delete([f"face-{r}" for r in rows[:50]])  # both copies go
+    assert ivf.ntotal == 2 * (n - 50)
+    _, I = spilled.search(xq, 10, version=1, Iq=Iq, Dq=Dq, rerank_k=50)
+    assert not set(rows[:50].tolist()) & set(I.ravel().tolist())
+
+
+def test_first_unique_keeps_the_first_copy_of_each_label_in_order():
+    labels = np.array([[5, 5, 3, 9, 3, -1], [2, 7, 2, 7, 4, 4], [1, 2, 3, 4, 5, 6]])
+    np.testing.assert_array_equal(spill.first_unique(labels, 4), [[5, 3, 9, -1], [2, 7, 4, -1], [1, 2, 3, 4]])
+
+
+def _flat(xb):
+    index = faiss.IndexFlatIP(xb.shape[1])
+    index.add(xb.astype(np.float16).astype(np.float32))
+    return index
 
 
 def test_scan_pages_through_alive_slots():

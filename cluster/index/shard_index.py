@@ -11,7 +11,8 @@ half the memory, and no slower at small batches). Afterwards it
 holds an IVF-PQ index populated from the collection's shared trained index;
 the gateway assigns queries to lists once (`Iq`, `Dq`) and each partition
 scans them with `search_preassigned`, then re-ranks its PQ candidates against
-the fp16 vectors. A deleted face is removed from the index and its slot
+the fp16 vectors. Fast-scan (CPU) indexes store each face in two lists
+(cluster/index/spill.py). A deleted face is removed from the index and its slot
 marked dead, and re-ranking drops dead slots, so it cannot come back. With a
 GPU, each IVF-PQ version also has a copy there that searches run on
 (cluster/index/gpu.py).
@@ -31,7 +32,7 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-from cluster.index import gpu
+from cluster.index import gpu, spill
 from cluster.index.face_table import FaceTable, resized
 from cluster.index.merge import merge_topk
 from cluster.index.slot_vectors import SlotVectors
@@ -247,6 +248,8 @@ class ShardIndex:
             labels = copy.search(xq, depth, nprobe)
             return gpu.first_live(labels, self._slots_and_liveness(labels)[1], depth)
         index.nprobe = nprobe  # search_preassigned scans Iq's columns; the lock makes this safe
+        if spill.spills(index):  # a face may come from both its lists: twice the candidates, one of each
+            return spill.first_unique(index.search_preassigned(xq, spill.COPIES * depth, Iq, Dq)[1], depth)
         return index.search_preassigned(xq, depth, Iq, Dq)[1]
 
     def ranked_candidates(self, xq: np.ndarray, depth: int, *, version: int, Iq: np.ndarray, Dq: np.ndarray,
@@ -337,7 +340,7 @@ class ShardIndex:
             self._alive[batch.positions] = True
             if index:
                 x, labels = batch.vectors.astype(np.float32), self.labels(batch.positions)
-                self._index.add_with_ids(x, labels)
+                spill.add(self._index, x, labels)
                 if self.version in self._gpu_copies:
                     self._gpu_copies[self.version].add(x, labels)
 
@@ -371,7 +374,7 @@ class ShardIndex:
             positions = np.flatnonzero(self._alive)
         for start in range(0, positions.size, 65_536):
             chunk = positions[start:start + 65_536]
-            index.add_with_ids(self._vectors[chunk].astype(np.float32), self.labels(chunk))
+            spill.add(index, self._vectors[chunk].astype(np.float32), self.labels(chunk))
         copy = gpu.GpuCopy(index, self._gpu_device) if self._on_gpu(index) else None
         with self._lock:
             if copy is not None:

@@ -1,0 +1,90 @@
+"""Spilled assignment: a face is stored in its nearest list and in the next nearest, so a search finds it
+through either.
+
+An IVF search misses a true neighbour whose list it did not probe. On 1M clustered 512-d faces in 4,096
+lists, two lists per face held 0.975 of each probe's true top-10 within 31k codes scanned a query, where
+one list needed 63k, and 0.99 within 94k against 125k; on 2.5M faces in 2,048 lists (a 10M shard's list
+length) 30% fewer codes reached 0.955 (benchmarks/README.md, `spill.py`). The price is a second code and id
+per face (24 bytes at PQ32x4fs) and a second list found per add, which the same top-2 search gives.
+
+Only fast-scan (4-bit) indexes spill, the CPU form, whose scan is the cost of a search at scale; GPU
+indexes (8-bit IVF-PQ) keep one list. faiss's fast-scan IVF adds only to the nearest list: its `add_core`
+with given lists writes flat codes into block-packed lists and corrupts them, so `add` encodes the codes
+itself and writes them into each list in faiss's block layout through the lists' code packer. Searches ask
+for twice the candidates and keep the first copy of each (`first_unique`): the two copies of a face carry
+the same code, so they score alike.
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+from cluster.index import tuning
+
+COPIES = tuning.lists_per_face(pq_bits=4)  # lists a fast-scan index stores each face in
+
+
+def spills(index: faiss.Index) -> bool:
+    """Whether faces of this index are stored in `COPIES` lists: IVF fast-scan indexes."""
+    ivf = faiss.try_extract_index_ivf(index)
+    return ivf is not None and isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFastScan)
+
+
+def add(index: faiss.Index, x: np.ndarray, labels: np.ndarray) -> None:
+    """Adds float32 vectors x with their labels: to their two nearest lists for a fast-scan index, else as
+    `add_with_ids` does."""
+    if not spills(index) or not len(x):
+        index.add_with_ids(x, labels)
+        return
+    ivf = faiss.extract_index_ivf(index)
+    nearest = ivf.quantizer.search(x, COPIES)[1]
+    second = (nearest[:, 1] >= 0) & (nearest[:, 1] != nearest[:, 0])  # none where there is a single list
+    rows = np.concatenate([np.arange(len(x)), np.flatnonzero(second)])
+    lists = np.concatenate([nearest[:, 0], nearest[second, 1]])
+    _append(ivf, np.ascontiguousarray(x[rows], dtype=np.float32), labels[rows].astype(np.int64), lists)
+    index.ntotal = ivf.ntotal  # a wrapper (IndexPreTransform) counts too
+
+
+def _append(ivf: faiss.IndexIVF, x: np.ndarray, labels: np.ndarray, lists: np.ndarray) -> None:
+    """Appends each x[i] with labels[i] to list lists[i] of a fast-scan IVF index.
+
+    Written into each list's own buffers after `resize`, not through `BlockInvertedLists.add_entries`, which
+    copies whole blocks from the start of the list when the list ends on a block boundary, writing past the
+    list's buffer once it holds a block or more."""
+    lists = np.ascontiguousarray(lists, dtype=np.int64)
+    codes = np.empty((len(x), ivf.code_size), dtype=np.uint8)
+    ivf.encode_vectors(len(x), faiss.swig_ptr(x), faiss.swig_ptr(lists), faiss.swig_ptr(codes), False)
+    invlists = faiss.downcast_InvertedLists(ivf.invlists)
+    packer, per_block, block_bytes = invlists.packer, invlists.n_per_block, invlists.block_size
+    order = np.argsort(lists, kind="stable")
+    codes, ids = codes[order], labels[order]
+    touched, first, count = np.unique(lists[order], return_index=True, return_counts=True)
+    for list_no, at, n in zip(touched.tolist(), first.tolist(), count.tolist()):
+        old = invlists.list_size(list_no)
+        invlists.resize(list_no, old + n)
+        faiss.rev_swig_ptr(invlists.get_ids(list_no), old + n)[old:] = ids[at:at + n]
+        blocks = faiss.rev_swig_ptr(invlists.get_codes(list_no), -(-(old + n) // per_block) * block_bytes)
+        head = min(n, -old % per_block)  # codes that complete the list's last, partly filled block
+        for i in range(head):
+            packer.pack_1_c(faiss.swig_ptr(codes[at + i]), old + i, faiss.swig_ptr(blocks))
+        rest = np.zeros((-(-(n - head) // per_block) * per_block, ivf.code_size), dtype=np.uint8)
+        rest[:n - head] = codes[at + head:at + n]
+        first_block = (old + head) // per_block
+        for b in range(len(rest) // per_block):  # whole blocks, the last padded with zero codes
+            packer.pack_all(faiss.swig_ptr(rest[b * per_block:]),
+                            faiss.swig_ptr(blocks[(first_block + b) * block_bytes:]))
+    ivf.ntotal += len(x)
+
+
+def first_unique(labels: np.ndarray, depth: int) -> np.ndarray:
+    """Each row's labels in their order without repeats (the first copy of each kept), cut to `depth`, -1
+    after the last."""
+    order = np.argsort(labels, axis=1, kind="stable")  # a label's first copy sorts before its second
+    ranked = np.take_along_axis(labels, order, axis=1)
+    repeated_sorted = np.zeros(labels.shape, dtype=bool)
+    repeated_sorted[:, 1:] = (ranked[:, 1:] == ranked[:, :-1]) & (ranked[:, 1:] >= 0)
+    repeated = np.empty_like(repeated_sorted)
+    np.put_along_axis(repeated, order, repeated_sorted, axis=1)
+    kept_first = np.argsort(repeated, axis=1, kind="stable")
+    return np.take_along_axis(np.where(repeated, -1, labels), kept_first, axis=1)[:, :depth]
