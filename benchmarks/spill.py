@@ -1,4 +1,5 @@
 """Spilled assignment measured by coverage: does storing each face in two lists find its neighbours in fewer codes?
+Why fast-scan partitions do (`cluster/index/spill.py`).
 
 At 10M faces the shards' time is the scan of the probed lists (benchmarks/README.md, issue 16: 512 of 4,096
 lists, ~1.25M codes a query, ~1.7 ns a code on these cores), so batch-256 throughput follows the codes a query
