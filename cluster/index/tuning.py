@@ -200,9 +200,9 @@ FAST_SCAN_SPEEDUP = 16
 def search_cost(nprobe: int, rerank_depth: int, *, nlist: int, num_vectors: int, dimension: int, pq_m: int,
                 pq_bits: int = 8) -> float:
     """Work per top-10 query, in 8-bit table lookups or multiply-adds: the PQ codes scanned in the probed lists
-    (each face's codes in `lists_per_face` lists; pq_m lookups each, `FAST_SCAN_SPEEDUP` times fewer for 4-bit codes), plus the re-ranked candidates (fp16
-    decode and inner product, ~2 per dimension). Deterministic, unlike timing a 2-core machine that others
-    share, and close to how time grows."""
+    (each face's codes in `lists_per_face` lists; pq_m lookups each, `FAST_SCAN_SPEEDUP` times fewer for 4-bit
+    codes), plus the re-ranked candidates (fp16 decode and inner product, ~2 per dimension). Deterministic,
+    unlike timing a 2-core machine that others share, and close to how time grows."""
     scanned = nprobe * num_vectors * lists_per_face(pq_bits) / max(nlist, 1)
     per_code = pq_m / FAST_SCAN_SPEEDUP if pq_bits == 4 else pq_m
     return scanned * per_code + rerank_depth * 2 * dimension

@@ -80,6 +80,11 @@ def check_key(key: str, *, prefix: bool = False) -> str:
     return key
 
 
+def s3_region() -> str:
+    """AWS_REGION, else AWS_DEFAULT_REGION, else us-east-1."""
+    return os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+
+
 def s3_filesystem(endpoint: str | None = None) -> pafs.S3FileSystem:
     """The pyarrow filesystem of an S3 endpoint, for stores and job files alike.
 
@@ -89,7 +94,7 @@ def s3_filesystem(endpoint: str | None = None) -> pafs.S3FileSystem:
             AWS_DEFAULT_REGION, else us-east-1.
     """
     endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL")
-    options = {"region": os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))}
+    options = {"region": s3_region()}
     if endpoint:
         url = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
         options.update(endpoint_override=url.netloc, scheme=url.scheme)
@@ -268,9 +273,8 @@ class ObjectStore:
                 import boto3
                 import botocore.config
 
-                region = os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
                 self._s3_client = boto3.session.Session().client(
-                    "s3", endpoint_url=self._s3_endpoint, region_name=region,
+                    "s3", endpoint_url=self._s3_endpoint, region_name=s3_region(),
                     config=botocore.config.Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 3}))
             return self._s3_client
 
