@@ -72,8 +72,8 @@ def test_cost_grows_with_lists_scanned_and_candidates_re_ranked():
 
 def test_sweeps_and_sample_sizes():
     assert tuning.probe_sweep(1) == [1]
-    assert tuning.probe_sweep(48) == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48]
-    assert tuning.probe_sweep(2048)[-3:] == [1024, 1536, 2048] and tuning.probe_sweep(3) == [1, 2, 3]
+    assert tuning.probe_sweep(48) == [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48]
+    assert tuning.probe_sweep(2048)[-5:] == [1024, 1280, 1536, 1792, 2048] and tuning.probe_sweep(3) == [1, 2, 3]
     assert tuning.recall_queries(20_000) == 1000 and tuning.recall_queries(1_000_000) == 250
     assert tuning.recall_queries(10_000_000) == 200
 

@@ -27,8 +27,7 @@ COPIES = tuning.lists_per_face(pq_bits=4)  # lists a fast-scan index stores each
 
 def spills(index: faiss.Index) -> bool:
     """Whether faces of this index are stored in `COPIES` lists: IVF fast-scan indexes."""
-    ivf = faiss.try_extract_index_ivf(index)
-    return ivf is not None and isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFastScan)
+    return isinstance(faiss.downcast_index(index), faiss.IndexIVFFastScan)
 
 
 def add(index: faiss.Index, x: np.ndarray, labels: np.ndarray) -> None:
@@ -37,24 +36,31 @@ def add(index: faiss.Index, x: np.ndarray, labels: np.ndarray) -> None:
     if not spills(index) or not len(x):
         index.add_with_ids(x, labels)
         return
-    ivf = faiss.extract_index_ivf(index)
+    ivf = faiss.downcast_index(index)
     nearest = ivf.quantizer.search(x, COPIES)[1]
     second = (nearest[:, 1] >= 0) & (nearest[:, 1] != nearest[:, 0])  # none where there is a single list
     rows = np.concatenate([np.arange(len(x)), np.flatnonzero(second)])
     lists = np.concatenate([nearest[:, 0], nearest[second, 1]])
-    _append(ivf, np.ascontiguousarray(x[rows], dtype=np.float32), labels[rows].astype(np.int64), lists)
-    index.ntotal = ivf.ntotal  # a wrapper (IndexPreTransform) counts too
+    if ivf.by_residual:  # a code depends on its list
+        codes = _encode(ivf, np.ascontiguousarray(x[rows], dtype=np.float32), lists)
+    else:  # one code serves both lists: encoding it once saves copying and encoding every face twice
+        codes = _encode(ivf, np.ascontiguousarray(x, dtype=np.float32), nearest[:, 0])[rows]
+    _append(ivf, codes, labels[rows].astype(np.int64), lists)
 
 
-def _append(ivf: faiss.IndexIVF, x: np.ndarray, labels: np.ndarray, lists: np.ndarray) -> None:
-    """Appends each x[i] with labels[i] to list lists[i] of a fast-scan IVF index.
+def _encode(ivf: faiss.IndexIVF, x: np.ndarray, lists: np.ndarray) -> np.ndarray:
+    codes = np.empty((len(x), ivf.code_size), dtype=np.uint8)
+    lists = np.ascontiguousarray(lists, dtype=np.int64)
+    ivf.encode_vectors(len(x), faiss.swig_ptr(x), faiss.swig_ptr(lists), faiss.swig_ptr(codes), False)
+    return codes
+
+
+def _append(ivf: faiss.IndexIVF, codes: np.ndarray, labels: np.ndarray, lists: np.ndarray) -> None:
+    """Appends each code[i] with labels[i] to list lists[i] of a fast-scan IVF index.
 
     Written into each list's own buffers after `resize`, not through `BlockInvertedLists.add_entries`, which
     copies whole blocks from the start of the list when the list ends on a block boundary, writing past the
     list's buffer once it holds a block or more."""
-    lists = np.ascontiguousarray(lists, dtype=np.int64)
-    codes = np.empty((len(x), ivf.code_size), dtype=np.uint8)
-    ivf.encode_vectors(len(x), faiss.swig_ptr(x), faiss.swig_ptr(lists), faiss.swig_ptr(codes), False)
     invlists = faiss.downcast_InvertedLists(ivf.invlists)
     packer, per_block, block_bytes = invlists.packer, invlists.n_per_block, invlists.block_size
     order = np.argsort(lists, kind="stable")
@@ -74,7 +80,7 @@ def _append(ivf: faiss.IndexIVF, x: np.ndarray, labels: np.ndarray, lists: np.nd
         for b in range(len(rest) // per_block):  # whole blocks, the last padded with zero codes
             packer.pack_all(faiss.swig_ptr(rest[b * per_block:]),
                             faiss.swig_ptr(blocks[(first_block + b) * block_bytes:]))
-    ivf.ntotal += len(x)
+    ivf.ntotal += len(codes)
 
 
 def first_unique(labels: np.ndarray, depth: int) -> np.ndarray:

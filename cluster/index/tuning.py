@@ -173,14 +173,18 @@ def recall_queries(num_vectors: int) -> int:
 
 
 def probe_sweep(nlist: int) -> list[int]:
-    """nprobe values measured: the powers of two and the halfway steps between them (1, 2, 3, 4, 6, 8, 12, ...
-    nlist). Recall grows about with log(nprobe), so the chosen setting costs at most ~1.5x the cheapest that
-    reaches the target, where doubling steps left up to 2x (a 10M collection needed more than 256 lists of
-    4,096 and measured 512; benchmarks/README.md, `scale.py`). The sweep, ascending, stops one step past the
-    target or at saturation (`SATURATED_RECALL`), so it costs about 3.4x its last step."""
+    """nprobe values measured: the powers of two and the quarter steps between them (1, 2, 3, 4, 5, 6, 7, 8,
+    10, 12, 14, 16, 20, ... nlist). Recall grows about with log(nprobe), so the chosen setting costs at most
+    ~1.25x the cheapest that reaches the target. Doubling steps left up to 2x (a 10M collection needed more
+    than 256 lists of 4,096 and measured 512), half steps up to 1.5x (with each face in two lists, 128 did
+    not reach 0.95 and the next step, 192, served 0.958; benchmarks/README.md, `scale.py`). The sweep,
+    ascending, stops one step past the target or at saturation (`SATURATED_RECALL`): each step scans the
+    lists of one nprobe for a few hundred queries, which beside the exact search of the same queries over
+    every face is little, however many steps."""
     out, p = [], 1
     while p < nlist:
-        out += [p] if p < 2 else [p, p + p // 2]
+        steps = min(p, 4)  # 1; 2, 3; then quarter steps
+        out += [p + i * p // steps for i in range(steps)]
         p *= 2
     return [q for q in out if q < nlist] + [nlist]
 
