@@ -42,6 +42,15 @@ from cluster.index import tuning, vectors  # noqa: E402
 K = 10
 CANDIDATE_LISTS = 16  # second lists are chosen among each face's nearest lists
 TARGETS = (0.95, 0.975, 0.99)
+SPILL_SHARES = (0.25, 0.5, 0.75)  # shares of faces given a second list by the distance-ratio rule
+
+
+def distance_ratio(x: np.ndarray, centroids: np.ndarray, nearest: np.ndarray) -> np.ndarray:
+    """||x - c2||^2 / ||x - c1||^2 of each face and its two nearest lists' centroids: 1 on the border between
+    them, larger the deeper inside its nearest list a face is."""
+    d1 = np.einsum("bd,bd->b", x - centroids[nearest[:, 0]], x - centroids[nearest[:, 0]])
+    d2 = np.einsum("bd,bd->b", x - centroids[nearest[:, 1]], x - centroids[nearest[:, 1]])
+    return d2 / np.maximum(d1, 1e-12)
 
 
 def second_lists(x: np.ndarray, centroids: np.ndarray, nearest: np.ndarray, lam: float) -> np.ndarray:
@@ -73,7 +82,7 @@ def run(num_vectors: int, dimension: int, nlist: int, num_queries: int, probes_s
     truth = faiss.knn(xq, xb, K, metric=faiss.METRIC_INNER_PRODUCT)[1]
     print(f"{num_vectors} x {dimension}-d, nlist {nlist}, {num_queries} queries", flush=True)
 
-    first = np.empty(num_vectors, np.int64)
+    first, ratio = np.empty(num_vectors, np.int64), np.empty(num_vectors, np.float32)
     seconds = {"naive": np.empty(num_vectors, np.int64), **{f"SOAR {lam:g}": np.empty(num_vectors, np.int64)
                                                             for lam in lambdas}}
     for start in range(0, num_vectors, 20_000):
@@ -81,9 +90,15 @@ def run(num_vectors: int, dimension: int, nlist: int, num_queries: int, probes_s
         nearest = quantizer.search(x, CANDIDATE_LISTS)[1]
         first[start:start + len(x)] = nearest[:, 0]
         seconds["naive"][start:start + len(x)] = nearest[:, 1]
+        ratio[start:start + len(x)] = distance_ratio(x, centroids, nearest)
         for lam in lambdas:
             seconds[f"SOAR {lam:g}"][start:start + len(x)] = second_lists(x, centroids, nearest, lam)
     del xb
+    # Border faces only: a second list for the faces whose next nearest list is nearly as near (the distance
+    # ratio under a bound, here the quantile that spills each share), none for those deep inside their list.
+    for share in SPILL_SHARES:
+        bound = float(np.quantile(ratio, share))
+        seconds[f"ratio<{bound:.3f} ({share:.0%})"] = np.where(ratio <= bound, seconds["naive"], -1)
 
     # rank[q, l]: where list l comes in query q's probe order; a list is probed at nprobe when its rank is lower
     order = quantizer.search(xq, nlist)[1]
@@ -93,17 +108,18 @@ def run(num_vectors: int, dimension: int, nlist: int, num_queries: int, probes_s
     variants = {"one list": None, **seconds}
     figures: dict[str, list[dict]] = {}
     for name, second in variants.items():
-        sizes = first_size + (np.bincount(second, minlength=nlist) if second is not None else 0)
+        sizes = first_size + (np.bincount(second[second >= 0], minlength=nlist) if second is not None else 0)
         ranks = [np.take_along_axis(rank, first[truth], 1)]
-        if second is not None:
-            ranks.append(np.take_along_axis(rank, second[truth], 1))
+        if second is not None:  # no second list (-1): never probed
+            ranks.append(np.where(second[truth] >= 0, np.take_along_axis(rank, np.maximum(second[truth], 0), 1),
+                                  nlist))
         best_rank = np.minimum.reduce(ranks)  # (nq, K): the earliest probed list holding each neighbour
         figures[name] = []
         for nprobe in probes_swept:
             codes = float(sizes[order[:, :nprobe]].sum(1).mean())
             coverage = float((best_rank < nprobe).mean())
             figures[name].append({"nprobe": nprobe, "codes": codes, "coverage_at_10": coverage})
-            print(f"{name:10} nprobe {nprobe:5}: {codes / 1e3:8.1f}k codes a query, coverage@10 {coverage:.4f}",
+            print(f"{name:20} nprobe {nprobe:5}: {codes / 1e3:8.1f}k codes a query, coverage@10 {coverage:.4f}",
                   flush=True)
     fewest: dict[str, dict[str, float | None]] = {}
     for target in TARGETS:

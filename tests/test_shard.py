@@ -102,7 +102,7 @@ def test_ivfpq_with_rerank_reaches_recall_and_honours_deletes(pq_bits, tmp_path)
     np.testing.assert_array_equal(loaded.search(xq, 10, version=1, Iq=Iq, Dq=Dq, rerank_k=100)[1], I)
 
 
-def test_fast_scan_partitions_keep_each_face_in_its_two_nearest_lists():
+def test_fast_scan_partitions_keep_border_faces_in_their_two_nearest_lists():
     n, d, nlist = 12_000, 64, 64
     xb = clustered_embeddings(n, d, seed=4)
     trained = load_index(train_ivfpq(xb[:5_000], nlist, tuning.pq_m_for(d, 4), 4))
@@ -112,14 +112,18 @@ def test_fast_scan_partitions_keep_each_face_in_its_two_nearest_lists():
     spilled.activate(1)
     spilled.add(_batch(xb[7_000:], start=7_000))
     one_list.add_with_ids(xb.astype(np.float16).astype(np.float32), np.arange(n))
-    ivf = faiss.extract_index_ivf(spilled._index)
-    assert ivf.ntotal == 2 * n
     lists_of = {}
+    ivf = faiss.extract_index_ivf(spilled._index)
     for list_no in range(nlist):
         for label in faiss.rev_swig_ptr(ivf.invlists.get_ids(list_no), ivf.invlists.list_size(list_no)).tolist():
             lists_of.setdefault(label, []).append(list_no)
-    nearest = faiss.extract_index_ivf(trained).quantizer.search(xb.astype(np.float16).astype(np.float32), 2)[1]
-    assert all(sorted(lists_of[label]) == sorted(nearest[label].tolist()) for label in range(n))
+    stored = xb.astype(np.float16).astype(np.float32)
+    scores, nearest = faiss.extract_index_ivf(trained).quantizer.search(stored, 2)
+    centroids = faiss.extract_index_ivf(trained).quantizer.reconstruct_n(0, nlist)
+    squared = ((stored[:, None, :] - centroids[nearest]) ** 2).sum(axis=2)  # to the two nearest centroids
+    border = squared[:, 1] <= spill.SPILL_RATIO * squared[:, 0]
+    assert 0.2 < border.mean() < 0.8 and ivf.ntotal == n + border.sum()
+    assert all(sorted(lists_of[label]) == sorted(nearest[label, :1 + border[label]].tolist()) for label in range(n))
 
     xq, rows = noisy_probes(xb, 300)
     quantizer = faiss.extract_index_ivf(trained).quantizer
@@ -130,11 +134,11 @@ def test_fast_scan_partitions_keep_each_face_in_its_two_nearest_lists():
     one_list.nprobe = 4
     _, I_one = one_list.search_preassigned(xq, 50, Iq, Dq)
     I_one = np.take_along_axis(I_one, np.argsort(-np.einsum("qd,qkd->qk", xq, xb[I_one]), axis=1)[:, :10], 1)
-    # the same lists probed find more true neighbours when each face is in two of them
-    assert _recall(I, I_exact, 10) > _recall(I_one, I_exact, 10) + 0.05
+    # the same lists probed find more true neighbours when border faces are in two of them (0.924 against 0.876)
+    assert _recall(I, I_exact, 10) > _recall(I_one, I_exact, 10) + 0.03
 
     spilled.delete([f"face-{r}" for r in rows[:50]])  # both copies go
-    assert ivf.ntotal == 2 * (n - 50)
+    assert ivf.ntotal == n - 50 + border.sum() - border[rows[:50]].sum()
     _, I = spilled.search(xq, 10, version=1, Iq=Iq, Dq=Dq, rerank_k=50)
     assert not set(rows[:50].tolist()) & set(I.ravel().tolist())
 

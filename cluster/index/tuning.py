@@ -189,11 +189,12 @@ def probe_sweep(nlist: int) -> list[int]:
     return [q for q in out if q < nlist] + [nlist]
 
 
-def lists_per_face(pq_bits: int) -> int:
-    """Lists each face is stored in: two where partitions are searched on CPUs (4-bit fast-scan codes,
-    cluster/index/spill.py), where the scan is a search's cost at scale and a second list finds a neighbour
-    in 25-50% fewer codes scanned (benchmarks/README.md, `spill.py`); one on GPUs."""
-    return 2 if pq_bits == 4 else 1
+def lists_per_face(pq_bits: int) -> float:
+    """Lists a face is stored in, on average: where partitions are searched on CPUs (4-bit fast-scan codes),
+    faces near the border of their list are stored in the next nearest too (cluster/index/spill.py), where the
+    scan is a search's cost at scale and the second list finds a neighbour in 25-55% fewer codes scanned
+    (benchmarks/README.md, `spill.py`): about half of them on clustered face data. One on GPUs."""
+    return 1.5 if pq_bits == 4 else 1
 
 
 # Fast-scan (4-bit) codes cost this many times less per code scanned than 8-bit ones: 22-32x measured at
@@ -204,8 +205,8 @@ FAST_SCAN_SPEEDUP = 16
 def search_cost(nprobe: int, rerank_depth: int, *, nlist: int, num_vectors: int, dimension: int, pq_m: int,
                 pq_bits: int = 8) -> float:
     """Work per top-10 query, in 8-bit table lookups or multiply-adds: the PQ codes scanned in the probed lists
-    (each face's codes in `lists_per_face` lists; pq_m lookups each, `FAST_SCAN_SPEEDUP` times fewer for 4-bit
-    codes), plus the re-ranked candidates (fp16 decode and inner product, ~2 per dimension). Deterministic,
+    (each face's codes in `lists_per_face` lists on average; pq_m lookups each, `FAST_SCAN_SPEEDUP` times fewer
+    for 4-bit codes), plus the re-ranked candidates (fp16 decode and inner product, ~2 per dimension). Deterministic,
     unlike timing a 2-core machine that others share, and close to how time grows."""
     scanned = nprobe * num_vectors * lists_per_face(pq_bits) / max(nlist, 1)
     per_code = pq_m / FAST_SCAN_SPEEDUP if pq_bits == 4 else pq_m

@@ -85,6 +85,33 @@ def s3_region() -> str:
     return os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
 
 
+class S3Client:
+    """One boto3 S3 client, created on first use (importing boto3 only then) and shared by threads: boto3
+    clients are thread-safe, creating them is not.
+
+    Args:
+        endpoint: endpoint URL; None for AWS_ENDPOINT_URL, else AWS. The region is `s3_region()`.
+        **config: botocore.config.Config options (timeouts, retries, connection pool size).
+    """
+
+    def __init__(self, endpoint: str | None = None, **config):
+        self.endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL") or None
+        self._config = config
+        self._client = None
+        self._lock = threading.Lock()
+
+    def __call__(self):
+        with self._lock:
+            if self._client is None:
+                import boto3
+                import botocore.config
+
+                self._client = boto3.session.Session().client(
+                    "s3", endpoint_url=self.endpoint, region_name=s3_region(),
+                    config=botocore.config.Config(**self._config))
+            return self._client
+
+
 def s3_filesystem(endpoint: str | None = None) -> pafs.S3FileSystem:
     """The pyarrow filesystem of an S3 endpoint, for stores and job files alike.
 
@@ -130,9 +157,8 @@ class ObjectStore:
             self.fs: pafs.FileSystem = s3_filesystem(s3_endpoint)
             self.root = f"{parsed.netloc}{parsed.path}".rstrip("/")
             self.is_local = False
-            self._s3_endpoint = s3_endpoint or os.environ.get("AWS_ENDPOINT_URL") or None
-            self._s3_client = None
-            self._s3_client_lock = threading.Lock()
+            # for conditional writes, which pyarrow's filesystem does not offer
+            self._s3 = S3Client(s3_endpoint, connect_timeout=5, read_timeout=10, retries={"max_attempts": 3})
         elif parsed.scheme in ("", "file"):
             path = parsed.path if parsed.scheme == "file" else uri
             self.root = os.path.abspath(os.path.expanduser(path))
@@ -266,17 +292,6 @@ class ObjectStore:
     def _s3_location(self, key: str) -> dict:
         bucket, _, prefix = self._path(key).partition("/")
         return {"Bucket": bucket, "Key": prefix}
-
-    def _s3(self):
-        with self._s3_client_lock:  # boto3 clients are thread-safe, creating them is not
-            if self._s3_client is None:
-                import boto3
-                import botocore.config
-
-                self._s3_client = boto3.session.Session().client(
-                    "s3", endpoint_url=self._s3_endpoint, region_name=s3_region(),
-                    config=botocore.config.Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 3}))
-            return self._s3_client
 
 
 _CAS_LOCK_FILE = ".put_if.lock"

@@ -11,13 +11,12 @@ be reached, after `retries` retries with exponential backoff.
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import time
 from dataclasses import dataclass
 
 from cluster.api.limits import MAX_S3_IMAGE_BYTES
 from cluster.errors import InvalidArgument, ResourceExhausted, Unavailable
+from cluster.storage.object_store import S3Client
 
 logger = logging.getLogger(__name__)
 
@@ -84,24 +83,12 @@ class S3ImageReader:
             raise ValueError(f"retries must be >= 0, got {retries}")
         if max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {max_connections}")
-        self.endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL") or None
+        self._s3 = S3Client(endpoint, max_pool_connections=max_connections)
+        self.endpoint = self._s3.endpoint
         self.max_bytes = max_bytes
         self.retries = retries
         self.backoff_s = backoff_s
         self.max_connections = max_connections
-        self._client = None
-        self._lock = threading.Lock()
-
-    def _s3(self):
-        with self._lock:  # boto3 clients are thread-safe, creating them is not
-            if self._client is None:
-                import boto3
-                import botocore.config
-
-                self._client = boto3.session.Session().client(
-                    "s3", endpoint_url=self.endpoint,
-                    config=botocore.config.Config(max_pool_connections=self.max_connections))
-            return self._client
 
     def read(self, obj: S3Object) -> bytes:
         """The object's bytes.
