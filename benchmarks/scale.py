@@ -218,7 +218,8 @@ def _build_and_measure(data: Chunks, num_queries: int, clients: int, duration_s:
     # collection trains at 1.3M faces at most; then the retraining rule (8x growth) does not come due
     # before 10M, and the collection serves 10M with the lists it trained at 1.3M.
     train_threshold = min(num_vectors, 1_300_000)
-    server = subprocess.Popen([sys.executable, "-m", "cluster.serve.cli", "serve", "--store", os.path.join(store, "data"),
+    server = subprocess.Popen([sys.executable, "-m", "cluster.serve.cli", "serve",
+                               "--store", os.path.join(store, "data"),
                                "--port", str(port), "--num-shards", "2", "--train-threshold", str(train_threshold),
                                "--face-workers", "0", "--shard-num-cpus", str(shard_cpus(2)),
                                "--local-dir", os.path.join(store, "local"), "--metrics-port", "0"],
@@ -278,6 +279,7 @@ def _build_and_measure(data: Chunks, num_queries: int, clients: int, duration_s:
             return client.search("scale", x, K, ids_only=True, **WHY)
 
         found = [[int(i) for i in row] for start in range(0, len(xq), 256) for row in search(xq[start:start + 256])[1]]
+        served_by_nprobe = served_recall_near(client, t, xq, truth)
         processes = {"gateway": [server.pid], "shards": shard_worker_pids(server.pid)}
         qps_1, _ = measure_throughput(search, xq, 1, clients, duration_s, processes, "batch 1")
         qps_256, _ = measure_throughput(search, xq, 256, 2, duration_s, processes, "batch 256")
@@ -295,12 +297,31 @@ def _build_and_measure(data: Chunks, num_queries: int, clients: int, duration_s:
                 "vmrss_bytes_per_face": memory["rss"] / num_vectors,
                 "shard_bytes_per_face": d.memory_bytes / num_vectors, "qps_batch_1": qps_1, "qps_batch_256": qps_256,
                 "p50_ms": float(np.percentile(latency, 50)), "p99_ms": float(np.percentile(latency, 99)),
-                "recall_at_1": recall(found, truth, 1), "recall_at_10": recall(found, truth, K)}
+                "recall_at_1": recall(found, truth, 1), "recall_at_10": recall(found, truth, K),
+                "served_recall_at_10_by_nprobe": served_by_nprobe}
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(120)
         log.close()
         shutil.rmtree(os.path.join(store, "data"), ignore_errors=True)  # keep serve.log
+
+
+def served_recall_near(client: GalleryClient, t, xq: np.ndarray, truth: np.ndarray) -> dict[int, list[float]]:
+    """Served recall@10 of the probes at the chosen nprobe and the two measured below and above it (the request
+    overriding nprobe, the re-rank depth as chosen), beside what the collection measured there for itself:
+    {nprobe: [measured, served]}. The collection measures with faces of its own held out of their answers; the
+    probes here are noisy copies of enrolled faces, which this shows the gap to."""
+    measured = {p.nprobe: p.recall_at_10 for p in t.points if p.rerank_depth == t.rerank_depth}
+    swept = sorted(measured)
+    at = swept.index(t.nprobe) if t.nprobe in swept else 0
+    out = {}
+    for nprobe in swept[max(0, at - 2):at + 3]:
+        found = [[int(i) for i in row] for start in range(0, len(xq), 256)
+                 for row in client.search("scale", xq[start:start + 256], K, nprobe=nprobe, ids_only=True, **WHY)[1]]
+        out[nprobe] = [measured[nprobe], recall(found, truth, K)]
+        print(f"  nprobe {nprobe}, re-rank {t.rerank_depth}: recall@10 measured by the collection "
+              f"{measured[nprobe]:.4f}, served to the probes {out[nprobe][1]:.4f}", flush=True)
+    return out
 
 
 def main(num_vectors: int = 10_000_000, dimensions: str = "512,128", num_queries: int = 1000, clients: int = 8,
@@ -316,7 +337,8 @@ def main(num_vectors: int = 10_000_000, dimensions: str = "512,128", num_queries
         runs.append(run(num_vectors, d, num_queries, clients, duration_s, target_recall))
         r = runs[-1]
         if d == 512:  # issue 16's targets at 512-d
-            for target, met in {"build <= 30 min": r["build_s"] <= 1800, "batch-256 >= 1000 QPS": r["qps_batch_256"] >= 1000,
+            for target, met in {"build <= 30 min": r["build_s"] <= 1800,
+                                "batch-256 >= 1000 QPS": r["qps_batch_256"] >= 1000,
                                 "recall@10 >= 0.95": r["recall_at_10"] >= 0.95,
                                 "<= 600 resident bytes per face": r["resident_bytes_per_face"] <= 600}.items():
                 print(f"target {target}: {'met' if met else 'MISSED'}")

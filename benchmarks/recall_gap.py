@@ -1,0 +1,119 @@
+"""The collection's own recall measurement against the recall its probes get, as it grows.
+
+A collection tunes nprobe and re-rank depth on faces of its own used as queries, held out of their own
+answers (cluster/index/recall.py), when its index goes live and again each time it has doubled. The
+benchmarks probe it with noisy copies of enrolled faces instead, after it has grown further. On 10M 512-d
+faces the two differed by 0.011 to 0.024 at the nprobe chosen (benchmarks/README.md, `scale.py`): this
+splits that gap into what growth does (the same queries' kind, measured at half and at the full size) and
+what the kind of query does (held-out faces against noisy copies, both at the full size).
+
+In-process, as a shard partition holds it: an IVF-PQ fast-scan index trained as the cluster trains it,
+faces near a list's border in two lists (`cluster.index.spill`), candidates re-ranked exactly. Data and
+probes as `scale.py`. Prints recall@10 per nprobe and re-rank depth for each kind of query and size, and
+one JSON line.
+
+    python benchmarks/recall_gap.py                          # 1M x 512-d: ~5 min on 2 cores
+    python benchmarks/recall_gap.py --num-vectors 200000     # a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+import faiss
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from host import describe  # noqa: E402  (benchmarks/host.py)
+from scale import CHUNK, Chunks, probes  # noqa: E402  (benchmarks/scale.py)
+
+from cluster.index import spill, tuning, vectors  # noqa: E402
+from cluster.index.training import load_index, train_ivfpq  # noqa: E402
+
+K = 10
+DEPTHS = (15, 50)  # collection-wide re-rank depths for a top-10
+
+
+def recall_by_setting(index: faiss.Index, xb: np.ndarray, xq: np.ndarray, truth: np.ndarray,
+                      own: np.ndarray | None, nprobes: list[int]) -> dict[str, float]:
+    """recall@10 of xq against `truth` ((nq, 10) rows of xb) per "nprobe/depth"; `own`: each query's own row,
+    left out of its answers (held-out faces), or None (probes)."""
+    ivf = faiss.extract_index_ivf(index)
+    Dq, Iq = ivf.quantizer.search(xq, max(nprobes))
+    out = {}
+    for nprobe in nprobes:
+        ivf.nprobe = nprobe
+        labels = ivf.search_preassigned(xq, spill.COPIES * max(DEPTHS), np.ascontiguousarray(Iq[:, :nprobe]),
+                                        np.ascontiguousarray(Dq[:, :nprobe]))[1]
+        candidates = spill.first_unique(labels, max(DEPTHS))
+        for depth in DEPTHS:
+            c = candidates[:, :depth]
+            scores = np.einsum("qd,qkd->qk", xq, xb[np.maximum(c, 0)])
+            scores[c < 0] = -np.inf
+            if own is not None:
+                scores[c == own[:, None]] = -np.inf
+            top = np.take_along_axis(c, np.argsort(-scores, axis=1, kind="stable")[:, :K], axis=1)
+            hits = (top[:, :, None] == truth[:, None, :]).any(axis=1).sum(axis=1)
+            out[f"{nprobe}/{depth}"] = float(hits.mean() / K)
+    return out
+
+
+def held_out(xb: np.ndarray, size: int, nq: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """nq faces among the first `size` as queries, their rows, and their exact top-10 there without themselves."""
+    rows = np.random.default_rng(seed).choice(size, nq, replace=False)
+    xq = np.ascontiguousarray(xb[rows])
+    I = faiss.knn(xq, xb[:size], K + 1, metric=faiss.METRIC_INNER_PRODUCT)[1]
+    truth = np.array([[j for j in row if j != r][:K] for row, r in zip(I, rows)])
+    return xq, rows, truth
+
+
+def run(num_vectors: int, dimension: int, num_queries: int) -> dict:
+    data = Chunks(num_vectors, dimension)
+    xb = np.empty((num_vectors, dimension), np.float32)
+    for i in range(len(data)):
+        chunk = vectors.to_stored(data.chunk(i)).astype(np.float32)  # as the cluster stores them
+        xb[i * CHUNK:i * CHUNK + len(chunk)] = chunk
+    nlist, half = tuning.nlist_for(num_vectors), num_vectors // 2
+    sample = np.sort(np.random.default_rng(0).choice(half, tuning.training_sample_size(half, nlist), replace=False))
+    index = load_index(train_ivfpq(xb[sample], nlist, tuning.pq_m_for(dimension, 4), 4))
+    nprobes = [p for p in tuning.probe_sweep(nlist) if nlist // 128 <= p <= nlist // 8]
+    print(f"{num_vectors} x {dimension}-d, IVF{nlist},PQ{tuning.pq_m_for(dimension, 4)}x4fs, {num_queries} queries "
+          f"of each kind; recall@10 at nprobe/re-rank depth", flush=True)
+
+    spill.add(index, xb[:half], np.arange(half))
+    xq, rows, truth = held_out(xb, half, num_queries, seed=1)
+    kinds = {"held-out faces, half the faces": recall_by_setting(index, xb, xq, truth, rows, nprobes)}
+    spill.add(index, xb[half:], np.arange(half, num_vectors))
+    xq, rows, truth = held_out(xb, num_vectors, num_queries, seed=2)
+    kinds["held-out faces, all"] = recall_by_setting(index, xb, xq, truth, rows, nprobes)
+    xq = probes(data, num_queries)
+    truth = faiss.knn(xq, xb, K, metric=faiss.METRIC_INNER_PRODUCT)[1]
+    kinds["noisy probes, all"] = recall_by_setting(index, xb, xq, truth, None, nprobes)
+
+    names = list(kinds)
+    print(f"{'nprobe/depth':>14}" + "".join(f"{name:>34}" for name in names))
+    for setting in kinds[names[0]]:
+        print(f"{setting:>14}" + "".join(f"{kinds[name][setting]:>34.4f}" for name in names))
+    return {"num_vectors": num_vectors, "dimension": dimension, "nlist": nlist, "num_queries": num_queries,
+            "recall_at_10": kinds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num-vectors", type=int, default=1_000_000)
+    parser.add_argument("--dimension", type=int, default=512)
+    parser.add_argument("--num-queries", type=int, default=1000)
+    args = parser.parse_args()
+    machine = describe(faiss=faiss.__version__)
+    print(machine, flush=True)
+    figures = run(args.num_vectors, args.dimension, args.num_queries)
+    print(json.dumps({"benchmark": "recall_gap", "machine": machine, **figures}))
+
+
+if __name__ == "__main__":
+    main()
