@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from host import describe  # noqa: E402  (benchmarks/host.py)
 from scale import CHUNK, Chunks, probes  # noqa: E402  (benchmarks/scale.py)
 
-from cluster.index import spill, tuning, vectors  # noqa: E402
+from cluster.index import recall, spill, tuning, vectors  # noqa: E402
 from cluster.index.training import load_index, train_ivfpq  # noqa: E402
 
 K = 10
@@ -58,8 +58,7 @@ def recall_by_setting(index: faiss.Index, xb: np.ndarray, xq: np.ndarray, truth:
             if own is not None:
                 scores[c == own[:, None]] = -np.inf
             top = np.take_along_axis(c, np.argsort(-scores, axis=1, kind="stable")[:, :K], axis=1)
-            hits = (top[:, :, None] == truth[:, None, :]).any(axis=1).sum(axis=1)
-            out[f"{nprobe}/{depth}"] = float(hits.mean() / K)
+            out[f"{nprobe}/{depth}"] = recall.recall_at_k(top, truth)
     return out
 
 

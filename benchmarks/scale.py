@@ -275,11 +275,15 @@ def _build_and_measure(data: Chunks, num_queries: int, clients: int, duration_s:
               f"of codes, ids and records in memory; peak while building {peak.bytes / 2**30:.2f} GiB, "
               f"{peak.bytes / num_vectors:.0f} bytes per face (sampled every {peak.interval_s:.0f} s)", flush=True)
 
-        def search(x):
-            return client.search("scale", x, K, ids_only=True, **WHY)
+        def search(x, nprobe=0):
+            return client.search("scale", x, K, nprobe=nprobe, ids_only=True, **WHY)
 
-        found = [[int(i) for i in row] for start in range(0, len(xq), 256) for row in search(xq[start:start + 256])[1]]
-        served_by_nprobe = served_recall_near(client, t, xq, truth)
+        def answers(nprobe=0):  # every probe's top-10 ids, searched in batches of 256
+            return [[int(i) for i in row] for start in range(0, len(xq), 256)
+                    for row in search(xq[start:start + 256], nprobe)[1]]
+
+        found = answers()
+        served_by_nprobe = served_recall_near(answers, t, truth)
         processes = {"gateway": [server.pid], "shards": shard_worker_pids(server.pid)}
         qps_1, _ = measure_throughput(search, xq, 1, clients, duration_s, processes, "batch 1")
         qps_256, _ = measure_throughput(search, xq, 256, 2, duration_s, processes, "batch 256")
@@ -306,9 +310,10 @@ def _build_and_measure(data: Chunks, num_queries: int, clients: int, duration_s:
         shutil.rmtree(os.path.join(store, "data"), ignore_errors=True)  # keep serve.log
 
 
-def served_recall_near(client: GalleryClient, t, xq: np.ndarray, truth: np.ndarray) -> dict[int, list[float]]:
-    """Served recall@10 of the probes at the chosen nprobe and the two measured below and above it (the request
-    overriding nprobe, the re-rank depth as chosen), beside what the collection measured there for itself:
+def served_recall_near(answers, t, truth: np.ndarray) -> dict[int, list[float]]:
+    """Served recall@10 of the probes (`answers(nprobe)`: their top-10 ids) at the chosen nprobe and the two
+    measured below and above it (the request overriding nprobe, the re-rank depth as chosen), beside what the
+    collection measured there for itself:
     {nprobe: [measured, served]}. The collection measures with faces of its own held out of their answers; the
     probes here are noisy copies of enrolled faces, which this shows the gap to."""
     measured = {p.nprobe: p.recall_at_10 for p in t.points if p.rerank_depth == t.rerank_depth}
@@ -316,8 +321,7 @@ def served_recall_near(client: GalleryClient, t, xq: np.ndarray, truth: np.ndarr
     at = swept.index(t.nprobe) if t.nprobe in swept else 0
     out = {}
     for nprobe in swept[max(0, at - 2):at + 3]:
-        found = [[int(i) for i in row] for start in range(0, len(xq), 256)
-                 for row in client.search("scale", xq[start:start + 256], K, nprobe=nprobe, ids_only=True, **WHY)[1]]
+        found = answers(nprobe)
         out[nprobe] = [measured[nprobe], recall(found, truth, K)]
         print(f"  nprobe {nprobe}, re-rank {t.rerank_depth}: recall@10 measured by the collection "
               f"{measured[nprobe]:.4f}, served to the probes {out[nprobe][1]:.4f}", flush=True)
