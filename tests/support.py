@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -59,26 +60,29 @@ def stop_process(process: subprocess.Popen, grace_s: float, deliver: Callable[[i
 
 
 class Served:
-    """`gallery serve` in a process of its own (with its own private Ray) on 127.0.0.1:`port`, until `stop`.
+    """`gallery serve` in a process of its own (with its own private Ray) on 127.0.0.1, until `stop`.
 
-    A server that exits or is not serving within `ready_timeout_s` is stopped by its pid (killed if
-    SIGTERM does not end it) before the error is raised: no server outlives its test. `token` is the
-    admin token it wrote beside its store (`metadata` sends it).
+    By default (`port` 0) the server binds a port the kernel picks and the address is read from its
+    "serving on" line: a port chosen here and freed before the server binds it can be taken in between
+    (a Ray process of a multi-node test cluster once did). A server that exits or is not serving within
+    `ready_timeout_s` is stopped by its pid (killed if SIGTERM does not end it) before the error is raised:
+    no server outlives its test. `token` is the admin token it wrote beside its store (`metadata` sends it).
     """
 
-    def __init__(self, store: str | Path, port: int, log_path: str | Path,
+    def __init__(self, store: str | Path, log_path: str | Path, *, port: int = 0,
                  flags: tuple[str, ...] = ("--num-shards", "2", "--shard-num-cpus", "0.5", "--face-workers", "0",
                                            "--metrics-port", "0"),
                  ready_timeout_s: float = 120):
-        self.address = f"127.0.0.1:{port}"
         self.token_path = Path(f"{Path(store).resolve()}.admin-token")
         self.log_path = Path(log_path)
         self.log = open(self.log_path, "ab")
+        self._log_start = self.log.tell()  # a restarted server appends to the same log
+        self.address = f"127.0.0.1:{port}" if port else None
         self.process = subprocess.Popen(
             [sys.executable, "-m", "cluster.serve.cli", "serve", "--store", str(store), "--port", str(port), *flags],
             stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "RAY_ADDRESS": ""},
             start_new_session=True)  # its own process group: `stop` reaches the Ray processes it leaves
-        self.channel = grpc.insecure_channel(self.address)
+        self.channel = None
         try:
             wait_until(self._serving, ready_timeout_s, "gallery serve")
         except BaseException:
@@ -87,6 +91,10 @@ class Served:
             except subprocess.TimeoutExpired:
                 pass  # killed; the error raised below says why it was stopped
             raise
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
 
     @property
     def token(self) -> str:
@@ -101,6 +109,15 @@ class Served:
             self.log.flush()
             raise RuntimeError(f"gallery serve exited with {self.process.returncode}:\n"
                                f"{self.log_path.read_text(errors='replace')[-3000:]}")
+        if self.channel is None:
+            if self.address is None:
+                with open(self.log_path, "rb") as log:
+                    log.seek(self._log_start)
+                    bound = re.search(rb"serving on (127\.0\.0\.1:\d+)", log.read())
+                if bound is None:
+                    return False
+                self.address = bound.group(1).decode()
+            self.channel = grpc.insecure_channel(self.address)
         try:
             response = health_pb2_grpc.HealthStub(self.channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
             return response.status == health_pb2.HealthCheckResponse.SERVING
@@ -109,7 +126,8 @@ class Served:
 
     def stop(self, *, grace_s: float = 60, deliver: Callable[[int, int], None] = os.kill) -> int:
         """SIGTERM (through `deliver`, see `stop_process`); the exit status."""
-        self.channel.close()
+        if self.channel is not None:
+            self.channel.close()
         try:
             return stop_process(self.process, grace_s, deliver, process_group=True)
         finally:

@@ -37,9 +37,10 @@ def signal_a_thread_other_than_main(pid: int, sig: int) -> None:
 
 @pytest.mark.slow
 def test_serve_stop_serve_keeps_collections_and_faces(tmp_path):
-    store, port = tmp_path / "store", free_port()
+    store = tmp_path / "store"
     xb = clustered_embeddings(50, 8, seed=41)
-    served = Served(store, port, tmp_path / "serve.log")
+    served = Served(store, tmp_path / "serve.log")
+    port = served.port
     try:
         # Authentication is on by default: the admin token is beside the store, readable by its owner only.
         assert os.stat(served.token_path).st_mode & 0o777 == 0o600
@@ -61,7 +62,7 @@ def test_serve_stop_serve_keeps_collections_and_faces(tmp_path):
     finally:
         assert served.stop() == 0
 
-    served = Served(store, port, tmp_path / "serve.log")
+    served = Served(store, tmp_path / "serve.log", port=port)
     try:
         # A second gateway on the same store would overwrite the first one's manifests: it refuses to start.
         second = subprocess.run([sys.executable, "-m", "cluster.serve.cli", "serve", "--store", str(store),
@@ -94,7 +95,7 @@ def _processes_naming(text: str) -> list[int]:
 def test_a_serve_that_is_not_ready_in_time_is_stopped(tmp_path):
     store = tmp_path / "never-ready"
     with pytest.raises(TimeoutError, match="gallery serve not ready after 0.5 s"):
-        Served(store, free_port(), tmp_path / "serve.log", ready_timeout_s=0.5)
+        Served(store, tmp_path / "serve.log", ready_timeout_s=0.5)
     assert _processes_naming(str(store)) == []
 
 
@@ -151,7 +152,7 @@ def test_serve_refuses_unsafe_transport_before_starting(tmp_path, flags, message
 
 @pytest.mark.slow
 def test_a_hard_killed_serve_leaves_no_process_running(tmp_path):
-    served = Served(tmp_path / "store", free_port(), tmp_path / "serve.log")
+    served = Served(tmp_path / "store", tmp_path / "serve.log")
     try:
         started = [p for p in psutil.Process(served.process.pid).children(recursive=True)
                    if "cluster.serve.reaper" not in " ".join(p.cmdline())]

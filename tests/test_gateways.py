@@ -79,7 +79,7 @@ def _serve(store, port, log, *flags):
 @pytest.mark.slow
 def test_a_standby_takes_over_when_the_writer_dies_and_a_reader_keeps_serving(tmp_path):
     store = tmp_path / "store"
-    writer = Served(store, free_port(), tmp_path / "writer.log")
+    writer = Served(store, tmp_path / "writer.log")
     standby_port, reader_port = free_port(), free_port()
     standby = _serve(store, standby_port, tmp_path / "standby.log", "--role", "standby")
     reader = _serve(store, reader_port, tmp_path / "reader.log", "--role", "reader", "--audit-store",

@@ -154,7 +154,7 @@ def test_the_search_fan_out_is_a_span_when_a_tracer_provider_is_installed(served
 @pytest.mark.slow
 def test_gallery_serve_serves_metrics_on_loopback(tmp_path):
     metrics_port = free_port()
-    served = Served(tmp_path / "store", free_port(), tmp_path / "serve.log",
+    served = Served(tmp_path / "store", tmp_path / "serve.log",
                     flags=("--num-shards", "1", "--shard-num-cpus", "0.5", "--face-workers", "0",
                            "--metrics-port", str(metrics_port), "--max-queued-queries", "2048"))
     try:

@@ -11,7 +11,7 @@ import pytest
 from gallery.v1 import gallery_pb2 as pb
 from gallery.v1 import gallery_pb2_grpc
 from ray.cluster_utils import Cluster
-from support import QUICK_NODE_FAILURE, Served, free_port, shard_worker_pids
+from support import QUICK_NODE_FAILURE, Served, shard_worker_pids
 
 from cluster.api import convert
 from cluster.index.synthetic import clustered_embeddings
@@ -32,7 +32,7 @@ def nodes():
 
 @pytest.mark.slow
 def test_a_node_removed_under_searches_fails_no_query_with_two_replicas(nodes, tmp_path):
-    served = Served(tmp_path / "store", free_port(), tmp_path / "serve.log", flags=(
+    served = Served(tmp_path / "store", tmp_path / "serve.log", flags=(
         "--ray-address", nodes.address, "--num-shards", "2", "--replicas", "2", "--shard-num-cpus", "1",
         "--face-workers", "0", "--metrics-port", "0"))
     try:

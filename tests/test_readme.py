@@ -14,7 +14,7 @@ from gallery.v1 import gallery_pb2 as pb
 from google.protobuf import descriptor_pool, json_format, message_factory
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from support import Served, free_port
+from support import Served
 
 from cluster.serve.cli import serve
 from jobs.build_index import build_index
@@ -92,7 +92,7 @@ def _run(code: str, timeout_s: float) -> dict:
 
 @pytest.mark.slow
 def test_the_readme_examples_run_as_written(tmp_path, capsys):
-    served = Served(tmp_path / "gallery-data", free_port(), tmp_path / "serve.log")
+    served = Served(tmp_path / "gallery-data", tmp_path / "serve.log")
     try:
         answers = {}
         for args in _grpcurl_commands():
