@@ -266,7 +266,8 @@ def _build_and_measure(data: Chunks, num_queries: int, clients: int, duration_s:
             build_s = time.perf_counter() - started
         t = d.search_tuning
         print(f"  train + build + measure: {build_s - ingest_s:.1f} s; {ivfpq_factory(d.nlist, d.pq_m, d.pq_bits)}; "
-              f"measured recall@10 {t.recall_at_10:.4f} at nprobe {t.nprobe}, re-rank {t.rerank_depth}", flush=True)
+              f"measured recall@10 {t.recall_at_10:.4f} at nprobe {t.nprobe}, re-rank {t.rerank_depth} "
+              f"({t.sample_queries} held-out faces; new photos expected {t.new_photo_recall_at_10:.4f})", flush=True)
         memory = tree_memory(server.pid)
         print(f"  held (anonymous + shared): {held(memory) / 2**30:.2f} GiB, {held(memory) / num_vectors:.0f} bytes "
               f"per face ({(held(memory) - held(empty)) / num_vectors:.0f} above the empty cluster); "
@@ -293,6 +294,7 @@ def _build_and_measure(data: Chunks, num_queries: int, clients: int, duration_s:
                 "build_s": build_s, "train_build_measure_s": build_s - ingest_s, "nlist": d.nlist, "pq_m": d.pq_m,
                 "pq_bits": d.pq_bits,
                 "nprobe": t.nprobe, "rerank_depth": t.rerank_depth, "measured_recall_at_10": t.recall_at_10,
+                "measured_queries": t.sample_queries, "new_photo_recall_at_10": t.new_photo_recall_at_10,
                 "train_threshold": train_threshold, "target_recall": target_recall,
                 "resident_bytes_per_face": held(memory) / num_vectors,
                 "resident_bytes_per_face_above_empty": (held(memory) - held(empty)) / num_vectors,

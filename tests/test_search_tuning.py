@@ -36,12 +36,20 @@ def _cost(p):
 # ---- the rules -------------------------------------------------------------
 
 def test_the_cheapest_setting_that_reaches_the_target_is_chosen():
-    points = [P(1, 10, 0.90), P(2, 20, 0.985), P(4, 20, 0.992), P(4, 100, 0.995), P(16, 20, 0.999), P(64, 200, 1.0)]
-    assert tuning.choose_search_params(points, 0.99, _cost) == P(4, 20, 0.992)
+    points = [P(1, 10, 0.90), P(2, 20, 0.985), P(4, 20, 0.994), P(4, 100, 0.996), P(16, 20, 0.999), P(64, 200, 1.0)]
+    assert tuning.choose_search_params(points, 0.99, _cost) == P(4, 20, 0.994)
     # 16 lists of ~98 codes (100k lookups) and 20 re-ranked (20k) cost less than 4 lists (25k) and 100 (102k)
     assert tuning.choose_search_params(points, 0.995, _cost) == P(16, 20, 0.999)
     assert tuning.choose_search_params(points, 0.5, _cost) == P(1, 10, 0.90)
     assert tuning.choose_search_params(points, 1.0, _cost) == P(64, 200, 1.0)
+
+
+def test_new_photos_are_expected_to_miss_more_than_held_out_faces():
+    # 0.992 on held-out faces misses 0.008 of their neighbours; new photos miss 1.4x that: 0.9888
+    assert tuning.NEW_PHOTO_MISS_FACTOR == 1.4
+    assert P(4, 20, 0.992).new_photo_recall() == pytest.approx(0.9888)
+    assert not P(4, 20, 0.992).reaches(0.99) and P(4, 20, 0.992).reaches(0.988)
+    assert P(64, 200, 1.0).reaches(1.0)
 
 
 def test_an_unreachable_target_gets_the_cheapest_of_the_highest_recall():
@@ -52,11 +60,12 @@ def test_an_unreachable_target_gets_the_cheapest_of_the_highest_recall():
 
 
 def test_a_target_is_reached_with_95_percent_confidence():
-    # 0.992 measured with a standard error of 0.002 may well be 0.989: not enough for 0.99
-    points = [P(4, 20, 0.992, 0.002), P(8, 20, 0.996, 0.001), P(64, 200, 1.0, 0.0)]
-    assert not points[0].reaches(0.99) and points[0].reaches(0.988)
-    assert tuning.choose_search_params(points, 0.99, _cost) == P(8, 20, 0.996, 0.001)
-    assert tuning.choose_search_params(points, 0.98, _cost) == P(4, 20, 0.992, 0.002)
+    # 0.996 measured with a standard error of 0.002 may well be 0.9927, which new photos get as 0.9898
+    points = [P(4, 20, 0.996, 0.002), P(8, 20, 0.998, 0.001), P(64, 200, 1.0, 0.0)]
+    assert points[0].new_photo_recall() == pytest.approx(1 - 1.4 * (0.004 + 1.645 * 0.002))
+    assert not points[0].reaches(0.99) and P(4, 20, 0.996).reaches(0.99)
+    assert tuning.choose_search_params(points, 0.99, _cost) == P(8, 20, 0.998, 0.001)
+    assert tuning.choose_search_params(points, 0.98, _cost) == P(4, 20, 0.996, 0.002)
 
 
 def test_cost_grows_with_lists_scanned_and_candidates_re_ranked():
@@ -74,8 +83,8 @@ def test_sweeps_and_sample_sizes():
     assert tuning.probe_sweep(1) == [1]
     assert tuning.probe_sweep(48) == [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48]
     assert tuning.probe_sweep(2048)[-5:] == [1024, 1280, 1536, 1792, 2048] and tuning.probe_sweep(3) == [1, 2, 3]
-    assert tuning.recall_queries(20_000) == 1000 and tuning.recall_queries(1_000_000) == 250
-    assert tuning.recall_queries(10_000_000) == 200
+    assert tuning.recall_queries(20_000) == 1000 and tuning.recall_queries(5_000_000) == 1000
+    assert tuning.recall_queries(10_000_000) == 500 and tuning.recall_queries(100_000_000) == 200
 
 
 def test_a_measured_depth_serves_k_up_to_10_and_scales_above():
@@ -218,7 +227,7 @@ def test_training_measures_recall_and_searches_use_the_cheapest_setting_that_rea
                                         pq_m=m.pq_m, pq_bits=m.pq_bits)
     assert cost(loose) <= cost((chosen.nprobe, chosen.rerank_depth)) <= cost(strict)
 
-    # The measured figure holds for queries it never saw: new noisy photos of enrolled faces.
+    # The target holds for queries it never saw: new noisy photos of enrolled faces.
     xq, _ = noisy_probes(xb, 500, seed=6)
     stored = vectors.to_stored(vectors.normalize(xb)).astype(np.float32)
     flat = faiss.IndexFlatIP(64)
@@ -227,7 +236,7 @@ def test_training_measures_recall_and_searches_use_the_cheapest_setting_that_rea
     found = gallery.search("c", xq, 10, min_similarity=-1, ids_only=True).packed.face_ids
     found = np.array(found).reshape(500, 10)
     served = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)])
-    assert served >= chosen.recall - 0.01
+    assert served >= m.target_recall, (served, chosen)
 
 
 def test_lean_answers_are_the_full_answers_as_arrays(tuned):
@@ -267,6 +276,8 @@ def test_the_measurement_survives_a_restart_and_is_described_over_grpc(tuned):
         assert (t.measured, t.target_recall, t.nprobe, t.rerank_depth, t.sample_queries) == (
             True, 0.99, chosen.nprobe, chosen.rerank_depth, queries)
         assert t.recall_at_10 == pytest.approx(chosen.recall) and len(t.points) == len(points)
+        assert t.new_photo_recall_at_10 == pytest.approx(chosen.new_photo_recall())
+        assert t.new_photo_recall_at_10 >= t.target_recall
         assert [p.recall_at_10_stderr for p in t.points] == pytest.approx([p.stderr for p in points])
         strict = stub.DescribeCollection(pb.DescribeCollectionRequest(collection_id="strict")).search_tuning
         assert (strict.measured, strict.target_recall, strict.nprobe) == (False, 0.999, 0)

@@ -84,6 +84,8 @@ class TunedPoint(Protocol):
     recall: float
     stderr: float
 
+    def new_photo_recall(self) -> float: ...
+
 
 class ScoreCalibration(Protocol):
     """What a Calibration message is made of: a `cluster.index.calibration.Calibration`."""
@@ -266,6 +268,7 @@ def search_tuning(target_recall: float, chosen: TunedPoint | None, points: Seque
                                       for p in points])
     if chosen is not None:
         message.nprobe, message.rerank_depth, message.recall_at_10 = chosen.nprobe, chosen.rerank_depth, chosen.recall
+        message.new_photo_recall_at_10 = chosen.new_photo_recall()
     return message
 
 

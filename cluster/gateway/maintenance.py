@@ -278,8 +278,8 @@ class Maintenance:
             self.collections.commit(new)
             state.manifest = new
         chosen = tuning.choose_search_params(points, m.target_recall, search_cost(new))
-        logger.info("%s: recall@10 %.4f at nprobe %d, re-rank %d (target %.3f; %d points, %d queries, %.1f s)",
-                    collection_id, chosen.recall, chosen.nprobe, chosen.rerank_depth, m.target_recall, len(points),
-                    len(xq), time.perf_counter() - started)
+        logger.info("%s: recall@10 %.4f at nprobe %d, re-rank %d, new photos %.4f (target %.3f; %d points, "
+                    "%d queries, %.1f s)", collection_id, chosen.recall, chosen.nprobe, chosen.rerank_depth,
+                    chosen.new_photo_recall(), m.target_recall, len(points), len(xq), time.perf_counter() - started)
         return measured
 

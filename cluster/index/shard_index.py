@@ -45,6 +45,21 @@ logger = logging.getLogger(__name__)
 _RERANK_FLOATS = 1_000_000
 
 
+# Stored vectors an exact top-k scores per matrix product: 8,192 rows keep 201-1,000 queries' scores within
+# 32 MB, as fast as any larger step measured (benchmarks/README.md).
+_EXACT_ROWS = 8192
+
+
+def _top_inner_products(xq: np.ndarray, xb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's top-min(k, len(xb)) inner products with the rows of xb, best first, and their row numbers."""
+    scores = xq @ xb.T
+    k = min(k, xb.shape[0])
+    top = np.argpartition(scores, scores.shape[1] - k, axis=1)[:, -k:]
+    D = np.take_along_axis(scores, top, axis=1)
+    order = np.argsort(-D, axis=1, kind="stable")
+    return np.take_along_axis(D, order, axis=1), np.take_along_axis(top, order, axis=1)
+
+
 def exact_search(index: faiss.Index, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Searches an exact index with faiss's SIMD kernel only, so that a pair's score never depends on the batch.
 
@@ -269,18 +284,23 @@ class ShardIndex:
 
     def exact_topk(self, xq: np.ndarray, k: int, *, below: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k of the alive faces (in slots below `below`) by their stored fp16 vectors, with BLAS over
-        many queries at once: the truth recall is measured against, not a serving path (see `exact_search`
-        for why that differs)."""
+        all the queries at once: the truth recall is measured against, not a serving path (see `exact_search`
+        for why that differs).
+
+        Scored by numpy's matrix product, not `faiss.knn`: faiss takes BLAS only from
+        `distance_compute_blas_threshold` query floats (250 queries at 512-d) and below it its SIMD kernel, which
+        for the 201 queries of a 10M collection's measurement scanned 1M faces in 29 s of one core, where BLAS
+        took 4.6 s (benchmarks/README.md)."""
         with self._lock:
             positions = np.flatnonzero(self._alive[:below])
             stored = self._vectors  # replaced, never edited in place, when it grows
         codes = stored.view(np.uint8)
         results = [(np.full((xq.shape[0], k), -np.inf, np.float32), np.full((xq.shape[0], k), -1, np.int64))]
-        for start in range(0, positions.size, 65_536):
-            chunk = positions[start:start + 65_536]
+        for start in range(0, positions.size, _EXACT_ROWS):
+            chunk = positions[start:start + _EXACT_ROWS]
             xb = self._fp16.decode(codes[chunk]).reshape(chunk.size, self.d)
-            D, I = faiss.knn(xq, xb, min(k, chunk.size), metric=faiss.METRIC_INNER_PRODUCT)
-            results.append((D, np.where(I >= 0, self.labels(chunk)[np.maximum(I, 0)], -1)))
+            D, I = _top_inner_products(xq, xb, k)
+            results.append((D, self.labels(chunk)[I]))
         return merge_topk(results, k)
 
     def _slots_and_liveness(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

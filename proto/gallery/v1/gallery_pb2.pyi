@@ -229,7 +229,7 @@ class CollectionDescription(_message.Message):
     def __init__(self, collection_id: _Optional[str] = ..., dimension: _Optional[int] = ..., face_count: _Optional[int] = ..., num_partitions: _Optional[int] = ..., index_state: _Optional[_Union[IndexState, str]] = ..., nlist: _Optional[int] = ..., pq_m: _Optional[int] = ..., pq_bits: _Optional[int] = ..., trained_on: _Optional[int] = ..., training: _Optional[bool] = ..., train_threshold: _Optional[int] = ..., embedding_model: _Optional[str] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., memory_bytes: _Optional[int] = ..., replicas: _Optional[int] = ..., unavailable_partitions: _Optional[_Iterable[int]] = ..., live_replicas: _Optional[int] = ..., search_tuning: _Optional[_Union[SearchTuning, _Mapping]] = ...) -> None: ...
 
 class SearchTuning(_message.Message):
-    __slots__ = ("target_recall", "measured", "nprobe", "rerank_depth", "recall_at_10", "sample_queries", "points")
+    __slots__ = ("target_recall", "measured", "nprobe", "rerank_depth", "recall_at_10", "sample_queries", "points", "new_photo_recall_at_10")
     TARGET_RECALL_FIELD_NUMBER: _ClassVar[int]
     MEASURED_FIELD_NUMBER: _ClassVar[int]
     NPROBE_FIELD_NUMBER: _ClassVar[int]
@@ -237,6 +237,7 @@ class SearchTuning(_message.Message):
     RECALL_AT_10_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_QUERIES_FIELD_NUMBER: _ClassVar[int]
     POINTS_FIELD_NUMBER: _ClassVar[int]
+    NEW_PHOTO_RECALL_AT_10_FIELD_NUMBER: _ClassVar[int]
     target_recall: float
     measured: bool
     nprobe: int
@@ -244,7 +245,8 @@ class SearchTuning(_message.Message):
     recall_at_10: float
     sample_queries: int
     points: _containers.RepeatedCompositeFieldContainer[SearchTuningPoint]
-    def __init__(self, target_recall: _Optional[float] = ..., measured: _Optional[bool] = ..., nprobe: _Optional[int] = ..., rerank_depth: _Optional[int] = ..., recall_at_10: _Optional[float] = ..., sample_queries: _Optional[int] = ..., points: _Optional[_Iterable[_Union[SearchTuningPoint, _Mapping]]] = ...) -> None: ...
+    new_photo_recall_at_10: float
+    def __init__(self, target_recall: _Optional[float] = ..., measured: _Optional[bool] = ..., nprobe: _Optional[int] = ..., rerank_depth: _Optional[int] = ..., recall_at_10: _Optional[float] = ..., sample_queries: _Optional[int] = ..., points: _Optional[_Iterable[_Union[SearchTuningPoint, _Mapping]]] = ..., new_photo_recall_at_10: _Optional[float] = ...) -> None: ...
 
 class SearchTuningPoint(_message.Message):
     __slots__ = ("nprobe", "rerank_depth", "recall_at_10", "recall_at_10_stderr")
