@@ -83,8 +83,8 @@ def test_sweeps_and_sample_sizes():
     assert tuning.probe_sweep(1) == [1]
     assert tuning.probe_sweep(48) == [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48]
     assert tuning.probe_sweep(2048)[-5:] == [1024, 1280, 1536, 1792, 2048] and tuning.probe_sweep(3) == [1, 2, 3]
-    assert tuning.recall_queries(20_000) == 1000 and tuning.recall_queries(5_000_000) == 1000
-    assert tuning.recall_queries(10_000_000) == 500 and tuning.recall_queries(100_000_000) == 200
+    assert tuning.recall_queries(20_000) == 1000 and tuning.recall_queries(10_000_000) == 1000
+    assert tuning.recall_queries(20_000_000) == 500 and tuning.recall_queries(100_000_000) == 200
 
 
 def test_a_measured_depth_serves_k_up_to_10_and_scales_above():

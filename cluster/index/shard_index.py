@@ -45,15 +45,26 @@ logger = logging.getLogger(__name__)
 _RERANK_FLOATS = 1_000_000
 
 
-# Stored vectors an exact top-k scores per matrix product: 8,192 rows keep 201-1,000 queries' scores within
-# 32 MB, as fast as any larger step measured (benchmarks/README.md).
+# Stored vectors an exact top-k scores per step: with 201-1,000 queries, steps of 8,192 were as fast as steps of
+# 65,536 or faster, in a quarter of the memory (benchmarks/README.md, `exact_topk.py`).
 _EXACT_ROWS = 8192
 
 
 def _top_inner_products(xq: np.ndarray, xb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each query's top-min(k, len(xb)) inner products with the rows of xb, best first, and their row numbers."""
-    scores = xq @ xb.T
+    """Each query's top-min(k, len(xb)) inner products with the rows of xb, best first, and their row numbers.
+
+    By BLAS either way: faiss's `knn` where it takes BLAS itself (from `distance_compute_blas_threshold` query
+    floats, 250 queries at 512-d), and selects the top faster than numpy; a matrix product below that, where faiss
+    would take its SIMD kernel instead, 7x slower for 201 queries (benchmarks/README.md, `exact_topk.py`)."""
     k = min(k, xb.shape[0])
+    if xq.size >= faiss.cvar.distance_compute_blas_threshold:
+        return faiss.knn(xq, xb, k, metric=faiss.METRIC_INNER_PRODUCT)
+    return _top_by_matrix_product(xq, xb, k)
+
+
+def _top_by_matrix_product(xq: np.ndarray, xb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`_top_inner_products` by numpy's matrix product (BLAS) and a partial sort, for k <= len(xb)."""
+    scores = xq @ xb.T
     top = np.argpartition(scores, scores.shape[1] - k, axis=1)[:, -k:]
     D = np.take_along_axis(scores, top, axis=1)
     order = np.argsort(-D, axis=1, kind="stable")
@@ -287,10 +298,8 @@ class ShardIndex:
         all the queries at once: the truth recall is measured against, not a serving path (see `exact_search`
         for why that differs).
 
-        Scored by numpy's matrix product, not `faiss.knn`: faiss takes BLAS only from
-        `distance_compute_blas_threshold` query floats (250 queries at 512-d) and below it its SIMD kernel, which
-        for the 201 queries of a 10M collection's measurement scanned 1M faces in 29 s of one core, where BLAS
-        took 4.6 s (benchmarks/README.md)."""
+        With BLAS for any number of queries (`_top_inner_products`): faiss alone scored the 201 queries of a 10M
+        collection's measurement with its SIMD kernel, 40 s per 1M faces on one core where this took 5.6 s."""
         with self._lock:
             positions = np.flatnonzero(self._alive[:below])
             stored = self._vectors  # replaced, never edited in place, when it grows

@@ -152,11 +152,12 @@ CONFIDENCE_Z = 1.645
 # A new photo of an enrolled person misses this many times the true neighbours that the collection's own faces,
 # held out of their answers, miss at the same setting: the held-out faces are the photos the collection has, a new
 # one lies a little off them, and its neighbours are spread over a few more lists. Measured with noisy copies of
-# enrolled faces as the new photos (1,000 of each kind), on clustered 512-d faces in 4,096 lists at nprobe 96-512:
-# 1.13-1.32x on 1M faces, 1.28-1.40x on 3M (benchmarks/README.md, `recall_gap.py`); the 10M collections of
-# `scale.py` measured 1.3-1.5x on 201 held-out faces. Without it, a 10M collection chose nprobe 160 for a 0.95
-# target on 0.962 measured, and new photos got 0.944. At a 0.95 target a setting must reach 0.964 on the held-out
-# faces (less its confidence margin); at 0.99, 0.9929.
+# enrolled faces as the new photos, on clustered 512-d faces in 4,096 lists at nprobe 96-512: 1.1-1.3x on 1M
+# faces and 1.3-1.4x on 3M (1,000 of each kind, `recall_gap.py`), 1.1-1.2x through a 10M cluster (505 held-out
+# faces) and 1.5x through a 250k one (benchmarks/README.md, `scale.py`, `serving.py`). Without it, a 250k collection
+# chose a setting measured at 0.9932 for a 0.99 target that served 0.9898, and a 10M one chose nprobe 160 for a 0.95
+# target on 0.962 measured (201 held-out faces), where new photos got 0.944. At a 0.95 target a setting must reach
+# 0.964 on the held-out faces, less its confidence margin; at 0.99, 0.9929.
 NEW_PHOTO_MISS_FACTOR = 1.4
 
 
@@ -182,15 +183,16 @@ class SearchPoint:
 
 
 # Inner products of the sampled queries with every face that measuring recall may take, for their exact top-10:
-# 5e9 take 20 s of each of two cores with BLAS (ShardIndex.exact_topk: 4.6 s per 201 queries and 1M 512-d faces).
-RECALL_INNER_PRODUCTS = 5_000_000_000
+# 1e10, 1,000 queries over 10M faces, take ~85 s of each of two cores (`ShardIndex.exact_topk`: 16.8 s per 1M faces
+# on one core, benchmarks/README.md, `exact_topk.py`); 505 queries over 10M, and the nprobe sweep, took 76 s.
+RECALL_INNER_PRODUCTS = 10_000_000_000
 
 
 def recall_queries(num_vectors: int) -> int:
-    """Faces sampled as queries to measure recall: 1,000 (recall@10 to about +-0.003 at 0.99) up to 5M faces,
-    fewer past that so that their exact top-10, a flat search over every face, stays within
-    `RECALL_INNER_PRODUCTS`; at least 200 (+-0.007 at 0.99). 500 at 10M: a standard error of ~0.004 at 0.96,
-    where 201 left ~0.007, as wide as the 0.95-0.96 band a 10M collection's settings fall in."""
+    """Faces sampled as queries to measure recall: 1,000 (recall@10 to about +-0.003 at 0.99, +-0.005 at 0.96) up
+    to 10M faces, fewer past that so that their exact top-10, a flat search over every face, stays within
+    `RECALL_INNER_PRODUCTS`; at least 200 (+-0.007 at 0.99). A 10M collection measured on 201 of its faces read
+    0.962 at nprobe 160 where 505 later read 0.956: the band its settings fall in is no wider than that."""
     return max(200, min(1000, RECALL_INNER_PRODUCTS // max(num_vectors, 1)))
 
 
