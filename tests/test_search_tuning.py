@@ -16,7 +16,7 @@ from cluster.api import convert
 from cluster.errors import InvalidArgument
 from cluster.gateway.gallery import Gallery
 from cluster.gateway.search import tuned_points
-from cluster.index import recall, tuning, vectors
+from cluster.index import recall, shard_index, tuning, vectors
 from cluster.index.shard_index import ShardIndex
 from cluster.index.synthetic import clustered_embeddings, noisy_probes
 from cluster.index.training import load_index, train_ivfpq
@@ -161,6 +161,19 @@ def test_exact_top_k_is_a_flat_search_of_the_stored_vectors(trained_shard):
     finally:
         xb = trained_shard[2]
         shard.add(FaceBatch([FaceRecord("f3"), FaceRecord("f5")], vectors.to_stored(xb[[3, 5]])))
+
+
+@pytest.mark.parametrize("num_queries", [20, 2500])
+def test_the_exact_top_k_is_the_same_below_and_above_faiss_blas_threshold(num_queries):
+    # 20 x 64 query floats are scored by a matrix product, 2,500 x 64 (from 128,000) by faiss's own BLAS path
+    xb = clustered_embeddings(3000, 64, seed=11)
+    xq = noisy_probes(xb, num_queries, seed=12)[0]
+    D, I = shard_index._top_inner_products(xq, xb, 10)
+    scores = xq @ xb.T
+    expected = np.sort(scores, axis=1)[:, ::-1][:, :10]
+    np.testing.assert_allclose(D, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.take_along_axis(scores, I, axis=1), expected, rtol=1e-5, atol=1e-5)
+    assert shard_index._top_inner_products(xq, xb[:4], 10)[1].shape == (num_queries, 4)  # fewer rows than k
 
 
 @pytest.mark.parametrize("depth", [10, 25, 60])
