@@ -59,6 +59,15 @@ def stop_process(process: subprocess.Popen, grace_s: float, deliver: Callable[[i
                 pass  # nothing left of it
 
 
+def serving_address(log_path: str | Path, start: int = 0) -> str | None:
+    """The 127.0.0.1:port a `gallery serve` started with `--port 0` bound, from its "serving on" line in its log
+    (read from byte `start`, where a restarted server appends to the same log); None before it serves."""
+    with open(log_path, "rb") as log:
+        log.seek(start)
+        bound = re.search(rb"serving on (127\.0\.0\.1:\d+)", log.read())
+    return bound.group(1).decode() if bound else None
+
+
 class Served:
     """`gallery serve` in a process of its own (with its own private Ray) on 127.0.0.1, until `stop`.
 
@@ -110,13 +119,9 @@ class Served:
             raise RuntimeError(f"gallery serve exited with {self.process.returncode}:\n"
                                f"{self.log_path.read_text(errors='replace')[-3000:]}")
         if self.channel is None:
+            self.address = self.address or serving_address(self.log_path, self._log_start)
             if self.address is None:
-                with open(self.log_path, "rb") as log:
-                    log.seek(self._log_start)
-                    bound = re.search(rb"serving on (127\.0\.0\.1:\d+)", log.read())
-                if bound is None:
-                    return False
-                self.address = bound.group(1).decode()
+                return False
             self.channel = grpc.insecure_channel(self.address)
         try:
             response = health_pb2_grpc.HealthStub(self.channel).Check(health_pb2.HealthCheckRequest(), timeout=1)

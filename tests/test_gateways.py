@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from gallery.v1 import gallery_pb2 as pb
 from gallery.v1 import gallery_pb2_grpc
-from support import Served, free_port, stop_process, wait_until
+from support import Served, serving_address, stop_process, wait_until
 
 from cluster.api import convert
 from cluster.errors import FailedPrecondition, NotFound
@@ -68,9 +68,9 @@ def test_a_reader_follows_the_writers_commits_and_writes_nothing(galleries, tmp_
         reader.search("c", xb[:1], 1)
 
 
-def _serve(store, port, log, *flags):
+def _serve(store, log, *flags):
     return subprocess.Popen(
-        [sys.executable, "-m", "cluster.serve.cli", "serve", "--store", str(store), "--port", str(port),
+        [sys.executable, "-m", "cluster.serve.cli", "serve", "--store", str(store), "--port", "0",
          "--num-shards", "2", "--shard-num-cpus", "0.5", "--face-workers", "0", "--metrics-port", "0", *flags],
         stdout=open(log, "ab"), stderr=subprocess.STDOUT, env={**os.environ, "RAY_ADDRESS": ""},
         start_new_session=True)
@@ -80,9 +80,10 @@ def _serve(store, port, log, *flags):
 def test_a_standby_takes_over_when_the_writer_dies_and_a_reader_keeps_serving(tmp_path):
     store = tmp_path / "store"
     writer = Served(store, tmp_path / "writer.log")
-    standby_port, reader_port = free_port(), free_port()
-    standby = _serve(store, standby_port, tmp_path / "standby.log", "--role", "standby")
-    reader = _serve(store, reader_port, tmp_path / "reader.log", "--role", "reader", "--audit-store",
+    # Both bind a port the kernel picks (--port 0), read from their logs: the reader's once it serves, the
+    # standby's once it has taken over.
+    standby = _serve(store, tmp_path / "standby.log", "--role", "standby")
+    reader = _serve(store, tmp_path / "reader.log", "--role", "reader", "--audit-store",
                     str(tmp_path / "reader-audit"), "--follow-interval-s", "0.2")
     try:
         md = writer.metadata
@@ -95,7 +96,8 @@ def test_a_standby_takes_over_when_the_writer_dies_and_a_reader_keeps_serving(tm
         search = pb.SearchByEmbeddingRequest(collection_id="c", k=1, queries=[convert.embedding(x) for x in xb[:20]],
                                              purpose="test", case_id="failover")
 
-        with grpc.insecure_channel(f"127.0.0.1:{reader_port}") as reader_channel:
+        wait_until(lambda: serving_address(tmp_path / "reader.log"), 120, "the reader serving")
+        with grpc.insecure_channel(serving_address(tmp_path / "reader.log")) as reader_channel:
             reads = gallery_pb2_grpc.GalleryStub(reader_channel)
 
             def reader_finds(n):
@@ -117,7 +119,8 @@ def test_a_standby_takes_over_when_the_writer_dies_and_a_reader_keeps_serving(tm
                        "the standby ready")
             os.kill(writer.process.pid, signal.SIGKILL)
             killed = time.monotonic()
-            with grpc.insecure_channel(f"127.0.0.1:{standby_port}") as standby_channel:
+            wait_until(lambda: serving_address(tmp_path / "standby.log"), 60, "the standby serving as the writer")
+            with grpc.insecure_channel(serving_address(tmp_path / "standby.log")) as standby_channel:
                 takeover = gallery_pb2_grpc.GalleryStub(standby_channel)
 
                 def standby_serves():
