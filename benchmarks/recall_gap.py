@@ -8,7 +8,7 @@ splits that gap into what growth does (the same queries' kind, measured at half 
 what the kind of query does (held-out faces against noisy copies, both at the full size).
 
 In-process, as the cluster's partitions hold it (two by default, faces spread over them): IVF-PQ fast-scan
-indexes trained as the cluster trains them, faces near a list's border in two lists (`cluster.index.spill`),
+indexes trained as the cluster trains them, faces near a list's border in more lists (`cluster.index.spill`),
 each partition's share of the re-rank depth re-ranked exactly and the shares merged. Data and probes as
 `scale.py`. Prints recall@10 per nprobe and collection re-rank depth for each kind of query and size, how many
 times the held-out faces' misses the probes miss (what `tuning.NEW_PHOTO_MISS_FACTOR` is set from), and one

@@ -1,13 +1,14 @@
-"""Spilled assignment measured by coverage: does storing each face in two lists find its neighbours in fewer codes?
-Why fast-scan partitions do (`cluster/index/spill.py`).
+"""Spilled assignment measured by coverage: does storing each face in two or three lists find its neighbours in
+fewer codes? Why fast-scan partitions do (`cluster/index/spill.py`).
 
 At 10M faces the shards' time is the scan of the probed lists (benchmarks/README.md, issue 16: 512 of 4,096
 lists, ~1.25M codes a query, ~1.7 ns a code on these cores), so batch-256 throughput follows the codes a query
 scans for its recall. An IVF index stores each face in its nearest list; a true neighbour is missed when its
 list is not among the probed ones. Spilling stores a face in a second list too: the next nearest ("naive"), or
 the one SOAR (Sun et al., NeurIPS 2023, as ScaNN) chooses, whose residual is least parallel to the first's:
-argmin ||x - c'||^2 + lambda <r, x - c'>^2 / ||r||^2, r = x - c. Lists grow (twice the codes in all), so each
-probed list costs more; the question is whether fewer lists then reach the same recall.
+argmin ||x - c'||^2 + lambda <r, x - c'>^2 / ||r||^2, r = x - c; or a second and a third, the next nearest, as
+the cluster does for faces near their borders (`spill.SPILL_RATIOS`). Lists grow, so each probed list costs
+more; the question is whether fewer lists then reach the same recall.
 
 Coverage@10 here is the share of each query's exact top-10 stored in at least one probed list: the recall an
 exact scan of those lists would reach, and the ceiling of IVF-PQ with re-ranking (which, with PQ32x4fs at depth
@@ -19,6 +20,7 @@ codes each variant needs among the nprobes measured; and one JSON line.
 
     python benchmarks/spill.py                          # 1M x 512-d, 4,096 lists: ~5 min on 2 cores
     python benchmarks/spill.py --num-vectors 200000     # a minute
+    python benchmarks/spill.py --num-vectors 2500000 --nlist 2048 --lambdas 1   # a 10M partition's list size
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from host import describe  # noqa: E402  (benchmarks/host.py)
 from scale import CHUNK, Chunks, probes  # noqa: E402  (benchmarks/scale.py)
 
-from cluster.index import tuning, vectors  # noqa: E402
+from cluster.index import spill, tuning, vectors  # noqa: E402
 
 K = 10
 CANDIDATE_LISTS = 16  # second lists are chosen among each face's nearest lists
@@ -85,33 +87,43 @@ def run(num_vectors: int, dimension: int, nlist: int, num_queries: int, probes_s
     first, ratio = np.empty(num_vectors, np.int64), np.empty(num_vectors, np.float32)
     seconds = {"naive": np.empty(num_vectors, np.int64), **{f"SOAR {lam:g}": np.empty(num_vectors, np.int64)
                                                             for lam in lambdas}}
+    third = np.empty(num_vectors, np.int64)  # the third nearest list
+    rule = np.empty((num_vectors, spill.COPIES - 1), bool)  # the cluster's: which further lists a face is in
     for start in range(0, num_vectors, 20_000):
         x = xb[start:start + 20_000]
-        nearest = quantizer.search(x, CANDIDATE_LISTS)[1]
+        scores, nearest = quantizer.search(x, CANDIDATE_LISTS)
         first[start:start + len(x)] = nearest[:, 0]
         seconds["naive"][start:start + len(x)] = nearest[:, 1]
+        third[start:start + len(x)] = nearest[:, 2]
         ratio[start:start + len(x)] = distance_ratio(x, centroids, nearest)
+        rule[start:start + len(x)] = spill.near_border(x, scores[:, :spill.COPIES], nearest[:, :spill.COPIES])
         for lam in lambdas:
             seconds[f"SOAR {lam:g}"][start:start + len(x)] = second_lists(x, centroids, nearest, lam)
     del xb
+    # Extra lists per variant: (n,) arrays, -1 where a face has none
+    extra = {name: [second] for name, second in seconds.items()}
     # Border faces only: a second list for the faces whose next nearest list is nearly as near (the distance
     # ratio under a bound, here the quantile that spills each share), none for those deep inside their list.
     for share in SPILL_SHARES:
         bound = float(np.quantile(ratio, share))
-        seconds[f"ratio<{bound:.3f} ({share:.0%})"] = np.where(ratio <= bound, seconds["naive"], -1)
+        extra[f"ratio<{bound:.3f} ({share:.0%})"] = [np.where(ratio <= bound, seconds["naive"], -1)]
+    extra["three lists, naive"] = [seconds["naive"], third]
+    extra["cluster's rule"] = [np.where(rule[:, 0], seconds["naive"], -1), np.where(rule[:, 1], third, -1)]
+    print("cluster's rule: " + ", ".join(f"{share:.0%} of faces in their {n + 2}{'nd' if n == 0 else 'rd'} list"
+                                         for n, share in enumerate(rule.mean(axis=0))), flush=True)
 
     # rank[q, l]: where list l comes in query q's probe order; a list is probed at nprobe when its rank is lower
     order = quantizer.search(xq, nlist)[1]
     rank = np.empty_like(order)
     np.put_along_axis(rank, order, np.arange(nlist)[None, :].repeat(num_queries, 0), axis=1)
     first_size = np.bincount(first, minlength=nlist)
-    variants = {"one list": None, **seconds}
+    variants = {"one list": [], **extra}
     figures: dict[str, list[dict]] = {}
-    for name, second in variants.items():
-        sizes = first_size + (np.bincount(second[second >= 0], minlength=nlist) if second is not None else 0)
+    for name, further in variants.items():
+        sizes = first_size + sum((np.bincount(lists[lists >= 0], minlength=nlist) for lists in further), 0)
         ranks = [np.take_along_axis(rank, first[truth], 1)]
-        if second is not None:  # no second list (-1): never probed
-            ranks.append(np.where(second[truth] >= 0, np.take_along_axis(rank, np.maximum(second[truth], 0), 1),
+        for lists in further:  # no such list (-1): never probed
+            ranks.append(np.where(lists[truth] >= 0, np.take_along_axis(rank, np.maximum(lists[truth], 0), 1),
                                   nlist))
         best_rank = np.minimum.reduce(ranks)  # (nq, K): the earliest probed list holding each neighbour
         figures[name] = []
@@ -119,7 +131,7 @@ def run(num_vectors: int, dimension: int, nlist: int, num_queries: int, probes_s
             codes = float(sizes[order[:, :nprobe]].sum(1).mean())
             coverage = float((best_rank < nprobe).mean())
             figures[name].append({"nprobe": nprobe, "codes": codes, "coverage_at_10": coverage})
-            print(f"{name:20} nprobe {nprobe:5}: {codes / 1e3:8.1f}k codes a query, coverage@10 {coverage:.4f}",
+            print(f"{name:22} nprobe {nprobe:5}: {codes / 1e3:8.1f}k codes a query, coverage@10 {coverage:.4f}",
                   flush=True)
     fewest: dict[str, dict[str, float | None]] = {}
     for target in TARGETS:

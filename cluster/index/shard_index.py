@@ -11,8 +11,8 @@ half the memory, and no slower at small batches). Afterwards it
 holds an IVF-PQ index populated from the collection's shared trained index;
 the gateway assigns queries to lists once (`Iq`, `Dq`) and each partition
 scans them with `search_preassigned`, then re-ranks its PQ candidates against
-the fp16 vectors. Fast-scan (CPU) indexes store each face in two lists
-(cluster/index/spill.py). A deleted face is removed from the index and its slot
+the fp16 vectors. Fast-scan (CPU) indexes store faces near a list's border in up
+to three lists (cluster/index/spill.py). A deleted face is removed from the index and its slot
 marked dead, and re-ranking drops dead slots, so it cannot come back. With a
 GPU, each IVF-PQ version also has a copy there that searches run on
 (cluster/index/gpu.py).
@@ -274,7 +274,7 @@ class ShardIndex:
             labels = copy.search(xq, depth, nprobe)
             return gpu.first_live(labels, self._slots_and_liveness(labels)[1], depth)
         index.nprobe = nprobe  # search_preassigned scans Iq's columns; the lock makes this safe
-        if spill.spills(index):  # a face may come from both its lists: twice the candidates, one of each
+        if spill.spills(index):  # a face may come from each of its lists: COPIES times the candidates, one of each
             return spill.first_unique(index.search_preassigned(xq, spill.COPIES * depth, Iq, Dq)[1], depth)
         return index.search_preassigned(xq, depth, Iq, Dq)[1]
 

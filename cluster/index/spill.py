@@ -1,19 +1,21 @@
-"""Spilled assignment: a face near the border of its nearest list is stored in the next nearest too, so a
-search finds it through either.
+"""Spilled assignment: a face near the border of its nearest list is stored in the next nearest lists too, so
+a search finds it through any of them.
 
 An IVF search misses a true neighbour whose list it did not probe. On 1M clustered 512-d faces in 4,096
 lists, storing every face in two lists held 0.975 of each probe's true top-10 within 31k codes scanned a
 query, where one list needed 55k, and 0.99 within 78k against 109k; storing only the half of the faces
-nearest a border in two (`SPILL_RATIO`) held the same shares within 23k and 59k (benchmarks/README.md,
-`spill.py`). The price is a second code and id for those faces (24 bytes at PQ32x4fs) and a second list
-found per add, which the same top-2 search gives.
+nearest a border in two held the same shares within 23k and 59k (benchmarks/README.md, `spill.py`). At the
+list size of a 10M collection's partitions (2.5M faces in 2,048 lists) nearly every face is that near a
+border, and a third list for the faces whose third nearest is nearly as near as the first held 0.97 within
+218k codes where two lists needed 304k, and 0.98 within 272k against 380k. The price is more codes and ids
+(24 bytes each at PQ32x4fs) and more lists found per add, which the same top-3 search gives.
 
 Only fast-scan (4-bit) indexes spill, the CPU form, whose scan is the cost of a search at scale; GPU
 indexes (8-bit IVF-PQ) keep one list. faiss's fast-scan IVF adds only to the nearest list: its `add_core`
 with given lists writes flat codes into block-packed lists and corrupts them, so `add` encodes the codes
 itself and writes them into each list in faiss's block layout through the lists' code packer. Searches ask
-for twice the candidates and keep the first copy of each (`first_unique`): the two copies of a face carry
-the same code, so they score alike.
+for `COPIES` times the candidates and keep the first copy of each (`first_unique`): the copies of a face
+carry the same code, so they score alike.
 """
 
 from __future__ import annotations
@@ -21,45 +23,48 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-COPIES = 2  # lists a fast-scan index stores a face in, at most
-
-# A face gets a second list only when that list's centroid is within this ratio of the nearest's squared
-# distance: faces on the border between lists, which a query in the neighbouring list misses. On 1M 512-d
-# faces in 4,096 lists, 1.12 spilled half of them and reached the coverage@10 of spilling every face at each
-# nprobe measured (within 0.0002) with 25% fewer codes: 23k codes a query for 0.975 where every face spilled
-# needed 31k; a quarter of the faces (1.022) needed 29k (benchmarks/README.md, `spill.py`).
-SPILL_RATIO = 1.12
+# A face gets its second nearest list too when that list's centroid is within SPILL_RATIOS[0] of the nearest's
+# squared distance, and its third when within SPILL_RATIOS[1]: faces on the border between lists, which a query
+# in the neighbouring list misses. On 1M 512-d faces in 4,096 lists, 1.12 gave half of them a second list and
+# reached the coverage@10 of giving every face one at each nprobe measured (within 0.0002) with 25% fewer codes:
+# 23k codes a query for 0.975 where every face spilled needed 31k. At a 10M partition's list size (2.5M faces in
+# 2,048 lists) 1.12 gave 95% a second list; a third within 1.06 (83% of faces) needed the fewest codes for each
+# coverage from 0.95 to 0.99 among third-list ratios 1.02-1.12 and every face (benchmarks/README.md, `spill.py`).
+SPILL_RATIOS = (1.12, 1.06)
+COPIES = 1 + len(SPILL_RATIOS)  # lists a fast-scan index stores a face in, at most
 
 
 def spills(index: faiss.Index) -> bool:
-    """Whether faces of this index may be stored in two lists: IVF fast-scan indexes."""
+    """Whether faces of this index may be stored in several lists: IVF fast-scan indexes."""
     return isinstance(faiss.downcast_index(index), faiss.IndexIVFFastScan)
 
 
 def add(index: faiss.Index, x: np.ndarray, labels: np.ndarray) -> None:
-    """Adds float32 vectors x with their labels: to their nearest list, and to the next nearest for faces near
-    its border (`near_border`), for a fast-scan index; else as `add_with_ids` does."""
+    """Adds float32 vectors x with their labels: to their nearest list, and to the next nearest ones for faces
+    near their borders (`near_border`), for a fast-scan index; else as `add_with_ids` does."""
     if not spills(index) or not len(x):
         index.add_with_ids(x, labels)
         return
     ivf = faiss.downcast_index(index)
     scores, nearest = ivf.quantizer.search(x, COPIES)
-    rows = np.concatenate([np.arange(len(x)), np.flatnonzero(near_border(x, scores, nearest))])
-    lists = np.concatenate([nearest[:, 0], nearest[rows[len(x):], 1]])
+    stored = np.column_stack([np.ones(len(x), bool), near_border(x, scores, nearest)])  # (n, COPIES)
+    copy, rows = np.nonzero(stored.T)  # by copy: every face's nearest list first, then the spilled ones
+    lists = nearest[rows, copy]
     if ivf.by_residual:  # a code depends on its list
         codes = _encode(ivf, np.ascontiguousarray(x[rows], dtype=np.float32), lists)
-    else:  # one code serves both lists: encoding it once saves copying and encoding every face twice
+    else:  # one code serves every list: encoding it once saves copying and encoding faces again
         codes = _encode(ivf, np.ascontiguousarray(x, dtype=np.float32), nearest[:, 0])[rows]
     _append(ivf, codes, labels[rows].astype(np.int64), lists)
 
 
 def near_border(x: np.ndarray, scores: np.ndarray, nearest: np.ndarray) -> np.ndarray:
-    """Which faces get a second list: those whose second nearest list's centroid is within `SPILL_RATIO` of
-    the nearest's squared distance. Centroids are unit vectors (training.py trains them spherical), so
-    ||x - c||^2 = ||x||^2 + 1 - 2 <x, c>, from the scores the quantizer gave."""
-    sq_norms = np.einsum("ij,ij->i", x, x)
-    d1, d2 = sq_norms + 1 - 2 * scores[:, 0], sq_norms + 1 - 2 * scores[:, 1]
-    return (nearest[:, 1] >= 0) & (nearest[:, 1] != nearest[:, 0]) & (d2 <= SPILL_RATIO * np.maximum(d1, 0))
+    """(n, COPIES - 1): whether each face is also stored in its 2nd, 3rd... nearest list: where that list's
+    centroid is within `SPILL_RATIOS` of the nearest's squared distance. Centroids are unit vectors (training.py
+    trains them spherical), so ||x - c||^2 = ||x||^2 + 1 - 2 <x, c>, from the scores the quantizer gave."""
+    sq_norms = np.einsum("ij,ij->i", x, x)[:, None]
+    squared = sq_norms + 1 - 2 * scores
+    return ((nearest[:, 1:] >= 0) & (nearest[:, 1:] != nearest[:, :1])
+            & (squared[:, 1:] <= np.array(SPILL_RATIOS) * np.maximum(squared[:, :1], 0)))
 
 
 def _encode(ivf: faiss.IndexIVF, x: np.ndarray, lists: np.ndarray) -> np.ndarray:

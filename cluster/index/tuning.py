@@ -215,10 +215,11 @@ def probe_sweep(nlist: int) -> list[int]:
 
 def lists_per_face(pq_bits: int) -> float:
     """Lists a face is stored in, on average: where partitions are searched on CPUs (4-bit fast-scan codes),
-    faces near the border of their list are stored in the next nearest too (cluster/index/spill.py), where the
-    scan is a search's cost at scale and the second list finds a neighbour in 25-55% fewer codes scanned
-    (benchmarks/README.md, `spill.py`): about half of them on clustered face data. One on GPUs."""
-    return 1.5 if pq_bits == 4 else 1
+    faces near the border of their list are stored in the next nearest lists too (cluster/index/spill.py), where
+    the scan is a search's cost at scale and the extra lists find a neighbour in 25-40% fewer codes scanned
+    (benchmarks/README.md, `spill.py`): from 1.4 lists a face on 1M clustered faces in 4,096 lists to 2.8 at a 10M
+    partition's list size. One on GPUs."""
+    return 2.0 if pq_bits == 4 else 1
 
 
 # Fast-scan (4-bit) codes cost this many times less per code scanned than 8-bit ones: 22-32x measured at
