@@ -6,9 +6,10 @@ lists, storing every face in two lists held 0.975 of each probe's true top-10 wi
 query, where one list needed 55k, and 0.99 within 78k against 109k; storing only the half of the faces
 nearest a border in two held the same shares within 23k and 59k (benchmarks/README.md, `spill.py`). At the
 list size of a 10M collection's partitions (2.5M faces in 2,048 lists) nearly every face is that near a
-border, and a third list for the faces whose third nearest is nearly as near as the first held 0.97 within
-218k codes where two lists needed 304k, and 0.98 within 272k against 380k. The price is more codes and ids
-(24 bytes each at PQ32x4fs) and more lists found per add, which the same top-3 search gives.
+border, and a third list for the faces whose third nearest is nearly as near as the first held 0.975 within
+272k codes where every face in two lists needed 391k, 0.95 within 190k against 234k and 0.99 within 544k
+against 625k. The price is more codes and ids (24 bytes each at PQ32x4fs) and more lists found per add,
+which the same top-3 search gives.
 
 Only fast-scan (4-bit) indexes spill, the CPU form, whose scan is the cost of a search at scale; GPU
 indexes (8-bit IVF-PQ) keep one list. faiss's fast-scan IVF adds only to the nearest list: its `add_core`
@@ -28,8 +29,8 @@ import numpy as np
 # in the neighbouring list misses. On 1M 512-d faces in 4,096 lists, 1.12 gave half of them a second list and
 # reached the coverage@10 of giving every face one at each nprobe measured (within 0.0002) with 25% fewer codes:
 # 23k codes a query for 0.975 where every face spilled needed 31k. At a 10M partition's list size (2.5M faces in
-# 2,048 lists) 1.12 gave 95% a second list; a third within 1.06 (83% of faces) needed the fewest codes for each
-# coverage from 0.95 to 0.99 among third-list ratios 1.02-1.12 and every face (benchmarks/README.md, `spill.py`).
+# 2,048 lists) 1.12 gave 95% a second list, and a third within 1.06 (84% of faces) needed the fewest codes for
+# each coverage from 0.95 to 0.99 among third-list ratios of 1.02 to 1.12 and every face (benchmarks/README.md).
 SPILL_RATIOS = (1.12, 1.06)
 COPIES = 1 + len(SPILL_RATIOS)  # lists a fast-scan index stores a face in, at most
 

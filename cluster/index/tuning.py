@@ -154,9 +154,10 @@ CONFIDENCE_Z = 1.645
 # one lies a little off them, and its neighbours may be spread over more lists. Measured with noisy copies of
 # enrolled faces as the new photos, on clustered 512-d faces: through the cluster 1.5x at 250k faces (the setting
 # chosen for a 0.99 target, measured at 0.9932, served 0.9898), 1.1-1.4x at 1M, 1.1-1.2x at 10M on 505 held-out
-# faces (1.45x on 201); in-process (`recall_gap.py`) 1.1-1.3x on 1M faces in 4,096 lists, but 0.6-1.0x on 3M in
-# 8,192 (benchmarks/README.md). It varies with the data and the lists, so it is set near the top of what the
-# cluster measured: a setting chosen for new photos then served them at least its target in every run since.
+# faces (1.45x on 201), 1.3-1.5x measured at 5.1M and served at 10M; in-process (`recall_gap.py`) 1.1-1.3x on 1M
+# faces in 4,096 lists, but 0.6-1.0x on 3M in 8,192 (benchmarks/README.md). It varies with the data and the lists,
+# so it is set near the top of what the cluster measured: a setting chosen for new photos then served them at
+# least its target in every run since.
 # At a 0.95 target a setting must reach 0.964 on the held-out faces, less its confidence margin; at 0.99, 0.9929.
 NEW_PHOTO_MISS_FACTOR = 1.4
 
@@ -216,9 +217,10 @@ def probe_sweep(nlist: int) -> list[int]:
 def lists_per_face(pq_bits: int) -> float:
     """Lists a face is stored in, on average: where partitions are searched on CPUs (4-bit fast-scan codes),
     faces near the border of their list are stored in the next nearest lists too (cluster/index/spill.py), where
-    the scan is a search's cost at scale and the extra lists find a neighbour in 25-40% fewer codes scanned
-    (benchmarks/README.md, `spill.py`): from 1.4 lists a face on 1M clustered faces in 4,096 lists to 2.8 at a 10M
-    partition's list size. One on GPUs."""
+    the scan is a search's cost at scale and the extra lists find neighbours in fewer codes scanned
+    (benchmarks/README.md, `spill.py`): 2.8 lists a face at a 10M partition's list size (2.5M clustered faces in
+    2,048 lists), fewer where a list holds fewer identities (1.5 with two lists at most on 1M in 4,096). One on
+    GPUs."""
     return 2.0 if pq_bits == 4 else 1
 
 
