@@ -219,8 +219,8 @@ def lists_per_face(pq_bits: int) -> float:
     faces near the border of their list are stored in the next nearest lists too (cluster/index/spill.py), where
     the scan is a search's cost at scale and the extra lists find neighbours in fewer codes scanned
     (benchmarks/README.md, `spill.py`): 2.8 lists a face at a 10M partition's list size (2.5M clustered faces in
-    2,048 lists), fewer where a list holds fewer identities (1.5 with two lists at most on 1M in 4,096). One on
-    GPUs."""
+    2,048 lists), fewer where a list holds fewer identities (1.5 with two lists at most on 1M in 4,096); 2 lies
+    between. One on GPUs."""
     return 2.0 if pq_bits == 4 else 1
 
 
