@@ -169,6 +169,23 @@ class FaceTable:
         n = int(self._bytes[start:start + 4].view(np.uint32)[0])
         return self._bytes[start + _HEADER.size:start + _HEADER.size + n].tobytes().decode()
 
+    def face_ids(self, slots: np.ndarray) -> list[str | None]:
+        """The ids at many slots (None where empty), gathered from the buffer with numpy as `columns` gathers
+        them: a lean search's answer, where `face_id` per slot cost a shard at 250k faces as much time as its
+        search (a third of its time at batch 256, in a py-spy profile)."""
+        slots = np.asarray(slots, dtype=np.int64).ravel()
+        alive = slots < self._length.size
+        alive[alive] = self._length[slots[alive]] > 0
+        start = self._start[slots[alive]]
+        lengths = self._bytes[start[:, None] + np.arange(4)].view("<u4")[:, 0].astype(np.int64)
+        ids = _gathered(self._bytes, start + _HEADER.size, lengths, pa.string()).to_pylist()
+        if ids and len(ids) == slots.size:
+            return ids
+        out: list[str | None] = [None] * slots.size
+        for row, face_id in zip(np.flatnonzero(alive).tolist(), ids):
+            out[row] = face_id
+        return out
+
     def record(self, slot: int) -> FaceRecord | None:
         if slot >= self._length.size or not self._length[slot]:
             return None

@@ -202,8 +202,7 @@ class ShardIndex:
     def face_ids(self, labels: np.ndarray) -> list[str | None]:
         """Face ids of the given labels, all >= 0 (None for a dead slot): what a lean search answers with."""
         with self._lock:
-            face_id = self._table.face_id
-            return [face_id(pos) for pos in (np.asarray(labels).ravel() // self.num_partitions).tolist()]
+            return self._table.face_ids(self._positions(np.asarray(labels).ravel()))
 
     def get(self, face_ids: list[str], *, include_embeddings: bool = False) -> list[FaceRecord]:
         with self._lock:
