@@ -179,7 +179,7 @@ class FaceTable:
         start = self._start[slots[alive]]
         lengths = self._bytes[start[:, None] + np.arange(4)].view("<u4")[:, 0].astype(np.int64)
         ids = _gathered(self._bytes, start + _HEADER.size, lengths, pa.string()).to_pylist()
-        if ids and len(ids) == slots.size:
+        if len(ids) == slots.size:  # every slot alive
             return ids
         out: list[str | None] = [None] * slots.size
         for row, face_id in zip(np.flatnonzero(alive).tolist(), ids):
