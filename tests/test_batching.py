@@ -116,3 +116,40 @@ def test_no_caller_is_stranded_under_contention(index):
     assert errors == [None] * 400
     assert all(r[1][0].tolist() == index.search(q, 3)[1][0].tolist() for q, r in zip(queries, results))
     assert search.most_running <= 2
+
+
+def test_arrays_submitted_with_the_queries_are_batched_row_by_row(index):
+    """The gateway sends each query's IVF lists with it: a dispatch gets them concatenated in the queries'
+    order, so row i of every array belongs to query i."""
+    seen = []
+
+    def search(key, xq, tags):
+        seen.append(xq.shape[0])
+        assert tags.shape == (xq.shape[0],)
+        np.testing.assert_array_equal(tags, xq[:, 0].astype(np.int64))  # each tag rode with its own query
+        time.sleep(0.01)
+        return xq[:, :1], tags[:, None], None
+
+    batcher = QueryBatcher(search, max_batch_size=64)
+    rng = np.random.default_rng(3)
+    queries = []
+    for i in range(30):
+        xq = rng.standard_normal((int(rng.integers(1, 4)), D)).astype(np.float32)
+        xq[:, 0] = 1000 * i + np.arange(xq.shape[0])
+        queries.append(xq)
+    results = [None] * 30
+    start = threading.Barrier(30)
+
+    def caller(i):
+        start.wait()
+        results[i] = batcher.submit(("c", 1), queries[i], queries[i][:, 0].astype(np.int64)).result(timeout=30)
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(30)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    batcher.close()
+    assert len(seen) < 30 and sum(seen) == sum(q.shape[0] for q in queries)
+    for i, (xq, (_, labels, _)) in enumerate(zip(queries, results)):
+        assert labels[:, 0].tolist() == (1000 * i + np.arange(xq.shape[0])).tolist()

@@ -223,6 +223,8 @@ def test_lean_searches_are_audited_with_the_candidates_shown(secured, gallery):
         c.face.face_id for r in answers[0].results for c in r.candidates]
     full_record, lean_record = read_audit(gallery.store)[before:]
     assert lean_record["candidates"] == full_record["candidates"]
+    # similarities to four decimals, probabilities to four significant digits, as the record keeps them
+    assert all(s == round(s, 4) and p == float(f"{p:.4g}") for q in lean_record["candidates"] for _, s, p in q)
     assert [q[0][0] for q in lean_record["candidates"]] == ["f4", "f5"] and lean_record["threshold"] == 0.1
 
 

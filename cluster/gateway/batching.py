@@ -8,8 +8,8 @@ batch goes out from a background thread rather than from the caller whose batch
 just ended: that caller returns to answer its own client meanwhile, instead of
 holding its reply back for the length of other callers' batches, and its client
 sends its next query sooner, so batches grow (benchmarks/README.md). Queries
-with the same key (collection, k, nprobe) are concatenated; when a batch fails,
-every caller in it gets the error.
+with the same key are concatenated, with the arrays that go with them row by row
+(their IVF lists); when a batch fails, every caller in it gets the error.
 """
 
 from __future__ import annotations
@@ -24,15 +24,17 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-# (D, I, shared): shared (the records of the labels in I, ...) goes to every caller of the batch as it is.
-SearchFn = Callable[[Hashable, np.ndarray], tuple[np.ndarray, np.ndarray, object]]
+# search_fn(key, xq, *row_aligned) -> (D, I, shared): shared (the records of the labels in I, ...) goes to
+# every caller of the batch as it is.
+SearchFn = Callable[..., tuple[np.ndarray, np.ndarray, object]]
 
 
 class QueryBatcher:
-    """Groups concurrent `submit` calls into batched calls of `search_fn(key, xq)`.
+    """Groups concurrent `submit` calls into batched calls of `search_fn(key, xq, *row_aligned)`.
 
     Args:
-        search_fn: returns (D, I, shared) for a (nq, d) batch; every caller gets its rows of D and I, and shared.
+        search_fn: returns (D, I, shared) for a (nq, d) batch and the arrays submitted with it, concatenated
+            alike; every caller gets its rows of D and I, and shared.
         max_batch_size: a dispatch takes no further requests once it holds this many queries, >= 1.
         max_in_flight: dispatches running at once, >= 1. One is best here: every dispatch already
             runs on all shards in parallel, so fewer, larger batches serve more queries
@@ -50,10 +52,11 @@ class QueryBatcher:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._follow_on = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="search-batch")
 
-    def submit(self, key: Hashable, xq: np.ndarray) -> Future:
-        """Queues (nq, d) queries and dispatches a batch if a slot is free; the future gives (D, I, shared)."""
+    def submit(self, key: Hashable, xq: np.ndarray, *row_aligned: np.ndarray) -> Future:
+        """Queues (nq, d) queries, with arrays of nq rows that go with them, and dispatches a batch if a slot
+        is free; the future gives (D, I, shared)."""
         future: Future = Future()
-        self._queue.put((key, xq, future))
+        self._queue.put((key, (xq, *row_aligned), future))
         self._serve()
         return future
 
@@ -86,22 +89,23 @@ class QueryBatcher:
                 break
             if item[2].set_running_or_notify_cancel():
                 batch.append(item)
-                rows += item[1].shape[0]
+                rows += item[1][0].shape[0]
         return batch
 
     def _dispatch(self, batch: list) -> None:
         groups: dict[Hashable, list] = {}
-        for key, xq, future in batch:
-            groups.setdefault(key, []).append((xq, future))
+        for key, arrays, future in batch:
+            groups.setdefault(key, []).append((arrays, future))
         for key, items in groups.items():
             try:
-                D, I, shared = self._search_fn(key, np.concatenate([xq for xq, _ in items]))
+                D, I, shared = self._search_fn(key, *(parts[0] if len(parts) == 1 else np.concatenate(parts)
+                                                      for parts in zip(*(arrays for arrays, _ in items))))
             except BaseException as e:  # every waiting caller gets the error
                 for _, future in items:
                     future.set_exception(e)
                 continue
             start = 0
-            for xq, future in items:
-                end = start + xq.shape[0]
+            for arrays, future in items:
+                end = start + arrays[0].shape[0]
                 future.set_result((D[start:end], I[start:end], shared))
                 start = end

@@ -1,9 +1,11 @@
 """The search path: concurrent queries batched, assigned to IVF lists once, fanned out, merged, calibrated.
 
 Searches never take a collection's write lock. A query is assigned to IVF lists here, once, with the
-collection's live quantizer; every worker searches its partitions with that assignment, and the workers'
-top-k are merged exactly. An index switch that lands between the assignment and the workers' answer is
-detected by version and the batch is searched again.
+collection's live quantizer, in the caller's thread before it joins a batch: a batch's assignment then runs
+while the shards search the batch before it, instead of holding the one dispatch slot (benchmarks/README.md).
+Every worker searches its partitions with that assignment, and the workers' top-k are merged exactly. An
+index switch that lands between the assignment and the workers' answer is detected by version and the batch
+is assigned and searched again.
 """
 
 from __future__ import annotations
@@ -101,6 +103,21 @@ def check_threshold_args(calibration: Calibration | None, *, min_similarity: flo
                                  "once they hold 200 faces, or by SetCalibration): give min_similarity instead")
 
 
+@dataclass(frozen=True)
+class BatchKey:
+    """What searches must have in common to share one fan-out."""
+
+    collection_id: str
+    k: int
+    version: int  # the index version the queries were assigned to lists with; 0: searched exactly
+    lists: int  # IVF lists each query was assigned to (its effective nprobe); 0 when exact
+    rerank_k: int  # PQ candidates each partition re-ranks
+    allow_partial: bool  # a complete search must fail when a worker is away, so the two never share
+    ids_only: bool
+    nprobe: int  # as asked (0: the measured or default one) and the measured re-rank depth: what a
+    depth: int  # search assigned again after an index switch is assigned with
+
+
 @dataclass
 class PackedCandidates:
     """A lean search's candidates: flat arrays, query after query, best first; no object per candidate."""
@@ -183,9 +200,9 @@ class SearchPath:
         self.admission.admit(nq)  # ResourceExhausted at once when the gateway holds too many queries
         started = time.monotonic()
         try:
-            # Partial and complete searches never share a fan-out: a complete one must fail when a worker is away.
             nprobe, depth = self.search_params(state, nprobe, target_recall)
-            future = self._batcher.submit((m.collection_id, k, nprobe, depth, allow_partial, ids_only), xq)
+            key, Iq, Dq = self._assign(state, xq, k, nprobe, depth, allow_partial, ids_only)
+            future = self._batcher.submit(key, xq, Iq, Dq)
         except BaseException:
             self.admission.release(nq)
             raise
@@ -240,38 +257,48 @@ class SearchPath:
             self._chosen[m.collection_id] = cached
         return nprobe or cached[1].nprobe, cached[1].rerank_depth
 
-    def _search_batch(self, key: tuple[str, int, int, int, bool, bool], xq: np.ndarray
-                      ) -> tuple[np.ndarray, np.ndarray, tuple[dict, list[int]]]:
-        collection_id, k, nprobe, depth, allow_partial, ids_only = key
-        state = self.collections.get(collection_id)
-        try:
-            return self._fan_out(state, xq, k, nprobe, depth, allow_partial, ids_only)
-        except StaleIndexVersion:  # an index switch completed between reading `live` and the shards' answer
-            return self._fan_out(state, xq, k, nprobe, depth, allow_partial, ids_only)
+    def _assign(self, state: CollectionState, xq: np.ndarray, k: int, nprobe: int, depth: int, allow_partial: bool,
+                ids_only: bool) -> tuple[BatchKey, np.ndarray, np.ndarray]:
+        """(the key of the fan-outs the queries may share, their (nq, lists) IVF lists and coarse scores) under
+        the live index; lists 0 (empty arrays) when the collection is searched exactly."""
+        live, m = state.live, state.manifest
+        if not live.version:
+            nq = xq.shape[0]
+            return (BatchKey(m.collection_id, k, 0, 0, k, allow_partial, ids_only, nprobe, depth),
+                    np.empty((nq, 0), np.int64), np.empty((nq, 0), np.float32))
+        collection_depth = tuning.rerank_depth(k, depth)
+        lists = tuning.nprobe_for(nprobe, collection_depth, live.nlist, m.face_count)
+        Dq, Iq = live.quantizer.search(xq, lists)
+        rerank_k = tuning.partition_rerank_depth(collection_depth, k, m.num_partitions)
+        key = BatchKey(m.collection_id, k, live.version, lists, rerank_k, allow_partial, ids_only, nprobe, depth)
+        return key, Iq, Dq
 
-    def _fan_out(self, state: CollectionState, xq: np.ndarray, k: int, nprobe: int, depth: int, allow_partial: bool,
-                 ids_only: bool) -> tuple[np.ndarray, np.ndarray, tuple[dict, list[int]]]:
+    def _search_batch(self, key: BatchKey, xq: np.ndarray, Iq: np.ndarray, Dq: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, tuple[dict, list[int]]]:
+        state = self.collections.get(key.collection_id)
+        try:
+            return self._fan_out(state, key, xq, Iq, Dq)
+        except StaleIndexVersion:  # an index switch completed between the assignment and the shards' answer
+            key, Iq, Dq = self._assign(state, xq, key.k, key.nprobe, key.depth, key.allow_partial, key.ids_only)
+            return self._fan_out(state, key, xq, Iq, Dq)
+
+    def _fan_out(self, state: CollectionState, key: BatchKey, xq: np.ndarray, Iq: np.ndarray, Dq: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, tuple[dict, list[int]]]:
         """(D, I, (records, or face ids when ids_only, of the labels in I; partitions missing)) of the batch."""
-        live = state.live
-        Iq = Dq = None
-        rerank_k = k
-        if live.version:
-            collection_depth = tuning.rerank_depth(k, depth)
-            nprobe = tuning.nprobe_for(nprobe, collection_depth, live.nlist, state.manifest.face_count)
-            Dq, Iq = live.quantizer.search(xq, nprobe)
-            rerank_k = tuning.partition_rerank_depth(collection_depth, k, state.manifest.num_partitions)
-        request = SearchRequest(state.manifest.collection_id, xq, k, live.version, Iq, Dq, rerank_k, ids_only)
+        assigned = key.version != 0
+        request = SearchRequest(key.collection_id, xq, key.k, key.version, Iq if assigned else None,
+                                Dq if assigned else None, key.rerank_k, key.ids_only)
         with _tracer.start_as_current_span("gallery.search.fan_out", attributes={
-                "gallery.collection_id": request.collection_id, "gallery.queries": xq.shape[0], "gallery.k": k,
-                "gallery.index_version": live.version, "gallery.shard_workers": self.shards.num_workers}):
+                "gallery.collection_id": request.collection_id, "gallery.queries": xq.shape[0], "gallery.k": key.k,
+                "gallery.index_version": key.version, "gallery.shard_workers": self.shards.num_workers}):
             started = time.perf_counter()
             raw = self.shards.search(pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL), self.call_timeout_s,
-                                     skip_unavailable=allow_partial, collection_id=request.collection_id)
+                                     skip_unavailable=key.allow_partial, collection_id=request.collection_id)
             skipped = [w for w, reply in enumerate(raw) if reply is None]
             replies = [pickle.loads(reply) for reply in raw if reply is not None]
             if self._fan_out_observer is not None and not skipped:  # it reports every worker, in worker order
                 self._fan_out_observer(time.perf_counter() - started, [r.search_s for r in replies])
-        D, I = merge_topk([(r.D, r.I) for r in replies], k)
+        D, I = merge_topk([(r.D, r.I) for r in replies], key.k)
         records = {label: record for r in replies for label, record in r.records.items()}
         return D, I, (records, partitions_of_workers(skipped, state.manifest.num_partitions, self.shards.num_workers))
 
