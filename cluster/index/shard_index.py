@@ -326,7 +326,7 @@ class ShardIndex:
             labels = candidates[start:start + chunk]
             positions, valid = self._slots_and_liveness(labels)
             # faiss decodes fp16 with SIMD, faster than numpy's astype (benchmarks/README.md)
-            stored = self._fp16.decode(codes[positions.ravel()]).reshape(len(labels), depth, self.d)
+            stored = self._fp16.decode(np.take(codes, positions.ravel(), axis=0)).reshape(len(labels), depth, self.d)
             part = np.matmul(stored, xq[start:start + chunk, :, None])[:, :, 0]
             part[~valid] = -np.inf
             scores[start:start + len(labels)] = part
