@@ -153,3 +153,38 @@ def test_arrays_submitted_with_the_queries_are_batched_row_by_row(index):
     assert len(seen) < 30 and sum(seen) == sum(q.shape[0] for q in queries)
     for i, (xq, (_, labels, _)) in enumerate(zip(queries, results)):
         assert labels[:, 0].tolist() == (1000 * i + np.arange(xq.shape[0])).tolist()
+
+
+def test_the_next_batch_is_searched_while_the_last_is_finished():
+    """finish_fn runs after the dispatch slot is given back: a batch queued behind goes to the shards while
+    the one before it is decoded and merged, and each caller still gets its own batch's answer."""
+    events, lock = [], threading.Lock()
+
+    def search(key, xq):
+        with lock:
+            events.append(("search", int(xq[0, 0])))
+        if xq[0, 0] == 0:
+            time.sleep(0.1)  # the second caller queues meanwhile
+        return xq
+
+    def finish(key, xq):
+        if xq[0, 0] == 0:
+            time.sleep(0.3)
+        with lock:
+            events.append(("finished", int(xq[0, 0])))
+        return xq[:, :1], xq[:, :1].astype(np.int64), None
+
+    batcher = QueryBatcher(search, finish_fn=finish)
+    results = [None, None]
+
+    def caller(i):
+        results[i] = batcher.submit("c", np.full((1, D), i, dtype=np.float32)).result(timeout=30)
+
+    first = threading.Thread(target=caller, args=(0,))
+    first.start()
+    time.sleep(0.03)
+    caller(1)
+    first.join()
+    batcher.close()
+    assert events.index(("search", 1)) < events.index(("finished", 0))
+    assert [int(r[1][0, 0]) for r in results] == [0, 1]

@@ -119,6 +119,17 @@ class BatchKey:
 
 
 @dataclass
+class Replies:
+    """What the shard workers answered a batch, still pickled: decoded and merged once the dispatch slot is
+    free, so that the shards search the next batch meanwhile."""
+
+    state: CollectionState
+    k: int
+    raw: list  # each worker's pickled SearchReply, in worker order; None for a worker skipped (allow_partial)
+    elapsed_s: float  # the fan-out, for the observer
+
+
+@dataclass
 class PackedCandidates:
     """A lean search's candidates: flat arrays, query after query, best first; no object per candidate."""
 
@@ -168,7 +179,7 @@ class SearchPath:
         self.call_timeout_s = call_timeout_s
         self.admission = QueryAdmission(max_queued_queries)
         self._fan_out_observer = fan_out_observer
-        self._batcher = QueryBatcher(self._search_batch)
+        self._batcher = QueryBatcher(self._search_batch, finish_fn=self._merge_batch)
         # collection -> (the SearchTuning chosen from, the setting chosen for the collection's own target)
         self._chosen: dict[str, tuple[object, tuning.SearchPoint]] = {}
 
@@ -273,8 +284,8 @@ class SearchPath:
         key = BatchKey(m.collection_id, k, live.version, lists, rerank_k, allow_partial, ids_only, nprobe, depth)
         return key, Iq, Dq
 
-    def _search_batch(self, key: BatchKey, xq: np.ndarray, Iq: np.ndarray, Dq: np.ndarray
-                      ) -> tuple[np.ndarray, np.ndarray, tuple[dict, list[int]]]:
+    def _search_batch(self, key: BatchKey, xq: np.ndarray, Iq: np.ndarray, Dq: np.ndarray) -> Replies:
+        """The workers' replies to a batch, still pickled: searched while the batcher's dispatch slot is held."""
         state = self.collections.get(key.collection_id)
         try:
             return self._fan_out(state, key, xq, Iq, Dq)
@@ -283,8 +294,7 @@ class SearchPath:
             return self._fan_out(state, key, xq, Iq, Dq)
 
     def _fan_out(self, state: CollectionState, key: BatchKey, xq: np.ndarray, Iq: np.ndarray, Dq: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray, tuple[dict, list[int]]]:
-        """(D, I, (records, or face ids when ids_only, of the labels in I; partitions missing)) of the batch."""
+                 ) -> Replies:
         assigned = key.version != 0
         request = SearchRequest(key.collection_id, xq, key.k, key.version, Iq if assigned else None,
                                 Dq if assigned else None, key.rerank_k, key.ids_only)
@@ -294,13 +304,18 @@ class SearchPath:
             started = time.perf_counter()
             raw = self.shards.search(pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL), self.call_timeout_s,
                                      skip_unavailable=key.allow_partial, collection_id=request.collection_id)
-            skipped = [w for w, reply in enumerate(raw) if reply is None]
-            replies = [pickle.loads(reply) for reply in raw if reply is not None]
-            if self._fan_out_observer is not None and not skipped:  # it reports every worker, in worker order
-                self._fan_out_observer(time.perf_counter() - started, [r.search_s for r in replies])
-        D, I = merge_topk([(r.D, r.I) for r in replies], key.k)
-        records = {label: record for r in replies for label, record in r.records.items()}
-        return D, I, (records, partitions_of_workers(skipped, state.manifest.num_partitions, self.shards.num_workers))
+        return Replies(state, key.k, raw, time.perf_counter() - started)
+
+    def _merge_batch(self, key: BatchKey, replies: Replies) -> tuple[np.ndarray, np.ndarray, tuple[dict, list[int]]]:
+        """(D, I, (records, or face ids when ids_only, of the labels in I; partitions missing)) of the batch."""
+        skipped = [w for w, reply in enumerate(replies.raw) if reply is None]
+        answers = [pickle.loads(reply) for reply in replies.raw if reply is not None]
+        if self._fan_out_observer is not None and not skipped:  # it reports every worker, in worker order
+            self._fan_out_observer(replies.elapsed_s, [a.search_s for a in answers])
+        D, I = merge_topk([(a.D, a.I) for a in answers], replies.k)
+        records = {label: record for a in answers for label, record in a.records.items()}
+        num_partitions = replies.state.manifest.num_partitions
+        return D, I, (records, partitions_of_workers(skipped, num_partitions, self.shards.num_workers))
 
 
 def search_cost(m: CollectionManifest):
