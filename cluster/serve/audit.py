@@ -51,8 +51,8 @@ def _hashed_line(record: dict) -> tuple[bytes, str]:
     candidates are most of a record, and encoding them twice (to hash, then to write) was most of the gateway's
     CPU at batch 256 (benchmarks/README.md). Canonical JSON of a dict is its sorted "key":value pairs, so the
     line is the hashed text with the hash's pair put in its place."""
-    # No check for cycles: a record is built from the call's plain values, and the check cost a fifth of the
-    # encoding of a batch's candidates.
+    # No check for cycles: a record is built from the call's plain values, and the check is a good part of the
+    # cost of encoding a batch's candidates (benchmarks/README.md).
     parts = {k: json.dumps(k) + ":" + json.dumps(v, sort_keys=True, separators=(",", ":"), default=str,
                                                   check_circular=False)
              for k, v in record.items() if k != "hash"}

@@ -213,9 +213,8 @@ def _response_fields(request, response) -> dict:
 
 def _shown(face_ids: list[str], similarities, probabilities, counts) -> list[list[tuple]]:
     """Candidates as the audit log records every search's: per query, best first, (face id, similarity to four
-    decimals, gallery false-match probability to four significant digits), rounded with whole arrays. Short
-    numbers are cheaper to write: a lean batch of 256 queries took the audit writer 4.4 ms at full precision,
-    2.4 ms so (benchmarks/README.md)."""
+    decimals, gallery false-match probability to four significant digits), rounded with whole arrays: short
+    numbers take the audit writer about half the time of full-precision ones (benchmarks/README.md)."""
     rounded_similarities = np.round(np.asarray(similarities, dtype=np.float64), 4).tolist()
     rounded_probabilities = _significant(np.asarray(probabilities, dtype=np.float64), 4).tolist()
     shown = list(zip(face_ids, rounded_similarities, rounded_probabilities))
