@@ -124,7 +124,6 @@ class Replies:
     free, so that the shards search the next batch meanwhile."""
 
     state: CollectionState
-    k: int
     raw: list  # each worker's pickled SearchReply, in worker order; None for a worker skipped (allow_partial)
     elapsed_s: float  # the fan-out, for the observer
 
@@ -304,7 +303,7 @@ class SearchPath:
             started = time.perf_counter()
             raw = self.shards.search(pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL), self.call_timeout_s,
                                      skip_unavailable=key.allow_partial, collection_id=request.collection_id)
-        return Replies(state, key.k, raw, time.perf_counter() - started)
+        return Replies(state, raw, time.perf_counter() - started)
 
     def _merge_batch(self, key: BatchKey, replies: Replies) -> tuple[np.ndarray, np.ndarray, tuple[dict, list[int]]]:
         """(D, I, (records, or face ids when ids_only, of the labels in I; partitions missing)) of the batch."""
@@ -312,7 +311,7 @@ class SearchPath:
         answers = [pickle.loads(reply) for reply in replies.raw if reply is not None]
         if self._fan_out_observer is not None and not skipped:  # it reports every worker, in worker order
             self._fan_out_observer(replies.elapsed_s, [a.search_s for a in answers])
-        D, I = merge_topk([(a.D, a.I) for a in answers], replies.k)
+        D, I = merge_topk([(a.D, a.I) for a in answers], key.k)
         records = {label: record for a in answers for label, record in a.records.items()}
         num_partitions = replies.state.manifest.num_partitions
         return D, I, (records, partitions_of_workers(skipped, num_partitions, self.shards.num_workers))
