@@ -75,6 +75,21 @@ def test_measured_rates_and_the_bound_beyond_the_data(synthetic):
     assert np.all(calibration.false_match_rate(beyond) == fmr_upper_bound(0, scores.size))
 
 
+def test_the_fmr_bound_of_each_threshold_is_its_own_when_asked_again(synthetic):
+    scores, calibration = synthetic
+    thresholds = [0.2, 0.3, float(calibration.tail[5]), float(calibration.tail[0]), 0.9]
+    first = [calibration.fmr_bound(s) for s in thresholds]
+    assert first == sorted(first, reverse=True) and len(set(first)) == len(first)
+    counts = [int((scores >= np.float32(s)).sum()) for s in thresholds[2:]]
+    assert first[2:] == [fmr_upper_bound(c, scores.size) for c in counts] and counts == [6, 1, 0]
+    anew = Calibration.from_scores(scores, source="gallery")  # nothing kept yet
+    for _ in range(2):  # the bounds kept by the first round answer the second
+        bounds = [calibration.fmr_bound(s) for s in thresholds]
+        assert bounds == first == [anew.fmr_bound(s) for s in thresholds]
+        assert calibration.fpir_bound(thresholds[2], 1000) == pytest.approx(
+            float(gallery_probability(np.array(bounds[2]), 1000)))
+
+
 def test_fpir_threshold_rises_with_the_gallery_and_keeps_its_promise(synthetic):
     scores, calibration = synthetic
     thresholds = [calibration.threshold_for_fpir(0.01, n) for n in GALLERY_SIZES]
