@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cluster.index import face_table
-from cluster.index.face_table import FaceTable
+from cluster.index.face_table import _FEW_IDS, FaceTable
 from cluster.index.shard_index import ShardIndex
 from cluster.index.slot_vectors import SlotVectors
 from cluster.index.synthetic import clustered_embeddings, noisy_probes
@@ -51,7 +51,10 @@ def test_face_table_answers_as_a_dict_of_alive_records_does(id_hash, steps):
         assert table.record(slot) == model.get(slot)
         assert table.face_id(slot) == (model[slot].face_id if slot in model else None)
     slots = np.array([*range(next_slot + 1), 10**7, 0, -1])  # in any order, with repeats, past either end
-    assert table.face_ids(slots) == [model[s].face_id if s in model else None for s in slots.tolist()]
+    expected = [model[s].face_id if s in model else None for s in slots.tolist()]
+    assert table.face_ids(slots) == expected
+    copies = 1 + _FEW_IDS // slots.size  # past the few read one by one: gathered at once, the same ids
+    assert table.face_ids(np.tile(slots, copies)) == expected * copies
     assert table.face_ids(np.array([], dtype=np.int64)) == []
     for record in [r for _, r in steps]:
         assert table.slot_of(record.face_id) == slot_of.get(record.face_id)

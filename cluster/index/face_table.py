@@ -30,6 +30,9 @@ _HEADER = struct.Struct("<IIII")  # lengths of face_id, external_image_id, image
 _PAIR = struct.Struct("<II")
 _MERGE_AT = 65_536  # recent additions kept in a dict before they are merged into the sorted arrays
 _PACK_FROM = 1 << 20  # deleted records' bytes below which the buffer is never repacked
+# `face_ids` reads this many ids or fewer one by one: a batch-1 search's ten took 0.018 ms so and 0.07 ms
+# gathered with numpy and Arrow, whose fixed cost is that of about 40 ids read one by one (benchmarks/README.md).
+_FEW_IDS = 32
 # Python's own string hash: fast, and never stored, so its per-process seed does no harm. Tests replace
 # it with one that collides.
 _id_hash = hash
@@ -174,6 +177,8 @@ class FaceTable:
         them: a lean search's answer, where `face_id` per slot cost a shard at 250k faces as much time as its
         search (a third of its time at batch 256, in a py-spy profile)."""
         slots = np.asarray(slots, dtype=np.int64).ravel()
+        if slots.size <= _FEW_IDS:
+            return [self.face_id(slot) if slot >= 0 else None for slot in slots.tolist()]
         alive = (slots >= 0) & (slots < self._length.size)
         alive[alive] = self._length[slots[alive]] > 0
         start = self._start[slots[alive]]
