@@ -19,7 +19,10 @@ query: the gateway process, the shard workers, this process (the clients, or
 the in-process index) and the rest of the machine (Linux, from /proc). It also
 measures gRPC alone: the same clients at batch 1 against a server that answers
 every query with canned candidates and searches nothing, the least any gRPC
-service costs per query on this machine.
+service costs per query on this machine. Where a sequential batch-1 search's
+time goes is read from the gateway's own histograms (its Prometheus metrics):
+received to answered, the fan-out to the shards, a worker's own search and the
+audit log's durable write, against the client's time for the same queries.
 
     python benchmarks/serving.py            # 1M vectors: tens of minutes on 2 cores
     python benchmarks/serving.py --quick    # 50k vectors, under a minute
@@ -44,11 +47,13 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from concurrent import futures
 
 import faiss
 import grpc
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -217,6 +222,40 @@ def latencies_ms(search, xq: np.ndarray, n: int) -> np.ndarray:
     return np.array(out)
 
 
+# Histograms of the gateway's metrics (cluster/serve/metrics.py) that time the stages of a search, and what each is.
+STAGES = {"gateway": ("gallery_grpc_request_duration_seconds", "received to answered"),
+          "fan_out": ("gallery_search_fan_out_duration_seconds", "to the shards and back"),
+          "shard_search": ("gallery_shard_search_duration_seconds", "a worker's own search"),
+          "audit_write": ("gallery_audit_write_duration_seconds", "the audit log's durable write")}
+SEARCH_METHOD = "gallery.v1.Gallery/SearchByEmbedding"
+
+
+def scrape_stages(url: str) -> dict[str, tuple[float, float]]:
+    """(sum of seconds, count) of each of `STAGES` so far, over all workers; the gateway's of searches only."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    totals = {stage: [0.0, 0.0] for stage in STAGES}
+    by_name = {name: stage for stage, (name, _) in STAGES.items()}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name, _, part = sample.name.rpartition("_")
+            if name not in by_name or part not in ("sum", "count"):
+                continue
+            if by_name[name] == "gateway" and sample.labels.get("method") != SEARCH_METHOD:
+                continue
+            totals[by_name[name]][part == "count"] += sample.value
+    return {stage: (seconds, count) for stage, (seconds, count) in totals.items()}
+
+
+def stage_means_ms(before: dict, after: dict) -> dict[str, float]:
+    """Mean milliseconds of each stage between two `scrape_stages`; NaN for a stage that did not run."""
+    means = {}
+    for stage in STAGES:
+        seconds, count = (a - b for a, b in zip(after[stage], before[stage]))
+        means[stage] = seconds / count * 1e3 if count else float("nan")
+    return means
+
+
 class CannedSearch(gallery_pb2_grpc.GalleryServicer):
     """Answers SearchByEmbedding with k made-up candidates per query, searching nothing: gRPC's own cost."""
 
@@ -305,11 +344,11 @@ def cluster(xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, *, num_shards: in
     itself (`SearchTuning`), with full candidates and with lean (ids_only) answers: its figures."""
     num_vectors, dimension = xb.shape
     build: dict[str, float] = {}
-    store, port = tempfile.mkdtemp(prefix="gallery-bench-"), free_port()
+    store, port, metrics_port = tempfile.mkdtemp(prefix="gallery-bench-"), free_port(), free_port()
     log = open(os.path.join(store, "serve.log"), "wb")
     print(f"  gallery serve logs to {log.name}", flush=True)
     server = subprocess.Popen([sys.executable, "-m", "cluster.serve.cli", "serve", "--store", os.path.join(store, "data"),
-                               "--port", str(port), "--num-shards", str(num_shards),
+                               "--port", str(port), "--metrics-port", str(metrics_port), "--num-shards", str(num_shards),
                                "--train-threshold", str(num_vectors), "--face-workers", "0",
                                "--shard-num-cpus", str(cpus_per_shard), "--shard-num-gpus", str(-1 if use_gpu else 0)],
                               stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "RAY_ADDRESS": ""})
@@ -352,6 +391,7 @@ def cluster(xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, *, num_shards: in
                    "nprobe": t.nprobe,
                    "rerank": t.rerank_depth or tuning.rerank_depth(K), "measured_recall_at_10": t.recall_at_10,
                    "bytes_per_vector": description.memory_bytes / num_vectors}
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         processes = {"gateway": [server.pid], "shards": shard_worker_pids(server.pid),
                      "this process (clients)": [os.getpid()]}
         for lean in (False, True):
@@ -363,10 +403,15 @@ def cluster(xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, *, num_shards: in
                      for row in cluster_search(xq[start:start + 256])[1]]
             qps_1, cpu_1 = measure_throughput(cluster_search, xq, 1, clients, duration_s, processes, "batch 1")
             qps_256, cpu_256 = measure_throughput(cluster_search, xq, 256, 2, duration_s, processes, "batch 256")
+            before = scrape_stages(metrics_url)
+            latency = latencies_ms(cluster_search, xq, min(len(xq), 300))
+            stages = stage_means_ms(before, scrape_stages(metrics_url))
+            stages["client"] = float(latency.mean())  # the warm-up's queries are in the stages' means too
+            print_latency_stages(stages)
             figures["lean" if lean else "full"] = {
                 "recall_at_1": recall(found, truth, 1), "recall_at_10": recall(found, truth, K),
                 "qps_batch_1": qps_1, "qps_batch_256": qps_256, "cpu_1": cpu_1, "cpu_256": cpu_256,
-                "latency_ms": latencies_ms(cluster_search, xq, min(len(xq), 300)),
+                "latency_ms": latency, "latency_stages_ms": stages,
             }
         client.close()
         return figures
@@ -375,6 +420,16 @@ def cluster(xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, *, num_shards: in
         server.wait(60)
         log.close()
         shutil.rmtree(os.path.join(store, "data"), ignore_errors=True)  # keep serve.log for a post-mortem
+
+
+def print_latency_stages(stages: dict[str, float]) -> None:
+    """Where a sequential batch-1 search's time goes, from the gateway's histograms (means per call)."""
+    gateway = stages["gateway"]
+    rest = gateway - stages["fan_out"] - stages["audit_write"]
+    print(f"  batch 1, sequential, mean per query: {stages['client']:.2f} ms at the client; the gateway "
+          f"{gateway:.2f} ms received to answered: the fan-out {stages['fan_out']:.2f} (a worker's own search "
+          f"{stages['shard_search']:.2f}), the audit log's durable write {stages['audit_write']:.2f}, the rest "
+          f"{rest:.2f}; gRPC and the client {stages['client'] - gateway:.2f}", flush=True)
 
 
 def main(num_vectors: int = 1_000_000, dimension: int = 512, num_queries: int = 1000, num_shards: int = 2,
@@ -449,6 +504,7 @@ def main(num_vectors: int = 1_000_000, dimension: int = 512, num_queries: int = 
         "baseline_cpu_ms_per_query": {"batch_1": local["cpu_1"], "batch_256": local["cpu_256"]},
         "baseline": {name: local[name] for name in ("qps_batch_1", "qps_batch_256", "recall_at_1", "recall_at_10")},
         "grpc_alone": {"qps_batch_1": canned_qps, "cpu_ms_per_query": canned_cpu}, "machine": machine,
+        "latency_stages_ms": {"full": full["latency_stages_ms"], "lean": lean["latency_stages_ms"]},
     }
     best_p50, best_256 = min(p50["full"], p50["lean"]), max(full["qps_batch_256"], lean["qps_batch_256"])
     targets = {"qps_ratio >= 0.8": figures["qps_ratio"] >= 0.8,

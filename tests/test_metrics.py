@@ -24,7 +24,7 @@ from support import Served, free_port
 from cluster.api import convert
 from cluster.gateway.gallery import Gallery
 from cluster.index.synthetic import clustered_embeddings
-from cluster.serve.audit import AuditLog
+from cluster.serve.audit import AuditLog, read_audit
 from cluster.serve.interceptors import TrustInterceptor
 from cluster.serve.metrics import GatewayMetrics, serving_metrics
 from cluster.serve.server import running_server
@@ -46,7 +46,7 @@ def served(tmp_path):
     metrics.watch(gallery)
     registry = TokenRegistry(gallery.store)
     admin = [("authorization", f"Bearer {registry.create('admin', 'admin', ['*'])}")]
-    audit = AuditLog(gallery.store)
+    audit = AuditLog(gallery.store, write_observer=metrics.observe_audit_write)
     try:
         with running_server(gallery, interceptors=[metrics.interceptor(), TrustInterceptor(audit, registry)]) \
                 as (_, port), serving_metrics(metrics, "127.0.0.1", 0) as metrics_port, \
@@ -118,6 +118,13 @@ def test_rpcs_are_counted_by_code_and_timed_and_the_gallery_is_measured(served):
     for worker in ("0", "1"):
         assert _sample(samples, "gallery_shard_search_duration_seconds_count", worker=worker) == 3
         assert _sample(samples, "gallery_shard_search_duration_seconds_sum", worker=worker) > 0
+    # Every call but the health check is audited, and each waited for its own write (one call at a time).
+    audited = len(read_audit(gallery.store))
+    assert audited == sum(counts.values()) - 1 == 9
+    assert _sample(samples, "gallery_audit_write_duration_seconds_count") == audited
+    assert _sample(samples, "gallery_audit_write_duration_seconds_sum") > 0
+    assert _sample(samples, "gallery_audit_records_per_write_count") == audited
+    assert _sample(samples, "gallery_audit_records_per_write_sum") == audited
     assert _sample(samples, "gallery_collection_faces", collection="staff") == \
         gallery.describe("staff")[0].face_count == 30
     assert _sample(samples, "gallery_collection_memory_bytes", collection="staff") == gallery.memory_bytes("staff") > 0

@@ -18,7 +18,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 PREFIX = "audit/"
 HEAD_KEY = "audit/HEAD"
 GENESIS = "0" * 64
+
+# Called after each durable write of the log with its duration (seconds) and the records it held (for metrics).
+WriteObserver = Callable[[float, int], None]
 
 
 class AuditUnavailable(Unavailable):
@@ -91,6 +94,8 @@ class AuditLog:
         store: where the records go (under "audit/"); one gateway writes it (the writer lease).
         gateway_id: names this gateway in object keys; default a random id.
         max_batch: records at most in one object.
+        write_observer: told the duration of each durable write and how many records it held: every call waits
+            for one, so it is part of every call's latency.
 
     Example:
         >>> log = AuditLog(ObjectStore("/tmp/g"))
@@ -100,12 +105,14 @@ class AuditLog:
         1
     """
 
-    def __init__(self, store: ObjectStore, *, gateway_id: str = "", max_batch: int = 1000):
+    def __init__(self, store: ObjectStore, *, gateway_id: str = "", max_batch: int = 1000,
+                 write_observer: WriteObserver | None = None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.store = store
         self.gateway_id = gateway_id or hashlib.sha256(str(time.time_ns()).encode()).hexdigest()[:12]
         self.max_batch = max_batch
+        self._write_observer = write_observer
         self._head = _last_head(store)
         self._queue: list[tuple[dict, Future]] = []
         self._cond = threading.Condition()
@@ -162,6 +169,7 @@ class AuditLog:
                 if not self._queue:
                     return
                 batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
+            started = time.perf_counter()
             try:
                 self._write([entry for entry, _ in batch])
             except Exception as e:
@@ -169,6 +177,8 @@ class AuditLog:
                 for _, future in batch:
                     future.set_exception(AuditUnavailable(f"audit store write failed: {e}"))
             else:
+                if self._write_observer is not None:
+                    self._write_observer(time.perf_counter() - started, len(batch))
                 for _, future in batch:
                     future.set_result(None)
                 with self._head_cond:

@@ -144,7 +144,7 @@ def serve(store: str = "./gallery-data", ray_address: str = "local", num_shards:
     token_path = admin_token_file or admin_token_path(store)
     if role != "reader" and ensure_admin_token(tokens, token_path):  # a reader writes nothing to the store
         print(f"created the admin token: {token_path} (mode 0600; `gallery token create` makes others)", flush=True)
-    audit = AuditLog(audit_object_store)
+    audit = AuditLog(audit_object_store, write_observer=metrics.observe_audit_write)
     # Metrics first: the calls the trust interceptor refuses are counted too.
     interceptors = [metrics.interceptor(),
                     TrustInterceptor(audit, tokens, certificate_role=tls_client_role if tls_client_ca else None)]

@@ -10,6 +10,8 @@ Metrics:
     gallery_grpc_request_duration_seconds{method}: RPC latency, received to answered.
     gallery_search_fan_out_duration_seconds: one search batch sent to every shard worker and answered.
     gallery_shard_search_duration_seconds{worker}: a shard worker's own time on a search batch.
+    gallery_audit_write_duration_seconds: one durable write of the audit log; every call waits for one.
+    gallery_audit_records_per_write: the calls' records one write held (concurrent calls share a write).
     gallery_search_queued_queries: queries the gateway holds, queued or in flight (admission control).
     gallery_search_max_queued_queries: the bound beyond which searches are refused.
     gallery_collection_faces{collection}, gallery_collection_memory_bytes{collection}: size of each collection.
@@ -38,6 +40,8 @@ logger = logging.getLogger(__name__)
 RPC_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                  120.0)
 SEARCH_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# Up to the audit log's largest write (AuditLog's max_batch).
+RECORDS_PER_WRITE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000)
 
 
 class GatewayMetrics:
@@ -50,6 +54,7 @@ class GatewayMetrics:
         >>> metrics = GatewayMetrics()
         >>> gallery = Gallery(store, shards, fan_out_observer=metrics.observe_fan_out)
         >>> metrics.watch(gallery)
+        >>> trust = TrustInterceptor(AuditLog(store, write_observer=metrics.observe_audit_write), tokens)
         >>> server, port = create_server(gallery, interceptors=[metrics.interceptor(), trust])
         >>> with serving_metrics(metrics, "127.0.0.1", 9464): ...
     """
@@ -66,12 +71,23 @@ class GatewayMetrics:
         self.shard_search = Histogram("gallery_shard_search_duration_seconds",
                                       "A shard worker's own time on a search batch", ["worker"],
                                       buckets=SEARCH_BUCKETS_S, registry=self.registry)
+        self.audit_write = Histogram("gallery_audit_write_duration_seconds",
+                                     "One durable write of the audit log; every call waits for one",
+                                     buckets=SEARCH_BUCKETS_S, registry=self.registry)
+        self.audit_records = Histogram("gallery_audit_records_per_write",
+                                       "Calls' records held by one audit log write", buckets=RECORDS_PER_WRITE_BUCKETS,
+                                       registry=self.registry)
 
     def observe_fan_out(self, seconds: float, worker_seconds: list[float]) -> None:
         """The gateway's `fan_out_observer`: one fan-out's duration and each worker's, in worker order."""
         self.fan_out.observe(seconds)
         for worker, s in enumerate(worker_seconds):
             self.shard_search.labels(worker=str(worker)).observe(s)
+
+    def observe_audit_write(self, seconds: float, records: int) -> None:
+        """The audit log's `write_observer`: one durable write's duration and the records it held."""
+        self.audit_write.observe(seconds)
+        self.audit_records.observe(records)
 
     def watch(self, gallery: Gallery) -> None:
         """Reports the gallery's collections and queries held at every scrape."""
