@@ -22,7 +22,9 @@ every query with canned candidates and searches nothing, the least any gRPC
 service costs per query on this machine. Where a sequential batch-1 search's
 time goes is read from the gateway's own histograms (its Prometheus metrics):
 received to answered, the fan-out to the shards, a worker's own search and the
-audit log's durable write, against the client's time for the same queries.
+audit log's durable write, against the client's time for the same queries; with
+a canned server's round trip, they give the batch-1 latency no gateway could go
+below on this machine.
 
     python benchmarks/serving.py            # 1M vectors: tens of minutes on 2 cores
     python benchmarks/serving.py --quick    # 50k vectors, under a minute
@@ -61,7 +63,7 @@ sys.path.insert(0, str(ROOT))
 from gallery.v1 import gallery_pb2 as pb  # noqa: E402
 from gallery.v1 import gallery_pb2_grpc  # noqa: E402
 from host import describe  # noqa: E402  (benchmarks/host.py)
-from servers import free_port  # benchmarks/servers.py
+from servers import free_port  # noqa: E402  (benchmarks/servers.py)
 
 from cluster.client import GalleryClient  # noqa: E402
 from cluster.index import tuning, vectors  # noqa: E402
@@ -133,7 +135,7 @@ class CpuMeter:
     Example:
         >>> with CpuMeter({"gateway": [gateway_pid], "shards": shard_worker_pids()}) as meter:
         ...     qps = throughput(...)
-        >>> meter.per_query_ms(qps)  # {'gateway': 1.7, 'shards': 3.2, 'rest': 0.4}, 'rest' = the machine less the groups
+        >>> meter.per_query_ms(qps)  # {'gateway': 1.7, 'shards': 3.2, 'rest': 0.4}: rest, the machine less the groups
     """
 
     def __init__(self, groups: dict[str, list[int]]):
@@ -277,16 +279,24 @@ def serve_canned(port: int) -> None:
     server.wait_for_termination()
 
 
-def grpc_alone(xq: np.ndarray, clients: int, duration_s: float) -> tuple[float, dict[str, float]]:
-    """Batch-1 QPS and CPU per query of the benchmark's clients against `CannedSearch` in its own process."""
+def grpc_alone(xq: np.ndarray, clients: int, duration_s: float) -> tuple[float, dict[str, float], float]:
+    """Batch-1 QPS and CPU per query of the benchmark's clients against `CannedSearch` in its own process, and the
+    p50 of sequential round trips (ms)."""
     port = free_port()
     server = multiprocessing.get_context("spawn").Process(target=serve_canned, args=(port,), daemon=True)
     server.start()
     try:
         with GalleryClient(f"127.0.0.1:{port}") as client:
             grpc.channel_ready_future(client.channel).result(timeout=60)
-            return measure_throughput(lambda x: client.search("canned", x, K, **WHY), xq, 1, clients, duration_s,
-                                      {"server": [server.pid], "this process (clients)": [os.getpid()]}, "batch 1")
+
+            def canned(x):
+                return client.search("canned", x, K, **WHY)
+
+            qps, cpu = measure_throughput(canned, xq, 1, clients, duration_s,
+                                          {"server": [server.pid], "this process (clients)": [os.getpid()]}, "batch 1")
+            round_trip_ms = float(np.percentile(latencies_ms(canned, xq, min(len(xq), 300)), 50))
+            print(f"  batch 1, sequential: p50 {round_trip_ms:.2f} ms a round trip", flush=True)
+            return qps, cpu, round_trip_ms
     finally:
         server.terminate()
         server.join()
@@ -347,8 +357,9 @@ def cluster(xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, *, num_shards: in
     store, port, metrics_port = tempfile.mkdtemp(prefix="gallery-bench-"), free_port(), free_port()
     log = open(os.path.join(store, "serve.log"), "wb")
     print(f"  gallery serve logs to {log.name}", flush=True)
-    server = subprocess.Popen([sys.executable, "-m", "cluster.serve.cli", "serve", "--store", os.path.join(store, "data"),
-                               "--port", str(port), "--metrics-port", str(metrics_port), "--num-shards", str(num_shards),
+    server = subprocess.Popen([sys.executable, "-m", "cluster.serve.cli", "serve",
+                               "--store", os.path.join(store, "data"), "--port", str(port),
+                               "--metrics-port", str(metrics_port), "--num-shards", str(num_shards),
                                "--train-threshold", str(num_vectors), "--face-workers", "0",
                                "--shard-num-cpus", str(cpus_per_shard), "--shard-num-gpus", str(-1 if use_gpu else 0)],
                               stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "RAY_ADDRESS": ""})
@@ -464,7 +475,7 @@ def main(num_vectors: int = 1_000_000, dimension: int = 512, num_queries: int = 
     del xb
 
     print("gRPC alone (a server that answers with canned candidates and searches nothing):")
-    canned_qps, canned_cpu = grpc_alone(xq, clients, duration_s)
+    canned_qps, canned_cpu, canned_p50 = grpc_alone(xq, clients, duration_s)
 
     print(f"in-process FAISS ({ivfpq_factory(nlist, pq_m, pq_bits)}, nprobe {nprobe}, re-rank {rerank}: the "
           f"cluster's measured setting):")
@@ -503,7 +514,8 @@ def main(num_vectors: int = 1_000_000, dimension: int = 512, num_queries: int = 
         "lean_cpu_ms_per_query": {"batch_1": lean["cpu_1"], "batch_256": lean["cpu_256"]},
         "baseline_cpu_ms_per_query": {"batch_1": local["cpu_1"], "batch_256": local["cpu_256"]},
         "baseline": {name: local[name] for name in ("qps_batch_1", "qps_batch_256", "recall_at_1", "recall_at_10")},
-        "grpc_alone": {"qps_batch_1": canned_qps, "cpu_ms_per_query": canned_cpu}, "machine": machine,
+        "grpc_alone": {"qps_batch_1": canned_qps, "cpu_ms_per_query": canned_cpu, "p50_ms": canned_p50},
+        "machine": machine,
         "latency_stages_ms": {"full": full["latency_stages_ms"], "lean": lean["latency_stages_ms"]},
     }
     best_p50, best_256 = min(p50["full"], p50["lean"]), max(full["qps_batch_256"], lean["qps_batch_256"])
@@ -517,13 +529,22 @@ def main(num_vectors: int = 1_000_000, dimension: int = 512, num_queries: int = 
         # Where the in-process run kept every CPU busy, a served query costs at least its search plus gRPC,
         # and the cluster's at least what its shards spent plus gRPC.
         search_ms, grpc_ms = sum(local["cpu_1"].values()), sum(canned_cpu.values())
-        print(f"gRPC alone: {grpc_ms:.2f} CPU ms per batch-1 query; with the search's {search_ms:.2f}, a service through "
-              f"gRPC on a CPU-bound machine serves at most {search_ms / (search_ms + grpc_ms):.2f}x in-process at batch 1")
+        print(f"gRPC alone: {grpc_ms:.2f} CPU ms per batch-1 query; with the search's {search_ms:.2f}, a service "
+              f"through gRPC on a CPU-bound machine serves at most {search_ms / (search_ms + grpc_ms):.2f}x in-process "
+              f"at batch 1")
         if full["cpu_1"].get("shards"):
             bound = search_ms / (full["cpu_1"]["shards"] + grpc_ms)
             figures["qps_ratio_batch_1_bound"] = bound
             print(f"shards: {full['cpu_1']['shards']:.2f} CPU ms per batch-1 query; with gRPC's, the cluster serves at "
                   f"most {bound:.2f}x in-process at batch 1 on a CPU-bound machine, whatever its gateway costs")
+    # What no gateway could take out of a batch-1 search here: a gRPC round trip, the durable audit write every
+    # call waits for, and one worker's own search (the workers search in parallel).
+    floor = {stage: min(full["latency_stages_ms"][stage], lean["latency_stages_ms"][stage])
+             for stage in ("audit_write", "shard_search")}
+    figures["batch_1_floor_ms"] = canned_p50 + floor["audit_write"] + floor["shard_search"]
+    print(f"batch-1 floor: a gRPC round trip {canned_p50:.2f} ms (p50, canned server) + the audit log's durable write "
+          f"{floor['audit_write']:.2f} + a worker's own search {floor['shard_search']:.2f} = "
+          f"{figures['batch_1_floor_ms']:.2f} ms, with no gateway work at all")
     for target, met in targets.items():
         print(f"target {target}: {'met' if met else 'MISSED'}")
     for f in (local, full, lean):

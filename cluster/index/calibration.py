@@ -114,8 +114,8 @@ class Calibration:
     quantiles: np.ndarray  # scores at probabilities linspace(0, 1, _QUANTILES)
     default_min_similarity: float = UNCALIBRATED
     _thresholds: dict = field(default_factory=dict, compare=False, repr=False)  # (fpir, N) → FpirThreshold
-    # similarity → fmr_bound: a search at the default or a given threshold states its FPIR bound, and the
-    # bound's bisection took 0.1 ms of every batch-1 search (benchmarks/README.md)
+    # similarity → fmr_bound: every search at the default or a given threshold states its FPIR bound, and the
+    # bound's bisection over the binomial CDF costs milliseconds once impostors score above it (benchmarks/README.md)
     _bounds: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod

@@ -30,8 +30,8 @@ _HEADER = struct.Struct("<IIII")  # lengths of face_id, external_image_id, image
 _PAIR = struct.Struct("<II")
 _MERGE_AT = 65_536  # recent additions kept in a dict before they are merged into the sorted arrays
 _PACK_FROM = 1 << 20  # deleted records' bytes below which the buffer is never repacked
-# `face_ids` reads this many ids or fewer one by one: a batch-1 search's ten took 0.018 ms so and 0.07 ms
-# gathered with numpy and Arrow, whose fixed cost is that of about 40 ids read one by one (benchmarks/README.md).
+# `face_ids` reads this many ids or fewer one by one: gathering them with numpy and Arrow has a fixed cost of
+# about 40 ids read one by one, four times the cost of a batch-1 search's ten (benchmarks/README.md).
 _FEW_IDS = 32
 # Python's own string hash: fast, and never stored, so its per-process seed does no harm. Tests replace
 # it with one that collides.
