@@ -117,6 +117,24 @@ ObjectStore({str(tmp_path)!r}).put("segments/2.parquet", open({str(tmp_path / "s
     assert list((tmp_path / "segments").iterdir()) == []
 
 
+def test_a_local_put_syncs_the_object_its_new_name_and_each_folder_made_for_it(tmp_path, monkeypatch):
+    """What a power cut cannot take once put returned: the bytes (the file's sync), its name in its folder and
+    the names of the folders made for it (their folders' syncs); a rename is the folder's data, not the file's."""
+    store = ObjectStore(str(tmp_path / "store"))
+    synced = []
+    fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), fsync(fd))[1])
+    root = str(tmp_path / "store")
+    store.put("audit/2026/12/02/0001.jsonl", b"record\n")
+    assert synced[0].startswith(f"{root}/audit/2026/12/02/.0001.jsonl.tmp-")  # the bytes, before the rename
+    assert synced[1:] == [f"{root}/audit/2026/12/02", f"{root}/audit/2026/12", f"{root}/audit/2026",
+                          f"{root}/audit", root]  # the new name, then each made folder's name, deepest first
+    synced.clear()
+    store.put("audit/2026/12/02/0002.jsonl", b"record\n")
+    assert len(synced) == 2 and synced[1] == f"{root}/audit/2026/12/02"  # no folder made: its own name only
+    assert store.get("audit/2026/12/02/0002.jsonl") == b"record\n"
+
+
 def test_gallery_on_s3_survives_restart(galleries, s3_server, s3_bucket):
     uri = f"s3://{s3_bucket}/gallery"
     gallery = galleries.start(uri, s3_endpoint=s3_server, env_vars=S3_CREDENTIALS)

@@ -3,6 +3,10 @@
 Every object is written whole or not at all: on a local disk through a
 temporary file and a rename, on S3 because a PUT is atomic. Readers therefore
 never see half an object, which is what makes manifests safe to commit last.
+A put that returned survives a power cut on a local disk too: the file is
+synced before the rename, and the folder holding the new name after it (with
+the parent of every folder the put had to make), since the file's own sync does
+not cover the rename, which is what audit records and commits are trusted for.
 A process killed between the write and the rename leaves its temporary file
 behind; it is hidden (".name.tmp-…", as Parquet dataset readers skip dot-files),
 never listed, and removed with its prefix.
@@ -112,6 +116,26 @@ class S3Client:
             return self._client
 
 
+def _make_folders(folder: str) -> list[str]:
+    """Makes `folder` and its missing parents; the ones this call found missing, outermost first."""
+    missing = []
+    while not os.path.isdir(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    if missing:
+        os.makedirs(missing[0], exist_ok=True)  # a concurrent put may make them too
+    return missing[::-1]
+
+
+def _sync_folder(folder: str) -> None:
+    """Makes the names in a folder durable: a renamed or created entry is the folder's data, not the file's."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def s3_filesystem(endpoint: str | None = None) -> pafs.S3FileSystem:
     """The pyarrow filesystem of an S3 endpoint, for stores and job files alike.
 
@@ -192,8 +216,8 @@ class ObjectStore:
         """Calls `write` with a stream that becomes the object whole once it returns, or not at all."""
         path = self._path(key)
         if self.is_local:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
             folder, name = os.path.split(path)
+            made = _make_folders(folder)
             temporary = os.path.join(folder, f".{name}{_TEMPORARY_MARK}{uuid.uuid4().hex}")
             try:
                 with open(temporary, "wb") as f:
@@ -204,6 +228,8 @@ class ObjectStore:
             finally:
                 if os.path.exists(temporary):
                     os.remove(temporary)
+            for synced in (folder, *(os.path.dirname(m) for m in reversed(made))):  # each new name, deepest first
+                _sync_folder(synced)
         else:
             with self.fs.open_output_stream(path) as f:
                 write(f)
