@@ -9,6 +9,7 @@ from gallery.v1 import gallery_pb2 as pb
 from gallery.v1 import gallery_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support import wait_until
 
 from cluster.api import convert
 from cluster.index.synthetic import clustered_embeddings
@@ -316,6 +317,23 @@ def test_the_chain_continues_across_gateways(tmp_path):
     result = audit_log.verify(store)
     assert result.intact and result.records == 3 and result.objects == 3
     assert [r["identity"] for r in read_audit(store)] == ["g0", "g1", "g2"]
+
+
+def test_the_head_moves_at_most_once_an_interval_and_to_the_last_object_at_close(tmp_path):
+    store = ObjectStore(str(tmp_path))
+    log = AuditLog(store, head_interval_s=600)
+
+    def head() -> int:
+        return audit_log.Head.from_json(store.get(audit_log.HEAD_KEY)).sequence
+
+    log.record({"method": "ListCollections", "identity": "first"})
+    wait_until(lambda: store.exists(audit_log.HEAD_KEY), 10, "the first head")  # moved at once
+    for n in range(5):
+        log.record({"method": "ListCollections", "identity": f"call {n}"})
+    assert head() == 1  # objects 2-6 came within the interval
+    assert audit_log.verify(store).intact  # a head behind the chain
+    log.close()
+    assert head() == 6 and audit_log.verify(store).intact
 
 
 def test_a_head_one_object_behind_the_chain_is_not_truncation(tmp_path):

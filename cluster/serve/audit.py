@@ -35,6 +35,11 @@ GENESIS = "0" * 64
 # Called after each durable write of the log with its duration (seconds) and the records it held (for metrics).
 WriteObserver = Callable[[float, int], None]
 
+# The head moves at most this often while calls keep coming (and at close): moved after every object, its writes
+# were as many as the objects' and took as much of the gateway's CPU, a fifth of it at batch 1 with 8 clients
+# (benchmarks/README.md); the head only bounds what `verify` can see cut from the end.
+HEAD_INTERVAL_S = 0.05
+
 
 class AuditUnavailable(Unavailable):
     """A record could not be durably written: the RPC it describes must not be answered."""
@@ -96,6 +101,7 @@ class AuditLog:
         max_batch: records at most in one object.
         write_observer: told the duration of each durable write and how many records it held: every call waits
             for one, so it is part of every call's latency.
+        head_interval_s: least time between two moves of `audit/HEAD`.
 
     Example:
         >>> log = AuditLog(ObjectStore("/tmp/g"))
@@ -106,13 +112,14 @@ class AuditLog:
     """
 
     def __init__(self, store: ObjectStore, *, gateway_id: str = "", max_batch: int = 1000,
-                 write_observer: WriteObserver | None = None):
+                 write_observer: WriteObserver | None = None, head_interval_s: float = HEAD_INTERVAL_S):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.store = store
         self.gateway_id = gateway_id or hashlib.sha256(str(time.time_ns()).encode()).hexdigest()[:12]
         self.max_batch = max_batch
         self._write_observer = write_observer
+        self.head_interval_s = head_interval_s
         self._head = _last_head(store)
         self._queue: list[tuple[dict, Future]] = []
         self._cond = threading.Condition()
@@ -189,9 +196,9 @@ class AuditLog:
         """Moves `audit/HEAD` to the newest object written, in a thread of its own, skipping heads that a newer
         one overtook. The objects are the calls' durable records; the head only lets `verify` see records cut
         from the end, so no call waits for it: a call waits for one durable write instead of two, and object
-        writes do not queue behind head writes (benchmarks/README.md). The head therefore lags the chain by
-        the objects written while it was being written, which `verify` accepts (a head behind the chain);
-        `close` leaves it at the last object."""
+        writes do not queue behind head writes (benchmarks/README.md). It moves at most every
+        `head_interval_s`, so it lags the chain by the objects written in that time, which `verify` accepts (a
+        head behind the chain); `close` leaves it at the last object."""
         while True:
             with self._head_cond:
                 while self._head_to_write is None and not self._writer_done:
@@ -199,10 +206,14 @@ class AuditLog:
                 head, self._head_to_write = self._head_to_write, None
             if head is None:
                 return  # the writer has stopped and its last head is written
+            moved = time.monotonic()
             try:
                 self.store.put(HEAD_KEY, head.to_json())
             except Exception:
                 logger.exception("audit head not moved to object %d; the next write moves it", head.sequence)
+            with self._head_cond:  # the heads of the interval wait, the newest overtaking the others; close does not
+                while not self._writer_done and (left := moved + self.head_interval_s - time.monotonic()) > 0:
+                    self._head_cond.wait(left)
 
     def _write(self, entries: list[dict]) -> None:
         sequence = self._head.sequence + 1
