@@ -3,10 +3,10 @@
 Every object is written whole or not at all: on a local disk through a
 temporary file and a rename, on S3 because a PUT is atomic. Readers therefore
 never see half an object, which is what makes manifests safe to commit last.
-A put that returned survives a power cut on a local disk too: the file is
-synced before the rename, and the folder holding the new name after it (with
-the parent of every folder the put had to make), since the file's own sync does
-not cover the rename, which is what audit records and commits are trusted for.
+A put that returned survives a power cut on a local disk too, as audit records
+and commits need: the file is synced before the rename, and after it the folder
+holding the new name (and the folder above each folder the put made), since the
+file's own sync does not cover its name.
 A process killed between the write and the rename leaves its temporary file
 behind; it is hidden (".name.tmp-…", as Parquet dataset readers skip dot-files),
 never listed, and removed with its prefix.
