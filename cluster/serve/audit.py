@@ -36,7 +36,7 @@ GENESIS = "0" * 64
 WriteObserver = Callable[[float, int], None]
 
 # The head moves at most this often while calls keep coming (and at close): moved after every object, its writes
-# were as many as the objects' and took as much of the gateway's CPU, a fifth of it at batch 1 with 8 clients
+# were as many as the objects' and took a tenth to a sixth of the gateway's CPU at batch 1 with 8 clients
 # (benchmarks/README.md); the head only bounds what `verify` can see cut from the end.
 HEAD_INTERVAL_S = 0.05
 
