@@ -135,6 +135,26 @@ def test_a_local_put_syncs_the_object_its_new_name_and_each_folder_made_for_it(t
     assert store.get("audit/2026/12/02/0002.jsonl") == b"record\n"
 
 
+def test_a_local_delete_syncs_the_folders_it_removed_names_from(tmp_path, monkeypatch):
+    """A removal is the folder's data: a deleted manifest (a deleted collection) must not come back after a
+    power cut."""
+    store = ObjectStore(str(tmp_path / "store"))
+    for key in ("collections/a/manifest.json", "collections/a/segments/1.parquet",
+                "collections/a/segments/2.parquet", "collections/b/manifest.json"):
+        store.put(key, b"x")
+    synced = []
+    fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), fsync(fd))[1])
+    root = str(tmp_path / "store")
+    store.delete("collections/a/manifest.json")
+    assert synced == [f"{root}/collections/a"]
+    synced.clear()
+    store.delete_prefix("collections/a/")
+    assert sorted(synced) == [f"{root}/collections/a/segments"]  # each folder once, however many it held
+    store.delete("collections/c/manifest.json")  # absent, in a folder that is not there: nothing to sync
+    assert store.list("") == ["collections/b/manifest.json"]
+
+
 def test_gallery_on_s3_survives_restart(galleries, s3_server, s3_bucket):
     uri = f"s3://{s3_bucket}/gallery"
     gallery = galleries.start(uri, s3_endpoint=s3_server, env_vars=S3_CREDENTIALS)

@@ -136,6 +136,15 @@ def _sync_folder(folder: str) -> None:
         os.close(fd)
 
 
+def _sync_folders(folders) -> None:
+    """`_sync_folder` of each folder that still exists (a removal is the folder's data too)."""
+    for folder in folders:
+        try:
+            _sync_folder(folder)
+        except FileNotFoundError:
+            pass
+
+
 def s3_filesystem(endpoint: str | None = None) -> pafs.S3FileSystem:
     """The pyarrow filesystem of an S3 endpoint, for stores and job files alike.
 
@@ -258,17 +267,27 @@ class ObjectStore:
         return sorted(info.path[start:] for info in infos if info.type == pafs.FileType.File)
 
     def delete(self, key: str) -> None:
+        """Deletes one object, if there. On a local disk the removal survives a power cut once this returns, as
+        a put does: deleting a collection's manifest is what deletes the collection."""
+        self._unlink(key)
+        if self.is_local:
+            _sync_folders([os.path.dirname(self._path(key))])
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Deletes every object under prefix, with the temporary files of interrupted writes; durably, as `delete`."""
+        if not prefix.endswith("/") or prefix == "/":
+            raise UnsafeKey(f"delete_prefix {prefix!r}: a folder below the root ending in '/' (never the whole store)")
+        keys = self._files(prefix)
+        for key in keys:
+            self._unlink(key)
+        if self.is_local:
+            _sync_folders({os.path.dirname(self._path(key)) for key in keys})
+
+    def _unlink(self, key: str) -> None:
         try:
             self.fs.delete_file(self._path(key))
         except FileNotFoundError:
             pass
-
-    def delete_prefix(self, prefix: str) -> None:
-        """Deletes every object under prefix, with the temporary files of interrupted writes."""
-        if not prefix.endswith("/") or prefix == "/":
-            raise UnsafeKey(f"delete_prefix {prefix!r}: a folder below the root ending in '/' (never the whole store)")
-        for key in self._files(prefix):
-            self.delete(key)
 
 
     # ---- compare-and-swap: for the few objects several processes write (the writer lease) -----------------
