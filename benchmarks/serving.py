@@ -224,11 +224,11 @@ def latencies_ms(search, xq: np.ndarray, n: int) -> np.ndarray:
     return np.array(out)
 
 
-# Histograms of the gateway's metrics (cluster/serve/metrics.py) that time the stages of a search, and what each is.
-STAGES = {"gateway": ("gallery_grpc_request_duration_seconds", "received to answered"),
-          "fan_out": ("gallery_search_fan_out_duration_seconds", "to the shards and back"),
-          "shard_search": ("gallery_shard_search_duration_seconds", "a worker's own search"),
-          "audit_write": ("gallery_audit_write_duration_seconds", "the audit log's durable write")}
+# The histograms of the gateway's metrics (cluster/serve/metrics.py) that time the stages of a search.
+STAGES = {"gateway": "gallery_grpc_request_duration_seconds",  # received to answered
+          "fan_out": "gallery_search_fan_out_duration_seconds",  # to the shards and back
+          "shard_search": "gallery_shard_search_duration_seconds",  # a worker's own search
+          "audit_write": "gallery_audit_write_duration_seconds"}  # the audit log's durable write
 SEARCH_METHOD = "gallery.v1.Gallery/SearchByEmbedding"
 
 
@@ -237,7 +237,7 @@ def scrape_stages(url: str) -> dict[str, tuple[float, float]]:
     with urllib.request.urlopen(url, timeout=10) as response:
         text = response.read().decode()
     totals = {stage: [0.0, 0.0] for stage in STAGES}
-    by_name = {name: stage for stage, (name, _) in STAGES.items()}
+    by_name = {name: stage for stage, name in STAGES.items()}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             name, _, part = sample.name.rpartition("_")
