@@ -88,6 +88,17 @@ def _binomial_cdf(count: int, n: int, p: float) -> float:
     return float(_binomial_cdfs(count, n, p)[-1])
 
 
+def _kept(cache: dict, key, compute):
+    """cache[key], computed once by `compute()`: concurrent callers at worst compute it twice; emptied past 4,096
+    entries, so that callers asking ever new keys cannot grow it without end."""
+    found = cache.get(key)
+    if found is None:
+        if len(cache) > 4096:
+            cache.clear()
+        found = cache[key] = compute()
+    return found
+
+
 @dataclass(frozen=True)
 class FpirThreshold:
     """A similarity threshold derived from a target FPIR and a gallery size.
@@ -163,15 +174,11 @@ class Calibration:
     def fmr_bound(self, similarity: float) -> float:
         """95 % Clopper-Pearson upper bound on FMR(similarity); the measured rate where over 10,000 pairs score
         at or above it (the bound is then within ~2 % of it)."""
-        key = float(similarity)
-        found = self._bounds.get(key)  # concurrent searches at worst compute it twice
-        if found is None:
-            if len(self._bounds) > 4096:
-                self._bounds.clear()
+        def bound() -> float:
             count = int(round(float(self.impostor_count(similarity))))
-            found = self._bounds[key] = (count / self.n_pairs if count > self.tail.size
-                                         else fmr_upper_bound(count, self.n_pairs))
-        return found
+            return count / self.n_pairs if count > self.tail.size else fmr_upper_bound(count, self.n_pairs)
+
+        return _kept(self._bounds, float(similarity), bound)
 
     def fpir_bound(self, similarity: float, gallery_size: int) -> float:
         """95 % upper bound on the FPIR of a search of gallery_size faces at this threshold."""
@@ -196,13 +203,8 @@ class Calibration:
         if gallery_size < 0:
             raise ValueError(f"gallery_size must be >= 0, got {gallery_size}")
         n_gallery = max(int(gallery_size), 1)  # an empty gallery answers nothing; its threshold is that of one face
-        key = (float(fpir), n_gallery)
-        found = self._thresholds.get(key)  # searches of one size reuse it; concurrent ones at worst recompute it
-        if found is None:
-            if len(self._thresholds) > 4096:
-                self._thresholds.clear()
-            found = self._thresholds[key] = self._threshold_for_fpir(float(fpir), n_gallery)
-        return found
+        fpir = float(fpir)
+        return _kept(self._thresholds, (fpir, n_gallery), lambda: self._threshold_for_fpir(fpir, n_gallery))
 
     def _threshold_for_fpir(self, fpir: float, n_gallery: int) -> FpirThreshold:
         alpha = 1.0 - CONFIDENCE
