@@ -302,11 +302,12 @@ class ShardWorker:
                                                           rerank_k=r.rerank_k)
                    for p in partitions]
         nq = r.xq.shape[0]
-        if len(results) == 1:  # one partition per worker, as collections are created: its top-k as it is
+        if not results:
+            D, I = np.empty((nq, 0), np.float32), np.empty((nq, 0), np.int64)
+        elif len(results) == 1:  # one partition per worker, as collections are created: its top-k as it is
             D, I = results[0]
         else:
-            D, I = (merge_topk(results, r.k) if results
-                    else (np.empty((nq, 0), np.float32), np.empty((nq, 0), np.int64)))
+            D, I = merge_topk(results, r.k)
         records = {}
         for p in partitions:
             shard = self._shard(r.collection_id, p)
