@@ -32,7 +32,7 @@ def test_token_create_list_revoke(tmp_path, capsys):
 
 def test_audit_verify_and_query(tmp_path, capsys):
     store = ObjectStore(str(tmp_path / "store"))
-    log = AuditLog(store)
+    log = AuditLog(store, max_object_bytes=1)  # an object per record
     for case in ("case-1", "case-2", "case-1"):
         log.record({"method": "SearchByEmbedding", "identity": "door-3", "case_id": case})
     log.close()

@@ -17,6 +17,8 @@ from support import S3_CREDENTIALS, wait_until
 
 from cluster.errors import InvalidArgument, Unavailable
 from cluster.index.synthetic import clustered_embeddings
+from cluster.serve import audit as audit_log
+from cluster.serve.audit import AuditLog
 from cluster.storage.lease import LEASE_KEY, StoreInUse, WriterLease
 from cluster.storage.object_store import ObjectStore, PreconditionFailed
 from cluster.storage.records import FaceBatch, FaceRecord, batch_table, read_batches, write_tables
@@ -31,6 +33,19 @@ def test_object_store_on_s3(s3_server, s3_bucket):
     assert store.list("a/") == ["a/b.bin", "a/c.bin"] and store.exists("a/b.bin")
     store.delete_prefix("a/")
     assert store.list("") == [] and not store.exists("a/b.bin")
+    with pytest.raises(NotImplementedError):  # S3 objects cannot grow
+        store.append("a/log", b"record\n")
+
+
+def test_the_audit_log_on_s3_writes_an_object_a_write(s3_server, s3_bucket):
+    store = ObjectStore(f"s3://{s3_bucket}/audited", s3_endpoint=s3_server)
+    log = AuditLog(store)
+    for n in range(3):
+        log.record({"method": "ListCollections", "identity": f"call {n}"})
+    log.close()
+    result = audit_log.verify(store)
+    assert result.intact and result.objects == 3 and result.records == 3
+    assert [r["identity"] for r in audit_log.read_audit(store)] == ["call 0", "call 1", "call 2"]
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
@@ -153,6 +168,30 @@ def test_a_local_delete_syncs_the_folders_it_removed_names_from(tmp_path, monkey
     assert sorted(synced) == [f"{root}/collections/a/segments"]  # each folder once, however many it held
     store.delete("collections/c/manifest.json")  # absent, in a folder that is not there: nothing to sync
     assert store.list("") == ["collections/b/manifest.json"]
+
+
+def test_a_local_append_syncs_its_bytes_once_and_a_new_name_and_adds_all_of_them_or_none(tmp_path, monkeypatch):
+    store = ObjectStore(str(tmp_path / "store"))
+    root = str(tmp_path / "store")
+    synced = []
+    for name in ("fsync", "fdatasync"):
+        real = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda fd, real=real, name=name: (
+            synced.append((name, os.readlink(f"/proc/self/fd/{fd}"))), real(fd))[1])
+    store.append("audit/2026/12/03/0001.jsonl", b"header\nrecord 1\n")
+    assert synced == [("fdatasync", f"{root}/audit/2026/12/03/0001.jsonl"),  # the bytes, then the new names
+                      *(("fsync", folder) for folder in (f"{root}/audit/2026/12/03", f"{root}/audit/2026/12",
+                                                         f"{root}/audit/2026", f"{root}/audit", root))]
+    synced.clear()
+    store.append("audit/2026/12/03/0001.jsonl", b"record 2\n")
+    assert synced == [("fdatasync", f"{root}/audit/2026/12/03/0001.jsonl")]  # one sync: no name is new
+
+    write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: write(fd, bytes(data)[:4]))  # a short write, then a full disk
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    with pytest.raises(OSError, match="No space"):
+        store.append("audit/2026/12/03/0001.jsonl", b"record 3\n")
+    assert store.get("audit/2026/12/03/0001.jsonl") == b"header\nrecord 1\nrecord 2\n"  # cut back: none of it
 
 
 def test_gallery_on_s3_survives_restart(galleries, s3_server, s3_bucket):

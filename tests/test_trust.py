@@ -282,7 +282,7 @@ def test_a_call_that_cannot_be_recorded_is_not_answered(gallery, tmp_path):
 
 def test_verify_finds_every_kind_of_tampering(tmp_path):
     store = ObjectStore(str(tmp_path))
-    log = AuditLog(store)
+    log = AuditLog(store, max_object_bytes=1)  # an object per write
     for start in range(0, 6, 2):  # three objects of two records each
         log.record_many([{"method": "SearchByEmbedding", "identity": f"caller-{i}"} for i in (start, start + 1)])
     log.close()
@@ -321,7 +321,7 @@ def test_the_chain_continues_across_gateways(tmp_path):
 
 def test_the_head_moves_at_most_once_an_interval_and_to_the_last_object_at_close(tmp_path):
     store = ObjectStore(str(tmp_path))
-    log = AuditLog(store, head_interval_s=600)
+    log = AuditLog(store, head_interval_s=600, max_object_bytes=1)
 
     def head() -> int:
         return audit_log.Head.from_json(store.get(audit_log.HEAD_KEY)).sequence
@@ -351,3 +351,81 @@ def test_a_head_one_object_behind_the_chain_is_not_truncation(tmp_path):
     store.delete([k for k in store.list("audit/") if k.endswith(".jsonl")][-1])
     store.put(audit_log.HEAD_KEY, audit_log.Head(2, result.head.object_hash, result.head.record_hash).to_json())
     assert "truncated" in " ".join(audit_log.verify(store).problems)
+
+
+def test_local_writes_append_to_one_object_until_it_is_full_and_the_head_may_name_any_record_of_it(tmp_path):
+    store = ObjectStore(str(tmp_path))
+    log = AuditLog(store, head_interval_s=600)
+    log.record({"method": "ListCollections", "identity": "first"})
+    wait_until(lambda: store.exists(audit_log.HEAD_KEY), 10, "the first head")
+    for n in range(4):
+        log.record({"method": "ListCollections", "identity": f"call {n}"})
+    keys = [k for k in store.list("audit/") if k.endswith(".jsonl")]
+    assert len(keys) == 1 and store.get(keys[0]).count(b"\n") == 6  # a header and five records, five appends
+    result = audit_log.verify(store)  # the head names the object after its first record only
+    assert result.intact and result.records == 5 and result.head.sequence == 1
+    log.close()  # the head moves to the last record of the same object
+    assert audit_log.Head.from_json(store.get(audit_log.HEAD_KEY)) == audit_log.verify(store).head
+    pristine = store.get(keys[0])
+    store.put(keys[0], pristine.replace(b"call 2", b"call 9"))
+    assert "edited" in " ".join(audit_log.verify(store).problems)
+    store.put(keys[0], pristine[:pristine.rfind(b"\n", 0, -1) + 1])  # the last record removed
+    assert "not as the head names it" in " ".join(audit_log.verify(store).problems)
+    store.put(keys[0], pristine)
+
+    # A new gateway starts an object; full after two writes (a header and a record are less than two records)
+    log = AuditLog(store, max_object_bytes=2 * len(pristine.splitlines()[1]))
+    for n in range(3):
+        log.record({"method": "ListCollections", "identity": f"second gateway {n}"})
+    log.close()
+    keys = [k for k in store.list("audit/") if k.endswith(".jsonl")]
+    assert [store.get(k).count(b"\n") for k in keys] == [6, 3, 2]
+    result = audit_log.verify(store)
+    assert result.intact and result.records == 8 and result.head.sequence == 3
+
+
+def test_an_append_a_crash_cut_short_is_invisible_to_readers_and_removed_by_the_next_gateway(tmp_path):
+    store = ObjectStore(str(tmp_path))
+    log = AuditLog(store)
+    for n in range(3):
+        log.record({"method": "ListCollections", "identity": f"call {n}"})
+    log.close()
+    (key,) = [k for k in store.list("audit/") if k.endswith(".jsonl")]
+    store.append(key, b'{"method":"ListCollections","identity":"never answ')  # the crash: half an append
+    assert [r["identity"] for r in read_audit(store)] == ["call 0", "call 1", "call 2"]
+    assert audit_log.verify(store).intact
+
+    log = AuditLog(store)  # the next gateway cuts the partial record, then continues the chain after it
+    log.record({"method": "ListCollections", "identity": "after the crash"})
+    log.close()
+    assert store.get(key).endswith(b"}\n")
+    assert [r["identity"] for r in read_audit(store)] == ["call 0", "call 1", "call 2", "after the crash"]
+    result = audit_log.verify(store)
+    assert result.intact and result.objects == 2
+
+
+def test_a_head_kept_elsewhere_proves_its_records_after_the_log_has_grown_past_it(tmp_path):
+    store = ObjectStore(str(tmp_path))
+    log = AuditLog(store, max_object_bytes=1)  # an object per write
+    for n in range(2):
+        log.record({"method": "SearchByEmbedding", "identity": "alice", "case_id": f"case-{n}"})
+    kept = audit_log.verify(store).head  # printed by an auditor after object 2, kept outside the store
+    log.record({"method": "SearchByEmbedding", "identity": "alice", "case_id": "case-2"})
+    log.close()
+    log = AuditLog(store)  # a later gateway appends to object 4
+    for n in range(3, 5):
+        log.record({"method": "SearchByEmbedding", "identity": "alice", "case_id": f"case-{n}"})
+    log.close()
+    assert audit_log.verify(store, expected_head=kept).intact
+    assert audit_log.verify(store, expected_head=audit_log.verify(store).head).intact
+
+    # Someone with write access rewrites the whole chain, its head included, consistently: case-1 never happened.
+    for key in store.list("audit/"):
+        store.delete(key)
+    log = AuditLog(store, max_object_bytes=1)
+    for n in (0, 2, 3, 4):
+        log.record({"method": "SearchByEmbedding", "identity": "alice", "case_id": f"case-{n}"})
+    log.close()
+    assert audit_log.verify(store).intact  # the chain alone cannot tell
+    problems = audit_log.verify(store, expected_head=kept).problems
+    assert problems == ["object 2 is not as the head names it (replaced, edited or cut short)"]

@@ -243,6 +243,37 @@ class ObjectStore:
             with self.fs.open_output_stream(path) as f:
                 write(f)
 
+    def append(self, key: str, data: bytes) -> None:
+        """Adds `data` at the end of an object (made when absent), durably, all of it or none; local folders only,
+        as S3 objects cannot grow. One sync of the data, where a put takes two (the bytes, then the new name) and
+        makes a file: the audit log's writes, one per answered call, append (benchmarks/README.md). A reader may
+        see part of an append in progress, never bytes out of order.
+
+        Raises:
+            NotImplementedError: the store is on S3.
+        """
+        if not self.is_local:
+            raise NotImplementedError(f"{self.uri}: S3 objects cannot grow; put a new object instead")
+        path = self._path(key)
+        folder = os.path.dirname(path)
+        made = _make_folders(folder)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                written = 0
+                while written < len(data):
+                    written += os.write(fd, memoryview(data)[written:])
+                os.fdatasync(fd)  # the bytes and the size that reaches them
+            except BaseException:
+                os.ftruncate(fd, size)  # none of it: the next append must follow whole records
+                raise
+        finally:
+            os.close(fd)
+        if size == 0:  # a new name, in its folder and in the folders made for it
+            for synced in (folder, *(os.path.dirname(m) for m in reversed(made))):
+                _sync_folder(synced)
+
     def open_input(self, key: str) -> pa.NativeFile:
         """A random-access reader of one object (S3: ranged GETs), for Parquet files too large to hold whole.
         Raises FileNotFoundError when it does not exist."""
