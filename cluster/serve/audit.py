@@ -257,7 +257,8 @@ class AuditLog:
 
 @dataclass
 class _OpenObject:
-    """The local object writes append to: its key, the hour it holds, and the hash and size of its bytes so far."""
+    """The object of the last write, which the next may append to (local stores only): its key, the hour it
+    holds, and the hash and size of its bytes so far."""
 
     key: str
     hour: str

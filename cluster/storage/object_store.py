@@ -136,6 +136,13 @@ def _sync_folder(folder: str) -> None:
         os.close(fd)
 
 
+def _sync_new_name(folder: str, made: list[str]) -> None:
+    """Makes a new object's name durable: its folder, then the folder above each folder made for it
+    (`_make_folders`), deepest first."""
+    for synced in (folder, *(os.path.dirname(m) for m in reversed(made))):
+        _sync_folder(synced)
+
+
 def _sync_folders(folders) -> None:
     """`_sync_folder` of each folder that still exists (a removal is the folder's data too)."""
     for folder in folders:
@@ -237,8 +244,7 @@ class ObjectStore:
             finally:
                 if os.path.exists(temporary):
                     os.remove(temporary)
-            for synced in (folder, *(os.path.dirname(m) for m in reversed(made))):  # each new name, deepest first
-                _sync_folder(synced)
+            _sync_new_name(folder, made)
         else:
             with self.fs.open_output_stream(path) as f:
                 write(f)
@@ -270,9 +276,8 @@ class ObjectStore:
                 raise
         finally:
             os.close(fd)
-        if size == 0:  # a new name, in its folder and in the folders made for it
-            for synced in (folder, *(os.path.dirname(m) for m in reversed(made))):
-                _sync_folder(synced)
+        if size == 0:  # a new object
+            _sync_new_name(folder, made)
 
     def open_input(self, key: str) -> pa.NativeFile:
         """A random-access reader of one object (S3: ranged GETs), for Parquet files too large to hold whole.
