@@ -220,3 +220,27 @@ def test_two_level_training_gives_balanced_normalised_lists_that_find_neighbours
     Dq, Iq = faiss.extract_index_ivf(trained).quantizer.search(xq, 256)
     _, I = shard.search(xq, 10, version=1, Iq=Iq, Dq=Dq, rerank_k=100)
     assert _recall(I, I_exact, 10) >= 0.95
+
+
+@pytest.mark.parametrize("ids_only", [False, True])
+def test_a_face_deleted_while_a_search_reads_its_candidates_is_not_one(galleries, tmp_path, monkeypatch, ids_only):
+    """The search and the read of its candidates' records are two steps: a delete may land between them (seen as
+    INTERNAL in test_replicas under writes). The face is then no candidate, and the others still are."""
+    gallery = galleries.start(str(tmp_path), backend="local", num_workers=1, background_maintenance=False)
+    gallery.create_collection("c", dimension=16)
+    xb = clustered_embeddings(50, 16, seed=74)
+    gallery.add("c", [FaceRecord(f"f{i}") for i in range(50)], xb)
+    expected = [c.record.face_id for c in gallery.search("c", xb[:1], 5, min_similarity=-1.0).candidates[0]]
+    assert expected[0] == "f0"
+
+    search = ShardIndex.search
+
+    def search_then_delete_the_best(self, xq, k, **kwargs):
+        D, I = search(self, xq, k, **kwargs)
+        self.delete(["f0"])  # what a concurrent DeleteFaces does in the window
+        return D, I
+
+    monkeypatch.setattr(ShardIndex, "search", search_then_delete_the_best)
+    results = gallery.search("c", xb[:1], 5, min_similarity=-1.0, ids_only=ids_only)
+    shown = results.packed.face_ids if ids_only else [c.record.face_id for c in results.candidates[0]]
+    assert shown == expected[1:]  # f0 gone, the rest best first

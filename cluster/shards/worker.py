@@ -313,6 +313,11 @@ class ShardWorker:
             shard = self._shard(r.collection_id, p)
             labels = np.unique(I[(I >= 0) & (I % shard.num_partitions == p)])
             records.update(zip(labels.tolist(), shard.face_ids(labels) if r.ids_only else shard.records(labels)))
+        gone = [label for label, record in records.items() if record is None]
+        if gone:  # deleted between the search and the read of its record (a concurrent delete): not a candidate
+            dead = np.isin(I, gone)  # the gateway's merge sorts these (-1, -inf) behind the live candidates
+            D, I = np.where(dead, np.float32(-np.inf), D), np.where(dead, -1, I)
+            records = {label: record for label, record in records.items() if record is not None}
         return pickle.dumps(SearchReply(D, I, records, time.perf_counter() - started),
                             protocol=pickle.HIGHEST_PROTOCOL)
 
