@@ -131,7 +131,7 @@ class AuditLog:
         self.head_interval_s = head_interval_s
         self.max_object_bytes = max_object_bytes
         self._head = _last_head(store)
-        self._open: _OpenObject | None = None  # the local object the next write may append to
+        self._open: _OpenObject | None = None  # the object of the last write; a local one takes the next append
         self._queue: list[tuple[dict, Future]] = []
         self._cond = threading.Condition()
         self._closed = False
@@ -257,8 +257,8 @@ class AuditLog:
 
 @dataclass
 class _OpenObject:
-    """The object of the last write, which the next may append to (local stores only): its key, the hour it
-    holds, and the hash and size of its bytes so far."""
+    """The object of the last write, which the next may append to in a local store (on S3 each write's own):
+    its key, the hour it holds, and the hash and size of its bytes so far."""
 
     key: str
     hour: str
