@@ -40,7 +40,7 @@ class SlowSearch:
             if self.fail_on is not None and self.fail_on in xq[:, 0]:
                 raise ValueError("a query of this batch is poisoned")
             scores, labels = self.index.search(xq, key[1])
-            return scores, labels, {"key": key}
+            return scores, labels, labels.astype(str).astype(object), {"key": key}  # ids aligned with the labels
         finally:
             with self._lock:
                 self.running -= 1
@@ -73,11 +73,12 @@ def test_concurrent_callers_share_dispatches_and_get_their_own_rows(index):
     results, errors = submit_concurrently(batcher, queries, lambda i: ("c", 5))
     batcher.close()
     assert errors == [None] * 40
-    for xq, (scores, labels, records) in zip(queries, results):
+    for xq, (scores, labels, ids, shared) in zip(queries, results):
         expected_scores, expected_labels = index.search(xq, 5)
         np.testing.assert_array_equal(labels, expected_labels)
         np.testing.assert_allclose(scores, expected_scores, rtol=1e-6)
-        assert records == {"key": ("c", 5)}
+        assert ids.tolist() == expected_labels.astype(str).tolist()  # the caller's rows of every aligned array
+        assert shared == {"key": ("c", 5)}
     assert sum(search.batches) == sum(q.shape[0] for q in queries)
     assert len(search.batches) < 40  # callers that arrived during a dispatch went out together
     assert max(search.batches) < 64 + 3  # stops taking requests at 64 queries; a request has up to 3
@@ -91,8 +92,8 @@ def test_different_keys_are_searched_apart(index):
     results, errors = submit_concurrently(batcher, queries, lambda i: ("c", 1 + i % 3))
     batcher.close()
     assert errors == [None] * 12
-    for i, (scores, labels, records) in enumerate(results):
-        assert labels.shape == (1, 1 + i % 3) and records == {"key": ("c", 1 + i % 3)}
+    for i, (scores, labels, ids, shared) in enumerate(results):
+        assert labels.shape == (1, 1 + i % 3) and shared == {"key": ("c", 1 + i % 3)}
 
 
 def test_a_failed_batch_fails_its_callers_only(index):

@@ -113,6 +113,17 @@ def test_merge_pads_when_shards_hold_fewer_than_k():
     assert D[0, :2].tolist() == pytest.approx([0.9, 0.5])
 
 
+def test_merge_carries_aligned_arrays_with_their_candidates():
+    """A search's face ids travel with their labels: by the merge's order, ties in the order of the shards,
+    None as padding."""
+    ids = [np.array([["a", "b"], ["c", None]], dtype=object), np.array([["d"], ["e"]], dtype=object)]
+    D, I, F = merge_topk([(np.array([[0.5, 0.2], [0.7, -np.inf]], np.float32), np.array([[0, 2], [4, -1]]), ids[0]),
+                          (np.array([[0.5], [0.9]], np.float32), np.array([[1], [3]]), ids[1])], 4)
+    assert I.tolist() == [[0, 1, 2, -1], [3, 4, -1, -1]]
+    assert F.tolist() == [["a", "d", "b", None], ["e", "c", None, None]]
+    assert D.dtype == np.float32 and I.dtype == np.int64
+
+
 @pytest.mark.parametrize("n,expected", [(20_000, 512), (1_000_000, 4096), (100, 2)])
 def test_nlist_follows_four_sqrt_n_with_enough_training_points(n, expected):
     nlist = tuning.nlist_for(n)

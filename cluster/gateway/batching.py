@@ -29,10 +29,11 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 # search_fn(key, xq, *row_aligned) -> searched, under the dispatch slot; then, once the slot is free,
-# finish_fn(key, searched) -> (D, I, shared): shared (the records of the labels in I, ...) goes to every caller
-# of the batch as it is. Without a finish_fn, search_fn returns (D, I, shared) itself.
+# finish_fn(key, searched) -> (D, I, *more rows, shared): every caller of the batch gets its own rows of D, I
+# and each array after them (the records aligned with I, ...), and shared (the partitions missing, ...) as it
+# is. Without a finish_fn, search_fn returns (D, I, *more rows, shared) itself.
 SearchFn = Callable[..., object]
-FinishFn = Callable[[Hashable, object], tuple[np.ndarray, np.ndarray, object]]
+FinishFn = Callable[[Hashable, object], tuple]
 
 
 class QueryBatcher:
@@ -40,10 +41,10 @@ class QueryBatcher:
 
     Args:
         search_fn: searches a (nq, d) batch and the arrays submitted with it, concatenated alike, while
-            holding a dispatch slot; returns (D, I, shared), or what `finish_fn` makes them of. Every caller
-            gets its rows of D and I, and shared.
-        finish_fn: turns what `search_fn` returned into (D, I, shared) after the slot is given back, in the
-            thread that dispatched the batch; None when search_fn returns them itself.
+            holding a dispatch slot; returns (D, I, *more rows, shared), or what `finish_fn` makes them of.
+            Every caller gets its rows of D, I and of the arrays after them, and shared.
+        finish_fn: turns what `search_fn` returned into (D, I, *more rows, shared) after the slot is given
+            back, in the thread that dispatched the batch; None when search_fn returns them itself.
         max_batch_size: a dispatch takes no further requests once it holds this many queries, >= 1.
         max_in_flight: dispatches running at once, >= 1. One is best here: every dispatch already
             runs on all shards in parallel, so fewer, larger batches serve more queries
@@ -132,9 +133,9 @@ class QueryBatcher:
                 for _, future in items:
                     future.set_exception(error)
                 continue
-            D, I, shared = result
+            *rows, shared = result
             start = 0
             for arrays, future in items:
                 end = start + arrays[0].shape[0]
-                future.set_result((D[start:end], I[start:end], shared))
+                future.set_result((*(row[start:end] for row in rows), shared))
                 start = end

@@ -220,7 +220,7 @@ class SearchPath:
         # that stops waiting does not release queries that are still being searched: they still cost the shards.
         future.add_done_callback(lambda _: self.admission.release(nq))
         try:
-            D, I, (records, missing) = future.result(timeout=timeout_s)
+            D, I, records, missing = future.result(timeout=timeout_s)
         except FutureTimeout as e:
             future.cancel()
             raise DeadlineExceeded(f"search did not finish within {timeout_s:.3f} s") from e
@@ -230,19 +230,19 @@ class SearchPath:
         gallery_size = m.face_count
         threshold = choose_threshold(calibration, gallery_size, min_similarity=min_similarity,
                                      target_fpir=target_fpir, default_fpir=default_fpir(m))
-        if ids_only:  # array work only: one pass over the shown labels for their ids, no object per candidate
+        if ids_only:  # array work only: the shown candidates' ids gathered at once, no object per candidate
             shown = (I >= 0) & (D >= threshold.similarity)  # merged best first: a row's shown candidates lead it
             D_shown = D[shown]
             gfmp = (gallery_probability(calibration.false_match_rate(D_shown), gallery_size) if calibration
                     else np.full(D_shown.shape, -1.0))
-            packed = PackedCandidates(shown.sum(axis=1), [records[label] for label in I[shown].tolist()],
+            packed = PackedCandidates(shown.sum(axis=1), records[shown].tolist(),
                                       D_shown.astype(np.float32), np.asarray(gfmp, dtype=np.float64))
             return SearchResults([], gallery_size, calibration, state.live.version, missing, threshold, default_fpir(m),
                                  packed)
         fmr = calibration.false_match_rate(D) if calibration else np.full(D.shape, -1.0)
         gfmp = gallery_probability(fmr, gallery_size) if calibration else fmr
         bound = calibration.false_match_rate_is_bound(D) if calibration else np.zeros(D.shape, bool)
-        candidates = [[Candidate(records[int(label)], float(D[q, j]), float(fmr[q, j]), float(gfmp[q, j]),
+        candidates = [[Candidate(records[q, j], float(D[q, j]), float(fmr[q, j]), float(gfmp[q, j]),
                                  bool(bound[q, j]))
                        for j, label in enumerate(I[q]) if label >= 0 and D[q, j] >= threshold.similarity]
                       for q in range(I.shape[0])]
@@ -305,16 +305,15 @@ class SearchPath:
                                      skip_unavailable=key.allow_partial, collection_id=request.collection_id)
         return Replies(state, raw, time.perf_counter() - started)
 
-    def _merge_batch(self, key: BatchKey, replies: Replies) -> tuple[np.ndarray, np.ndarray, tuple[dict, list[int]]]:
-        """(D, I, (records, or face ids when ids_only, of the labels in I; partitions missing)) of the batch."""
+    def _merge_batch(self, key: BatchKey, replies: Replies) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+        """(D, I, the records aligned with I (face ids when ids_only), partitions missing) of the batch."""
         skipped = [w for w, reply in enumerate(replies.raw) if reply is None]
         answers = [pickle.loads(reply) for reply in replies.raw if reply is not None]
         if self._fan_out_observer is not None and not skipped:  # it reports every worker, in worker order
             self._fan_out_observer(replies.elapsed_s, [a.search_s for a in answers])
-        D, I = merge_topk([(a.D, a.I) for a in answers], key.k)
-        records = {label: record for a in answers for label, record in a.records.items()}
+        D, I, records = merge_topk([(a.D, a.I, a.records) for a in answers], key.k)
         num_partitions = replies.state.manifest.num_partitions
-        return D, I, (records, partitions_of_workers(skipped, num_partitions, self.shards.num_workers))
+        return D, I, records, partitions_of_workers(skipped, num_partitions, self.shards.num_workers)
 
 
 def search_cost(m: CollectionManifest):

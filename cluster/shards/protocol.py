@@ -9,8 +9,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cluster.storage.records import FaceRecord
-
 # Concurrency group of ShardWorker's long calls (build, compact, sample): one at a time, beside searches and writes.
 MAINTENANCE = "maintenance"
 # The concurrency group of the supervisor's liveness probes (`ShardWorker.ready`): in the default group a
@@ -37,5 +35,7 @@ class SearchRequest:
 class SearchReply:
     D: np.ndarray
     I: np.ndarray
-    records: dict[int, FaceRecord | str]  # of the labels in I: face ids alone when the request was ids_only
+    # (nq, k) objects aligned with I: the FaceRecord of each label, its face id (str) alone when the request
+    # was ids_only, None where I is -1. A candidate shown for several queries is one object, pickled once.
+    records: np.ndarray
     search_s: float = 0.0  # the worker's own time on the request, for the gateway's per-shard latency

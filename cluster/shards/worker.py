@@ -308,16 +308,16 @@ class ShardWorker:
             D, I = results[0]
         else:
             D, I = merge_topk(results, r.k)
-        records = {}
+        records = np.full(I.shape, None, dtype=object)
         for p in partitions:
             shard = self._shard(r.collection_id, p)
-            labels = np.unique(I[(I >= 0) & (I % shard.num_partitions == p)])
-            records.update(zip(labels.tolist(), shard.face_ids(labels) if r.ids_only else shard.records(labels)))
-        gone = [label for label, record in records.items() if record is None]
-        if gone:  # deleted between the search and the read of its record (a concurrent delete): not a candidate
-            dead = np.isin(I, gone)  # the gateway's merge sorts these (-1, -inf) behind the live candidates
-            D, I = np.where(dead, np.float32(-np.inf), D), np.where(dead, -1, I)
-            records = {label: record for label, record in records.items() if record is not None}
+            of_partition = (I >= 0) & (I % shard.num_partitions == p)
+            labels, at = np.unique(I[of_partition], return_inverse=True)
+            records[of_partition] = _objects(shard.face_ids(labels) if r.ids_only else shard.records(labels))[at]
+        gone = (I >= 0) & np.equal(records, None)
+        if gone.any():  # deleted between the search and the read of its record (a concurrent delete): not a candidate
+            # the gateway's merge sorts these (-1, -inf) behind the live candidates
+            D, I = np.where(gone, np.float32(-np.inf), D), np.where(gone, -1, I)
         return pickle.dumps(SearchReply(D, I, records, time.perf_counter() - started),
                             protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -426,3 +426,10 @@ def _return_freed_memory() -> None:
     except (OSError, AttributeError):  # not glibc
         pass
 
+
+
+def _objects(values: list) -> np.ndarray:
+    """A 1-d object array of `values` as they are (np.array would make an array of a sequence)."""
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array
