@@ -42,7 +42,7 @@ from gallery.v1 import gallery_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from host import describe  # benchmarks/host.py, beside this script
 from ray.cluster_utils import Cluster
-from servers import free_port  # benchmarks/servers.py
+from servers import serving_address  # benchmarks/servers.py
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from support import QUICK_NODE_FAILURE, shard_worker_pids  # noqa: E402
@@ -153,14 +153,13 @@ def run(num_faces: int = 20_000, dimension: int = 64, clients: int = 2, num_shar
         for _ in range(3):
             cluster.add_node(num_cpus=2, object_store_memory=100 * 2**20)
         cluster.wait_for_nodes()
-        port = free_port()
         log = open(work / "serve.log", "ab")
         server = subprocess.Popen(
-            [sys.executable, "-m", "cluster.serve.cli", "serve", "--store", str(work / "store"), "--port", str(port),
+            [sys.executable, "-m", "cluster.serve.cli", "serve", "--store", str(work / "store"), "--port", "0",
              "--ray-address", cluster.address, "--num-shards", str(num_shards), "--replicas", "2",
              "--shard-num-cpus", "1", "--face-workers", "0", "--metrics-port", "0"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        address = f"127.0.0.1:{port}"
+        address = serving_address(server, work / "serve.log", 180)
         channel = grpc.insecure_channel(address)
         health = health_pb2_grpc.HealthStub(channel)
         deadline = time.monotonic() + 180

@@ -25,14 +25,14 @@ import numpy as np
 from gallery.v1 import gallery_pb2 as pb
 from gallery.v1 import gallery_pb2_grpc
 from host import describe  # benchmarks/host.py, beside this script
-from servers import free_port, serve_process, stop_all, wait_until  # benchmarks/servers.py
+from servers import serve_process, serving_address, stop_all, wait_until  # benchmarks/servers.py
 
 from cluster.api import convert, flags
 from cluster.index.synthetic import clustered_embeddings
 
 
-def _start(store: Path, port: int, log: Path, role: str):
-    return serve_process(store, port, log, "--role", role, "--num-shards", "2", "--shard-num-cpus", "0.5",
+def _start(store: Path, log: Path, role: str):
+    return serve_process(store, log, "--role", role, "--num-shards", "2", "--shard-num-cpus", "0.5",
                          "--face-workers", "0", "--metrics-port", "0")
 
 
@@ -51,13 +51,11 @@ def main(num_faces: int = 20_000, dimension: int = 64, rounds: int = 3) -> None:
     store = work / "store"
     processes = []
     try:
-        port = free_port()
-        writer = _start(store, port, work / "serve-0.log", "writer")
+        writer = _start(store, work / "serve-0.log", "writer")
         processes.append(writer)
-        token_path = Path(f"{store}.admin-token")
-        wait_until(token_path.exists, 180, "the writer")
-        md = [("authorization", f"Bearer {token_path.read_text().strip()}")]
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        address = serving_address(writer, work / "serve-0.log", 180)
+        md = [("authorization", f"Bearer {Path(f'{store}.admin-token').read_text().strip()}")]  # written before it serves
+        channel = grpc.insecure_channel(address)
         stub = gallery_pb2_grpc.GalleryStub(channel)
         wait_until(lambda: _answers(stub, md, None) or _created(stub, md, dimension), 180, "the writer serving")
         xb = clustered_embeddings(num_faces, dimension, seed=3)
@@ -69,15 +67,14 @@ def main(num_faces: int = 20_000, dimension: int = 64, rounds: int = 3) -> None:
                                              purpose="failover benchmark", case_id="failover")
         answered, searched = [], []
         for r in range(1, rounds + 1):
-            standby_port = free_port()
-            standby = _start(store, standby_port, work / f"serve-{r}.log", "standby")
+            standby = _start(store, work / f"serve-{r}.log", "standby")
             processes.append(standby)
             wait_until(lambda: "waiting for the writer lease" in (work / f"serve-{r}.log").read_text(), 180,
                   "the standby ready")
             os.kill(writer.pid, signal.SIGKILL)
             killed = time.monotonic()
             channel.close()
-            channel = grpc.insecure_channel(f"127.0.0.1:{standby_port}")
+            channel = grpc.insecure_channel(serving_address(standby, work / f"serve-{r}.log", 120))
             stub = gallery_pb2_grpc.GalleryStub(channel)
             wait_until(lambda: _answers(stub, md, None), 120, "the standby serving")
             answered.append(time.monotonic() - killed)

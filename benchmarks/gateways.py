@@ -25,14 +25,14 @@ import numpy as np
 from gallery.v1 import gallery_pb2 as pb
 from gallery.v1 import gallery_pb2_grpc
 from host import describe  # benchmarks/host.py, beside this script
-from servers import free_port, serve_process, stop_all, wait_until  # benchmarks/servers.py
+from servers import serve_process, serving_address, stop_all, wait_until  # benchmarks/servers.py
 
 from cluster.api import convert, flags
 from cluster.index.synthetic import clustered_embeddings
 
 
-def _serve(store: Path, port: int, log: Path, *extra: str):
-    return serve_process(store, port, log, "--num-shards", "2", "--shard-num-cpus", "0.5", "--face-workers", "0",
+def _serve(store: Path, log: Path, *extra: str):
+    return serve_process(store, log, "--num-shards", "2", "--shard-num-cpus", "0.5", "--face-workers", "0",
                          "--metrics-port", "0", *extra)
 
 
@@ -91,13 +91,11 @@ def main(num_faces: int = 50_000, dimension: int = 128, readers: int = 4, client
     store = work / "store"
     processes = []
     try:
-        writer_port = free_port()
-        processes.append(_serve(store, writer_port, work / "writer.log", "--train-threshold", str(num_faces)))
-        token_path = Path(f"{store}.admin-token")
-        wait_until(token_path.exists, 180, "the writer")
-        token = token_path.read_text().strip()
+        processes.append(_serve(store, work / "writer.log", "--train-threshold", str(num_faces)))
+        writer = serving_address(processes[-1], work / "writer.log", 180)
+        token = Path(f"{store}.admin-token").read_text().strip()  # written before it serves
         md = [("authorization", f"Bearer {token}")]
-        with grpc.insecure_channel(f"127.0.0.1:{writer_port}") as channel:
+        with grpc.insecure_channel(writer) as channel:
             stub = gallery_pb2_grpc.GalleryStub(channel)
             wait_until(lambda: _try(lambda: stub.CreateCollection(pb.CreateCollectionRequest(
                 collection_id="c", dimension=dimension), metadata=md, timeout=5)), 180, "the writer serving")
@@ -106,13 +104,11 @@ def main(num_faces: int = 50_000, dimension: int = 128, readers: int = 4, client
                 stub.AddEmbeddings(pb.AddEmbeddingsRequest(collection_id="c", faces=[
                     pb.NewFace(face_id=f"f{i}", embedding=convert.embedding(xb[i]))
                     for i in range(start, min(start + 5000, num_faces))]), metadata=md, timeout=120)
-        wait_until(lambda: _holds(f"127.0.0.1:{writer_port}", md, num_faces), 900, "training")
-        addresses = []
+        wait_until(lambda: _holds(writer, md, num_faces), 900, "training")
         for r in range(readers):
-            port = free_port()
-            processes.append(_serve(store, port, work / f"reader-{r}.log", "--role", "reader",
+            processes.append(_serve(store, work / f"reader-{r}.log", "--role", "reader",
                                     "--audit-store", str(work / f"audit-{r}")))
-            addresses.append(f"127.0.0.1:{port}")
+        addresses = [serving_address(p, work / f"reader-{r}.log", 300) for r, p in enumerate(processes[1:])]
         for address in addresses:
             wait_until(lambda: _holds(address, md, num_faces), 300, f"the reader on {address}")
         rng = np.random.default_rng(1)

@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from gallery.v1 import gallery_pb2 as pb  # noqa: E402
 from host import describe  # noqa: E402  (benchmarks/host.py)
-from servers import free_port  # noqa: E402  (benchmarks/servers.py)
+from servers import serving_address  # noqa: E402  (benchmarks/servers.py)
 from serving import (  # noqa: E402  (benchmarks/serving.py)
     WHY,
     latencies_ms,
@@ -211,7 +211,7 @@ def _build_and_measure(data: Chunks, num_queries: int, clients: int, duration_s:
     xq = probes(data, num_queries)
     truth = exact_truth(data, xq, K)
     print(f"  probes and exact truth: {time.perf_counter() - with_time:.1f} s", flush=True)
-    store, port = tempfile.mkdtemp(prefix="gallery-scale-"), free_port()
+    store = tempfile.mkdtemp(prefix="gallery-scale-")
     log = open(os.path.join(store, "serve.log"), "wb")
     print(f"  gallery serve logs to {log.name}", flush=True)
     # Before training a partition searches an exact index of fp16 copies (1 KB a face at 512-d), so the
@@ -220,25 +220,14 @@ def _build_and_measure(data: Chunks, num_queries: int, clients: int, duration_s:
     train_threshold = min(num_vectors, 1_300_000)
     server = subprocess.Popen([sys.executable, "-m", "cluster.serve.cli", "serve",
                                "--store", os.path.join(store, "data"),
-                               "--port", str(port), "--num-shards", "2", "--train-threshold", str(train_threshold),
+                               "--port", "0", "--num-shards", "2", "--train-threshold", str(train_threshold),
                                "--face-workers", "0", "--shard-num-cpus", str(shard_cpus(2)),
                                "--local-dir", os.path.join(store, "local"), "--metrics-port", "0"],
                               stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "RAY_ADDRESS": ""})
-    token_path = os.path.join(store, "data.admin-token")
+    token_path = os.path.join(store, "data.admin-token")  # written before it serves
     try:
-        deadline = time.monotonic() + 120
-        while not os.path.exists(token_path):
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError(f"gallery serve did not start; see {log.name}")
-            time.sleep(0.5)
-        time.sleep(1)
-        client = GalleryClient(f"127.0.0.1:{port}", token=open(token_path).read().strip(), timeout_s=3600)
-        while True:
-            try:
-                client.list_collections(timeout_s=1)
-                break
-            except Exception:
-                time.sleep(0.5)
+        address = serving_address(server, log.name, 120)
+        client = GalleryClient(address, token=open(token_path).read().strip(), timeout_s=3600)
         empty = tree_memory(server.pid)
         client.create_collection("scale", dimension=dimension, target_recall=target_recall)
         with PeakHeld(server.pid) as peak:

@@ -1,8 +1,13 @@
-"""Servers for benchmarks: a free port, `gallery serve` in a process of its own, waiting for a condition."""
+"""Servers for benchmarks: `gallery serve` in a process of its own on a port the kernel picks, the address it
+serves on, waiting for a condition.
+
+A port chosen here and freed before the server binds it can be taken in between (a Ray process of a multi-node
+test cluster once took one in the tests), so each server binds port 0 and says in its log where it serves."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,13 +23,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve_process(store: str | Path, port: int, log: str | Path, *flags: str) -> subprocess.Popen:
-    """`gallery serve --store store --port port *flags` with its own private Ray unless flags name another,
-    in a session of its own (so that killing its group ends what it started), logging to `log`."""
+def serve_process(store: str | Path, log: str | Path, *flags: str) -> subprocess.Popen:
+    """`gallery serve --store store --port 0 *flags` with its own private Ray unless flags name another,
+    in a session of its own (so that killing its group ends what it started), logging to `log`;
+    `serving_address` says where it serves."""
     return subprocess.Popen(
-        [sys.executable, "-m", "cluster.serve.cli", "serve", "--store", str(store), "--port", str(port), *flags],
+        [sys.executable, "-m", "cluster.serve.cli", "serve", "--store", str(store), "--port", "0", *flags],
         stdout=open(log, "ab"), stderr=subprocess.STDOUT, env={**os.environ, "RAY_ADDRESS": ""},
         start_new_session=True)
+
+
+def serving_address(process: subprocess.Popen, log: str | Path, timeout_s: float, *, start: int = 0) -> str:
+    """The 127.0.0.1:port a `gallery serve --port 0` serves on, from the "serving on" line it logs (after byte
+    `start` of `log`, where a server restarted on the same log appends), once it serves: a standby logs it when
+    it has taken over. Raises RuntimeError when the process exits first, TimeoutError after `timeout_s`."""
+    found: list[str] = []
+
+    def serving() -> bool:
+        with open(log, "rb") as f:
+            f.seek(start)
+            line = re.search(rb"serving on (127\.0\.0\.1:\d+)", f.read())
+        if line:
+            found.append(line.group(1).decode())
+        elif process.poll() is not None:
+            raise RuntimeError(f"gallery serve exited with {process.returncode} before serving; see {log}")
+        return bool(line)
+
+    wait_until(serving, timeout_s, f"gallery serve logging to {log}")
+    return found[0]
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, *, poll_s: float = 0.05) -> None:

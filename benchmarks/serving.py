@@ -63,7 +63,7 @@ sys.path.insert(0, str(ROOT))
 from gallery.v1 import gallery_pb2 as pb  # noqa: E402
 from gallery.v1 import gallery_pb2_grpc  # noqa: E402
 from host import describe  # noqa: E402  (benchmarks/host.py)
-from servers import free_port  # noqa: E402  (benchmarks/servers.py)
+from servers import free_port, serving_address  # noqa: E402  (benchmarks/servers.py)
 
 from cluster.client import GalleryClient  # noqa: E402
 from cluster.index import tuning, vectors  # noqa: E402
@@ -271,21 +271,27 @@ class CannedSearch(gallery_pb2_grpc.GalleryServicer):
         return response
 
 
-def serve_canned(port: int) -> None:
+def serve_canned(bound) -> None:
+    """Serves `CannedSearch` on a port the kernel picks, and sends the port on the pipe `bound`."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
     gallery_pb2_grpc.add_GalleryServicer_to_server(CannedSearch(), server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    port = server.add_insecure_port("127.0.0.1:0")
     server.start()
+    bound.send(port)
     server.wait_for_termination()
 
 
 def grpc_alone(xq: np.ndarray, clients: int, duration_s: float) -> tuple[float, dict[str, float], float]:
     """Batch-1 QPS and CPU per query of the benchmark's clients against `CannedSearch` in its own process, and the
     p50 of sequential round trips (ms)."""
-    port = free_port()
-    server = multiprocessing.get_context("spawn").Process(target=serve_canned, args=(port,), daemon=True)
+    spawn = multiprocessing.get_context("spawn")
+    receiving, sending = spawn.Pipe(duplex=False)
+    server = spawn.Process(target=serve_canned, args=(sending,), daemon=True)
     server.start()
     try:
+        if not receiving.poll(60):
+            raise RuntimeError("the canned gRPC server did not start within 60 s")
+        port = receiving.recv()
         with GalleryClient(f"127.0.0.1:{port}") as client:
             grpc.channel_ready_future(client.channel).result(timeout=60)
 
@@ -354,33 +360,22 @@ def cluster(xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, *, num_shards: in
     itself (`SearchTuning`), with full candidates and with lean (ids_only) answers: its figures."""
     num_vectors, dimension = xb.shape
     build: dict[str, float] = {}
-    store, port, metrics_port = tempfile.mkdtemp(prefix="gallery-bench-"), free_port(), free_port()
+    # The metrics port is chosen here (`--metrics-port 0` serves none); gallery serve refuses to start, saying
+    # so, if it was taken meanwhile. Its gRPC port is one the kernel picks (benchmarks/servers.py).
+    store, metrics_port = tempfile.mkdtemp(prefix="gallery-bench-"), free_port()
     log = open(os.path.join(store, "serve.log"), "wb")
     print(f"  gallery serve logs to {log.name}", flush=True)
     server = subprocess.Popen([sys.executable, "-m", "cluster.serve.cli", "serve",
-                               "--store", os.path.join(store, "data"), "--port", str(port),
+                               "--store", os.path.join(store, "data"), "--port", "0",
                                "--metrics-port", str(metrics_port), "--num-shards", str(num_shards),
                                "--train-threshold", str(num_vectors), "--face-workers", "0",
                                "--shard-num-cpus", str(cpus_per_shard), "--shard-num-gpus", str(-1 if use_gpu else 0)],
                               stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "RAY_ADDRESS": ""})
-    token_path = os.path.join(store, "data.admin-token")  # written by gallery serve at its first start
+    token_path = os.path.join(store, "data.admin-token")  # written by gallery serve before it serves
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with open(token_path) as f:
-                    client = GalleryClient(f"127.0.0.1:{port}", token=f.read().strip(), timeout_s=600)
-            except FileNotFoundError:
-                client = None
-            try:
-                client.list_collections(timeout_s=1)
-                break
-            except Exception:
-                if client is not None:
-                    client.close()
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError(f"gallery serve did not start; see {log.name}")
-                time.sleep(0.5)
+        address = serving_address(server, log.name, 120)
+        with open(token_path) as f:
+            client = GalleryClient(address, token=f.read().strip(), timeout_s=600)
         with timed("build (ingest over gRPC + train + populate shards + measure recall)", build):
             with timed("of which ingest over gRPC"):
                 client.create_collection("bench", dimension=dimension)
