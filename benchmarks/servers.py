@@ -23,12 +23,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve_process(store: str | Path, log: str | Path, *flags: str) -> subprocess.Popen:
-    """`gallery serve --store store --port 0 *flags` with its own private Ray unless flags name another,
+def serve_process(store: str | Path, log: str | Path, *flags: str, port: int = 0) -> subprocess.Popen:
+    """`gallery serve --store store --port port *flags` with its own private Ray unless flags name another,
     in a session of its own (so that killing its group ends what it started), logging to `log`;
-    `serving_address` says where it serves."""
+    `serving_address` says where it serves. Port 0, a port the kernel picks, unless it must be one (a
+    standby takes over its writer's)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "cluster.serve.cli", "serve", "--store", str(store), "--port", "0", *flags],
+        [sys.executable, "-m", "cluster.serve.cli", "serve", "--store", str(store), "--port", str(port), *flags],
         stdout=open(log, "ab"), stderr=subprocess.STDOUT, env={**os.environ, "RAY_ADDRESS": ""},
         start_new_session=True)
 
@@ -49,7 +50,7 @@ def serving_address(process: subprocess.Popen, log: str | Path, timeout_s: float
             raise RuntimeError(f"gallery serve exited with {process.returncode} before serving; see {log}")
         return bool(line)
 
-    wait_until(serving, timeout_s, f"gallery serve logging to {log}")
+    wait_until(serving, timeout_s, f"gallery serve logging to {log}", poll_s=0.01)
     return found[0]
 
 

@@ -20,6 +20,10 @@ from cluster.api import convert
 from cluster.api.limits import MAX_MESSAGE_BYTES
 
 
+# (first, longest) wait in ms before a channel retries a gateway it could not reach; gRPC's own: 1 s, 120 s.
+RECONNECT_BACKOFF_MS = (100, 5_000)
+
+
 class GalleryClient:
     """Blocking client of every RPC the jobs and benchmarks call; `metadata` (e.g. an authorization header) goes
     with every call. Errors are the calls' `grpc.RpcError`, with the status codes gallery.proto states.
@@ -38,7 +42,13 @@ class GalleryClient:
     def __init__(self, address: str, *, token: str = "", timeout_s: float = 60.0,
                  metadata: Sequence[tuple[str, str]] = (), credentials: grpc.ChannelCredentials | None = None):
         options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                   # A channel that found no one serving holds its reconnects back, 1 s at first by default:
+                   # that was most of what a client saw of a writer's failover, where the standby served
+                   # 0.1 s after the kill (benchmarks/failover.py). Retries start sooner, and a gateway that
+                   # comes back after a long outage is found within 5 s.
+                   ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
+                   ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[1])]
         self.channel = (grpc.secure_channel(address, credentials, options=options) if credentials
                         else grpc.insecure_channel(address, options=options))
         self._stub = gallery_pb2_grpc.GalleryStub(self.channel)

@@ -1,17 +1,21 @@
 """gallery.v1 over a real gRPC server on 127.0.0.1: results, status codes, health, reflection."""
 
 import base64
+import time
 
 import grpc
 import numpy as np
 import pytest
 from gallery.v1 import gallery_pb2 as pb
+from gallery.v1 import gallery_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from cluster.api import convert
+from cluster.client import GalleryClient
 from cluster.index import vectors
 from cluster.index.synthetic import clustered_embeddings
+from cluster.serve.server import running_server
 
 D = 16
 
@@ -274,3 +278,38 @@ def test_collection_page_tokens_of_any_text_answer_a_page(stub):
     for token in ("", "\0", "a", "..", "/", "\uffff" * 1000, "\U0010ffff", "b"):
         page = stub.ListCollections(pb.ListCollectionsRequest(next_token=token))
         assert [c.collection_id for c in page.collections] == (["b"] if token < "b" else []), token
+
+
+def test_a_client_finds_its_gateway_again_soon_after_it_comes_back(gallery):
+    """A gateway restarted, or a standby that took over its address, answers a GalleryClient that tried it while it
+    was away within a fraction of a second: gRPC's default backoff would hold the retry back 1 s (a channel with it
+    is the baseline), most of what clients saw of a writer's failover (benchmarks/failover.py)."""
+    with running_server(gallery, "127.0.0.1:0") as (_, port):
+        client = GalleryClient(f"127.0.0.1:{port}", timeout_s=5)
+        baseline = grpc.insecure_channel(f"127.0.0.1:{port}")
+        describe = gallery_pb2_grpc.GalleryStub(baseline).DescribeCollection
+        client.create_collection("c", dimension=D)
+        assert describe(pb.DescribeCollectionRequest(collection_id="c"), timeout=5).collection_id == "c"
+    try:
+        for call in (lambda: client.describe("c"), lambda: describe(pb.DescribeCollectionRequest(collection_id="c"),
+                                                                    timeout=5)):
+            with pytest.raises(grpc.RpcError) as away:  # tried while no one serves: the channels back off
+                call()
+            assert away.value.code() == grpc.StatusCode.UNAVAILABLE
+        with running_server(gallery, f"127.0.0.1:{port}"):
+            back = time.monotonic()
+            answered = {}
+            while len(answered) < 2 and time.monotonic() - back < 10:
+                for name, call in (("client", lambda: client.describe("c")), ("baseline", lambda: describe(
+                        pb.DescribeCollectionRequest(collection_id="c"), timeout=5))):
+                    if name not in answered:
+                        try:
+                            assert call().collection_id == "c"
+                            answered[name] = time.monotonic() - back
+                        except grpc.RpcError:
+                            pass
+                time.sleep(0.005)
+        assert answered["client"] < 0.6 < answered["baseline"], answered
+    finally:
+        client.close()
+        baseline.close()
