@@ -220,6 +220,10 @@ def test_search_channels_answer_as_actor_calls_do_and_reopen_after_a_crash(galle
     for a, b in zip(through_channels, through_ray):
         np.testing.assert_array_equal(a.I, b.I)
         np.testing.assert_array_equal(a.D, b.D)
+        ids = [[r.face_id if r else None for r in row] for row in a.records]  # each label's record beside it
+        assert ids == [[r.face_id if r else None for r in row] for row in b.records]
+        for labels, row in zip(a.I.tolist(), ids):  # a record for every label found, none for padding
+            assert [label >= 0 for label in labels] == [face_id is not None for face_id in row]
     expected = gallery.search("c", xb[:20], 7)
     old = fan_out.channel_addresses()
     ray.kill(gallery.shards.workers[1], no_restart=False)

@@ -15,6 +15,7 @@ from gallery.v1 import gallery_pb2_grpc
 from support import wait_until
 
 from cluster.api import convert
+from cluster.index.merge import merge_topk
 from cluster.index.synthetic import clustered_embeddings
 from cluster.serve.server import running_server
 from cluster.shards.protocol import SearchRequest
@@ -34,11 +35,8 @@ def _replica_answers(gallery, collection_id, xq, k):
     answers = []
     for workers in gallery.shards.replicas:
         replies = [pickle.loads(r) for r in ray.get([w.search.remote(request) for w in workers])]
-        D = np.concatenate([r.D for r in replies], axis=1)
-        I = np.concatenate([r.I for r in replies], axis=1)
-        order = np.argsort(-D, axis=1, kind="stable")[:, :k]
-        records = {label: rec for r in replies for label, rec in r.records.items()}
-        answers.append([[records[int(I[q, j])].face_id for j in order[q]] for q in range(len(xq))])
+        _, _, records = merge_topk([(r.D, r.I, r.records) for r in replies], k)
+        answers.append([[record.face_id for record in row] for row in records])
     return answers
 
 
