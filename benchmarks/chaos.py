@@ -57,7 +57,7 @@ def _search_without_pause(address: str, token: str, xq: np.ndarray, first_id: in
     """A client process: searches r2 (whole answers required) and r1 (partial allowed) until `stop` is set."""
     md = [("authorization", f"Bearer {token}")]
     counts = {"r2_ok": 0, "r2_failed": 0, "r2_codes": {}, "r1_ok": 0, "r1_partial": 0, "r1_failed": 0,
-              "unflagged_partial": 0}
+              "r1_codes": {}, "unflagged_partial": 0}
     expected = [f"f{first_id + i}" for i in range(len(xq))]
     queries = [convert.embedding(x) for x in xq]
     with grpc.insecure_channel(address) as channel:
@@ -71,9 +71,8 @@ def _search_without_pause(address: str, token: str, xq: np.ndarray, first_id: in
                     response = stub.SearchByEmbedding(request, metadata=md, timeout=10)
                 except grpc.RpcError as e:
                     counts[f"{collection}_failed"] += 1
-                    if collection == "r2":
-                        code = e.code().name
-                        counts["r2_codes"][code] = counts["r2_codes"].get(code, 0) + 1
+                    codes = counts[f"{collection}_codes"]
+                    codes[e.code().name] = codes.get(e.code().name, 0) + 1
                     continue
                 whole = [r.candidates[0].face.face_id if r.candidates else "" for r in response.results] == expected
                 if response.partial:
@@ -239,15 +238,16 @@ def run(num_faces: int = 20_000, dimension: int = 64, clients: int = 2, num_shar
             resurrected += len(writer.deleted[collection] & present)
         total = {key: sum(c.get(key, 0) for c in counts) for key in
                  ("r2_ok", "r2_failed", "r1_ok", "r1_partial", "r1_failed", "unflagged_partial")}
-        codes: dict[str, int] = {}
+        codes: dict[str, dict[str, int]] = {"r2": {}, "r1": {}}
         for c in counts:
-            for code, n in c["r2_codes"].items():
-                codes[code] = codes.get(code, 0) + n
+            for collection, of_collection in codes.items():
+                for code, n in c[f"{collection}_codes"].items():
+                    of_collection[code] = of_collection.get(code, 0) + n
         return {"faces_per_collection": num_faces, "dimension": dimension, "client_processes": clients,
                 "events": [{"event": e, "at_s": round(t, 1)} for e, t in events],
-                "r2_searches_ok": total["r2_ok"], "failed_queries": total["r2_failed"], "failed_codes": codes,
+                "r2_searches_ok": total["r2_ok"], "failed_queries": total["r2_failed"], "failed_codes": codes["r2"],
                 "r1_searches_ok": total["r1_ok"], "r1_flagged_partial": total["r1_partial"],
-                "r1_failed": total["r1_failed"], "unflagged_partial": total["unflagged_partial"],
+                "r1_failed": total["r1_failed"], "r1_failed_codes": codes["r1"], "unflagged_partial": total["unflagged_partial"],
                 "writes_acknowledged": sum(len(s) for s in writer.added.values()),
                 "deletes_acknowledged": sum(len(s) for s in writer.deleted.values()),
                 "writes_failed": writer.failed, "lost_faces": lost, "resurrected_faces": resurrected,
@@ -271,7 +271,8 @@ def main(num_faces: int = 20_000, dimension: int = 64, clients: int = 2) -> None
     print(f"r2 (2 replicas): {figures['r2_searches_ok']} searches answered, {figures['failed_queries']} failed "
           f"{figures['failed_codes']}")
     print(f"r1 (1 replica, partial allowed): {figures['r1_searches_ok']} answered, {figures['r1_flagged_partial']} "
-          f"flagged partial, {figures['r1_failed']} failed; unflagged partial answers: {figures['unflagged_partial']}")
+          f"flagged partial, {figures['r1_failed']} failed {figures['r1_failed_codes']}; unflagged partial answers: "
+          f"{figures['unflagged_partial']}")
     print(f"writes: {figures['writes_acknowledged']} adds and {figures['deletes_acknowledged']} deletes acknowledged "
           f"({figures['writes_failed']} refused); lost {figures['lost_faces']}, "
           f"resurrected {figures['resurrected_faces']}")

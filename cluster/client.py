@@ -19,7 +19,6 @@ from gallery.v1 import gallery_pb2_grpc
 from cluster.api import convert
 from cluster.api.limits import MAX_MESSAGE_BYTES
 
-
 # (first, longest) wait in ms before a channel retries a gateway it could not reach; gRPC's own: 1 s, 120 s.
 RECONNECT_BACKOFF_MS = (100, 5_000)
 

@@ -1,11 +1,14 @@
 """A cluster that heals itself: a worker Ray gave up on is created anew, searches say UNAVAILABLE meanwhile
 (never INTERNAL, never late), health says NOT_SERVING, and interrupted training resumes on its own."""
 
+import os
+import signal
 import time
 
 import faiss
 import grpc
 import numpy as np
+import psutil
 import pytest
 import ray
 from gallery.v1 import gallery_pb2 as pb
@@ -149,6 +152,52 @@ def test_a_search_with_a_worker_gone_is_unavailable_or_explicitly_partial(galler
         response = stub.SearchByEmbedding(pb.SearchByEmbeddingRequest(
             collection_id="c", k=k, queries=request.queries, allow_partial=True), timeout=5)
         assert not response.partial and not response.missing_partitions
+
+
+def _pid_once_serving(worker, other_than: int | None) -> int:
+    """The worker's process id once it answers, in a process other than `other_than` (it restarted)."""
+    answered = []
+
+    def serving() -> bool:
+        try:
+            answered.append(ray.get(worker.pid.remote(), timeout=5))
+        except ray.exceptions.RayError:  # restarting
+            return False
+        return answered[-1] != other_than
+
+    wait_until(serving, 90, "the worker serving")
+    return answered[-1]
+
+
+@pytest.mark.slow
+def test_a_search_allowing_partial_results_answers_from_the_moment_a_worker_dies(galleries, tmp_path):
+    """The first to see a worker die is often a search, before the supervisor's next probe: its channel closed, no
+    other copy to ask. A search that allows partial results then answers without that worker's partitions,
+    flagged (or whole, once Ray restarted it), never UNAVAILABLE (seen in benchmarks/chaos.py, a collection of one
+    replica on a gateway keeping two: the same search of every worker's copies, `RayShards._search_copies`)."""
+    gallery = galleries.start(str(tmp_path), num_workers=2)
+    xb = clustered_embeddings(400, 16, seed=65)
+    face_ids = [f"f{i}" for i in range(400)]
+    gallery.create_collection("c", dimension=16, replicas=1)
+    gallery.add("c", [FaceRecord(f) for f in face_ids], xb)
+    xq, k = xb[:20], 5
+    full = _ids(gallery.search("c", xq, k))
+    on_0 = [i for i, f in enumerate(face_ids) if partition_of(f, 2) == 0]
+    expected_ids, _ = _exact_ids(xb[on_0], [face_ids[i] for i in on_0], xq, k)
+    answers, pid = [], None
+    for _ in range(3):  # Ray restarts the worker between rounds
+        pid = _pid_once_serving(gallery.shards.replicas[0][1], other_than=pid)
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+                   10, "worker 1 dead")
+        answer = gallery.search("c", xq, k, allow_partial=True)  # Unavailable before the fix
+        if answer.partial:
+            assert answer.missing_partitions == [1] and _ids(answer) == expected_ids
+        else:
+            assert _ids(answer) == full
+        answers.append(answer.partial)
+    _pid_once_serving(gallery.shards.replicas[0][1], other_than=pid)  # no restart in flight as the gallery stops
+    assert any(answers), "Ray restarted the worker before every search: the window was not checked"
 
 
 def test_local_shards_skip_a_worker_taken_down_only_when_asked_and_the_audit_says_so(galleries, tmp_path):

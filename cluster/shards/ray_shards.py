@@ -228,15 +228,22 @@ class RayShards(ShardBackend):
     def search(self, request: bytes, timeout_s: float, *, skip_unavailable: bool = False,
                collection_id: str | None = None) -> list[bytes | None]:
         held = self.placement.kept_in(collection_id)
+        deadline = time.monotonic() + timeout_s
         if self.num_replicas == 1:
             if skip_unavailable:
                 skipped = self.unavailable_workers()
                 if skipped:
                     return self._search_copies(request, timeout_s, collection_id, skip_unavailable=True)
             self._refuse_gone((0, w) for w in range(self.num_workers))
-            with _ray_errors():
-                return self.fan_outs[0](request, timeout_s)
-        deadline = time.monotonic() + timeout_s
+            try:
+                with _ray_errors():
+                    return self.fan_outs[0](request, timeout_s)
+            except Unavailable:
+                if not skip_unavailable:
+                    raise
+                # A worker died, or is restarting, before the supervisor's next probe: what is left is searched.
+                return self._search_copies(request, max(deadline - time.monotonic(), 0.001), collection_id,
+                                           skip_unavailable=True)
         complete = self.placement.complete_replicas(collection_id)
         for attempt, r in enumerate(complete):
             left = deadline - time.monotonic()
@@ -289,7 +296,11 @@ class RayShards(ShardBackend):
         if unanswered:
             if time.monotonic() >= deadline:
                 raise DeadlineExceeded(f"shard worker(s) {unanswered} did not answer within {timeout_s:.3f} s")
-            raise Unavailable(f"no replica of shard worker(s) {unanswered} could answer: {error}")
+            if not skip_unavailable or all(replies[w] is None for w in replies):
+                raise Unavailable(f"no replica of shard worker(s) {unanswered} could answer: {error}")
+            # Every copy of these failed: died, or restarting, before the supervisor's next probe says so.
+            # The search allowed partial results: they are skipped, as the workers known down are.
+            replies.update((w, None) for w in unanswered)
         return [replies[w] for w in range(self.num_workers)]
 
     def train(self, xt: np.ndarray, nlist: int, pq_m: int, pq_bits: int) -> bytes:
