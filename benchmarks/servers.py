@@ -34,15 +34,14 @@ def serve_process(store: str | Path, log: str | Path, *flags: str, port: int = 0
         start_new_session=True)
 
 
-def serving_address(process: subprocess.Popen, log: str | Path, timeout_s: float, *, start: int = 0) -> str:
-    """The 127.0.0.1:port a `gallery serve --port 0` serves on, from the "serving on" line it logs (after byte
-    `start` of `log`, where a server restarted on the same log appends), once it serves: a standby logs it when
-    it has taken over. Raises RuntimeError when the process exits first, TimeoutError after `timeout_s`."""
+def serving_address(process: subprocess.Popen, log: str | Path, timeout_s: float) -> str:
+    """The 127.0.0.1:port a `gallery serve` serves on, from the "serving on" line it writes to `log` once it
+    serves (a standby: once it has taken over). Raises RuntimeError when the process exits first, TimeoutError
+    after `timeout_s`."""
     found: list[str] = []
 
     def serving() -> bool:
         with open(log, "rb") as f:
-            f.seek(start)
             line = re.search(rb"serving on (127\.0\.0\.1:\d+)", f.read())
         if line:
             found.append(line.group(1).decode())
