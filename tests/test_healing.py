@@ -170,12 +170,14 @@ def _pid_once_serving(worker, other_than: int | None) -> int:
 
 
 @pytest.mark.slow
-def test_a_search_allowing_partial_results_answers_from_the_moment_a_worker_dies(galleries, tmp_path):
+@pytest.mark.parametrize("gateway_replicas", [1, 2])
+def test_a_search_allowing_partial_results_answers_from_the_moment_a_worker_dies(galleries, tmp_path,
+                                                                                  gateway_replicas):
     """The first to see a worker die is often a search, before the supervisor's next probe: its channel closed, no
     other copy to ask. A search that allows partial results then answers without that worker's partitions,
     flagged (or whole, once Ray restarted it), never UNAVAILABLE (seen in benchmarks/chaos.py, a collection of one
-    replica on a gateway keeping two: the same search of every worker's copies, `RayShards._search_copies`)."""
-    gallery = galleries.start(str(tmp_path), num_workers=2)
+    replica on a gateway keeping two)."""
+    gallery = galleries.start(str(tmp_path), num_workers=2, replicas=gateway_replicas)
     xb = clustered_embeddings(400, 16, seed=65)
     face_ids = [f"f{i}" for i in range(400)]
     gallery.create_collection("c", dimension=16, replicas=1)

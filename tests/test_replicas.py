@@ -96,6 +96,22 @@ def test_searches_go_on_while_a_copy_is_lost_and_it_catches_up_on_the_writes_it_
     assert [q[0] for q in _ids(gallery.search("c", xb[400:440], 1))] == [f"f{i}" for i in range(400, 440)]
 
 
+def test_stopped_replicas_give_their_cpus_back(galleries, tmp_path):
+    """The copies of a worker are the bundles of a placement group; stopping the shards removes it too, or its
+    CPUs stay reserved for as long as the Ray job lives, and workers started later wait for them forever (seen
+    as a hang of the tests after the replicated ones)."""
+    def groups() -> dict[str, str]:
+        return {group: info["state"] for group, info in ray.util.placement_group_table().items()}
+
+    before = groups()
+    gallery = galleries.start(str(tmp_path), num_workers=2, replicas=2)
+    made = [group for group in groups() if group not in before]
+    assert len(made) == 2 and all(groups()[group] == "CREATED" for group in made)  # one per worker
+    galleries.stop(gallery)
+    wait_until(lambda: all(groups().get(group, "REMOVED") == "REMOVED" for group in made), 30,
+               "the placement groups removed")
+
+
 def test_a_collection_keeps_the_replicas_it_asked_for(galleries, tmp_path):
     gallery = galleries.start(str(tmp_path), num_workers=1, replicas=2)
     gallery.create_collection("one", dimension=8, replicas=1)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 import faiss
 import numpy as np
 import ray
-from ray.util.placement_group import placement_group
+from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from cluster.api.limits import CALL_TIMEOUT_S, MAINTENANCE_CALL_TIMEOUT_S
@@ -58,7 +58,7 @@ class RayShards(ShardBackend):
     """
 
     def __init__(self, replicas: Sequence[Sequence], *, call_timeout_s: float = CALL_TIMEOUT_S,
-                 make_worker: Callable[[int, int], object] | None = None):
+                 make_worker: Callable[[int, int], object] | None = None, placement_groups: Sequence = ()):
         if not replicas or not replicas[0] or len({len(workers) for workers in replicas}) != 1:
             raise ValueError("RayShards needs at least one worker, and as many in every replica")
         self.replicas = [list(workers) for workers in replicas]
@@ -70,6 +70,7 @@ class RayShards(ShardBackend):
                          for workers in self.replicas]
         self.replacements = 0  # workers created anew after Ray gave up on them
         self._make_worker = make_worker
+        self._placement_groups = list(placement_groups)  # the copies' bundles (replicas > 1), released by `stop`
         self._gone: set[tuple[int, int]] = set()
         self._catching_up: set[tuple[int, int]] = set()
         self._stop = threading.Event()
@@ -126,7 +127,7 @@ class RayShards(ShardBackend):
 
         workers = [[make_worker(r, w) for w in range(num_workers)] for r in range(replicas)]
         ray.get([w.ready.remote() for replica in workers for w in replica])
-        return cls(workers, call_timeout_s=call_timeout_s, make_worker=make_worker)
+        return cls(workers, call_timeout_s=call_timeout_s, make_worker=make_worker, placement_groups=groups or ())
 
     def unavailable_workers(self, collection_id: str | None = None) -> list[int]:
         """Workers none of whose copies can answer (for the collection, or for some collection)."""
@@ -319,6 +320,11 @@ class RayShards(ShardBackend):
         for workers in self.replicas:
             for worker in workers:
                 ray.kill(worker, no_restart=True)
+        # Kept, their bundles would hold the workers' CPUs for as long as the Ray job lives: a process that
+        # stopped replicated shards and started others (tests do) ran out of CPUs, and its new workers never
+        # came up.
+        for group in self._placement_groups:
+            remove_placement_group(group)
 
     def _supervise(self) -> None:
         """Probes every copy; creates anew those Ray gave up on (exponential backoff, until closed), and brings
