@@ -41,23 +41,24 @@ def _start(store: Path, log: Path, role: str, port: int = 0):
                          "--face-workers", "0", "--metrics-port", "0", port=port)
 
 
-def _answers(describe) -> bool:
+def _answers(call) -> bool:
     try:
-        describe()
+        call()
         return True
     except grpc.RpcError:
         return False
 
 
-def _answered_after(describe, since: float, timeout_s: float) -> float:
-    """Seconds from `since` until `describe()` (a DescribeCollection) answers, polled every 10 ms."""
-    wait_until(lambda: _answers(describe), timeout_s, "an answer", poll_s=0.01)
+def _answered_after(call, since: float, timeout_s: float) -> float:
+    """Seconds from `since` until `call()` (a DescribeCollection) answers, polled every 10 ms."""
+    wait_until(lambda: _answers(call), timeout_s, "an answer", poll_s=0.01)
     return time.monotonic() - since
 
 
-def _searched_after(client: GalleryClient, describe, probes: np.ndarray, since: float) -> tuple[float, float]:
-    """Seconds from `since` until the client answers, then until a search of `probes` found each probe first."""
-    answered = _answered_after(describe, since, 120)
+def _searched_after(client: GalleryClient, call, probes: np.ndarray, since: float) -> tuple[float, float]:
+    """Seconds from `since` until `call()` answers, then until the client's search of `probes` found each probe
+    first."""
+    answered = _answered_after(call, since, 120)
     _, found = client.search("c", probes, 1, purpose="failover benchmark", case_id="failover")
     if [ids[0] for ids in found] != [f"f{i}" for i in range(len(probes))]:
         raise AssertionError(f"the new writer answered {[ids[0] for ids in found][:4]}…")

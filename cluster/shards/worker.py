@@ -427,7 +427,6 @@ def _return_freed_memory() -> None:
         pass
 
 
-
 def _objects(values: list) -> np.ndarray:
     """A 1-d object array of `values` as they are (np.array would make an array of a sequence)."""
     array = np.empty(len(values), dtype=object)
